@@ -1,0 +1,245 @@
+"""One MCP endpoint over many upstreams, driven by the official `mcp` client in both eras."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+from mcp import MCPError
+from mcp.types import (
+    BlobResourceContents,
+    CallToolResult,
+    PromptReference,
+    TextContent,
+    TextResourceContents,
+)
+
+from examples.servers import notes, studio
+from tests.harness import MODES, Gateway, Mode, running_gateway
+from tests.servers import serve
+from tollhouse.gateway.errors import INVALID_PARAMS, UPSTREAM_UNAVAILABLE
+
+pytestmark = pytest.mark.anyio
+
+
+def _text(result: CallToolResult) -> str:
+    return "".join(c.text for c in result.content if isinstance(c, TextContent))
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_union_of_upstreams_routes_calls_and_passes_results_through(tmp_path: Path, mode: Mode) -> None:
+    state = studio.StudioState()
+    async with (
+        serve(studio.build_app(state), path="/mcp") as studio_url,
+        serve(notes.build_app(), path="/mcp") as notes_url,
+        running_gateway(tmp_path) as gw,
+    ):
+        await gw.add_server("studio", studio_url)
+        await gw.add_server("notes", notes_url)
+        key = await gw.create_client("agent")
+        async with gw.client(key, mode) as client:
+            names = [t.name for t in (await client.list_tools()).tools]
+            assert names == sorted(names)
+            assert {"studio__echo", "studio__add", "notes__add_note", "notes__list_notes"} <= set(names)
+            assert all(n.startswith(("studio__", "notes__")) for n in names)
+
+            assert _text(await client.call_tool("studio__echo", {"text": "hi"})) == "hi"
+            added = await client.call_tool("studio__add", {"a": 2, "b": 3})
+            assert added.structured_content == {"result": 5}
+            assert not added.is_error
+
+            failed = await client.call_tool("studio__fail", {"message": "boom"})
+            assert failed.is_error
+            assert "boom" in _text(failed)
+
+            progress: list[float] = []
+
+            async def on_progress(value: float, total: float | None, message: str | None) -> None:
+                progress.append(value)
+
+            counted = await client.call_tool("studio__slow_count", {"n": 3}, progress_callback=on_progress)
+            assert _text(counted) == "counted to 3"
+            assert progress == [1.0, 2.0, 3.0]
+
+            if mode == "legacy":
+                await client.call_tool("notes__add_note", {"text": "one"})
+                await client.call_tool("notes__add_note", {"text": "two"})
+                listed = await client.call_tool("notes__list_notes", {})
+                assert listed.structured_content == {"result": ["one", "two"]}
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_resources_prompts_and_completions_are_namespaced_and_routed(tmp_path: Path, mode: Mode) -> None:
+    async with serve(studio.build_app(), path="/mcp") as studio_url, running_gateway(tmp_path) as gw:
+        await gw.add_server("studio", studio_url)
+        key = await gw.create_client("agent")
+        async with gw.client(key, mode) as client:
+            uris = {str(r.uri) for r in (await client.list_resources()).resources}
+            assert {"tollhouse://studio/studio://readme", "tollhouse://studio/studio://logo.png"} <= uris
+            templates = [t.uri_template for t in (await client.list_resource_templates()).resource_templates]
+            assert templates == ["tollhouse://studio/studio://items/{item_id}"]
+
+            readme = (await client.read_resource("tollhouse://studio/studio://readme")).contents[0]
+            assert isinstance(readme, TextResourceContents)
+            assert readme.text == studio.README
+            assert str(readme.uri) == "tollhouse://studio/studio://readme"
+            logo = (await client.read_resource("tollhouse://studio/studio://logo.png")).contents[0]
+            assert isinstance(logo, BlobResourceContents)
+            assert base64.b64decode(logo.blob) == studio.LOGO_PNG
+            item = (await client.read_resource("tollhouse://studio/studio://items/beta")).contents[0]
+            assert isinstance(item, TextResourceContents)
+            assert '"Beta"' in item.text
+
+            prompts = [p.name for p in (await client.list_prompts()).prompts]
+            assert "studio__review" in prompts
+            prompt = await client.get_prompt("studio__review", {"code": "x = 1", "language": "python"})
+            first = prompt.messages[0].content
+            assert isinstance(first, TextContent)
+            assert "x = 1" in first.text
+
+            completion = await client.complete(
+                PromptReference(type="ref/prompt", name="studio__review"), {"name": "language", "value": "ja"}
+            )
+            assert completion.completion.values == ["java", "javascript"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_unknown_tool_is_a_jsonrpc_invalid_params_error(tmp_path: Path, mode: Mode) -> None:
+    async with serve(studio.build_app(), path="/mcp") as studio_url, running_gateway(tmp_path) as gw:
+        await gw.add_server("studio", studio_url)
+        key = await gw.create_client("agent")
+        async with gw.client(key, mode) as client:
+            for name in ("studio__nope", "nope", "ghost__echo"):
+                with pytest.raises(MCPError) as caught:
+                    await client.call_tool(name, {})
+                assert caught.value.code == INVALID_PARAMS
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_downstream_cancellation_reaches_the_upstream(tmp_path: Path, mode: Mode) -> None:
+    state = studio.StudioState()
+    async with serve(studio.build_app(state), path="/mcp") as studio_url, running_gateway(tmp_path) as gw:
+        await gw.add_server("studio", studio_url)
+        key = await gw.create_client("agent")
+        async with gw.client(key, mode) as client:
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tg:
+
+                    async def call() -> None:
+                        await client.call_tool("studio__wait_for_cancel", {"seconds": 60})
+
+                    tg.start_soon(call)
+                    await state.waiting.wait()
+                    tg.cancel_scope.cancel()
+                await state.cancelled.wait()
+            assert state.cancel_count == 1
+            # The session keeps working after a cancelled call.
+            assert _text(await client.call_tool("studio__echo", {"text": "still here"})) == "still here"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_two_upstreams_with_the_same_tool_name_stay_distinct(tmp_path: Path, mode: Mode) -> None:
+    async with (
+        serve(studio.build_app(name="first"), path="/mcp") as first_url,
+        serve(notes.build_app(), path="/mcp") as notes_url,
+        serve(studio.build_app(name="second"), path="/mcp") as second_url,
+        running_gateway(tmp_path) as gw,
+    ):
+        await gw.add_server("first", first_url)
+        await gw.add_server("second", second_url)
+        await gw.add_server("notes", notes_url)
+        key = await gw.create_client("agent")
+        async with gw.client(key, mode) as client:
+            names = {t.name for t in (await client.list_tools()).tools}
+            assert {"first__echo", "second__echo"} <= names
+            for server, url in (("first", first_url), ("second", second_url)):
+                seen = await client.call_tool(f"{server}__headers", {})
+                headers: dict[str, Any] = seen.structured_content or {}
+                # Each call reached its own upstream: the Host header names that upstream's port.
+                assert headers["host"] == url.removeprefix("http://").removesuffix("/mcp")
+
+
+async def test_the_agents_authorization_header_never_reaches_an_upstream(tmp_path: Path) -> None:
+    async with serve(studio.build_app(), path="/mcp") as studio_url, running_gateway(tmp_path) as gw:
+        await gw.add_server("studio", studio_url)
+        key = await gw.create_client("agent")
+        for mode in MODES:
+            async with gw.client(key, mode) as client:
+                seen = await client.call_tool("studio__headers", {})
+                headers: dict[str, Any] = seen.structured_content or {}
+                assert "authorization" not in headers
+                assert key not in repr(headers)
+
+
+async def test_an_upstream_with_its_own_credential_gets_only_that(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STUDIO_UPSTREAM_TOKEN", "upstream-secret")
+    async with serve(studio.build_app(), path="/mcp") as studio_url, running_gateway(tmp_path) as gw:
+        await gw.add_server("studio", studio_url, auth={"type": "bearer", "token_env": "STUDIO_UPSTREAM_TOKEN"})
+        key = await gw.create_client("agent")
+        async with gw.client(key, "2026-07-28") as client:
+            seen = await client.call_tool("studio__headers", {})
+            headers: dict[str, Any] = seen.structured_content or {}
+            assert headers["authorization"] == "Bearer upstream-secret"
+            assert key not in repr(headers)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_dead_upstream_does_not_break_the_endpoint_and_comes_back(tmp_path: Path, mode: Mode) -> None:
+    async with serve(notes.build_app(), path="/mcp") as notes_url, running_gateway(tmp_path) as gw:
+        await gw.add_server("notes", notes_url)
+        key = await gw.create_client("agent")
+        async with serve(studio.build_app(), path="/mcp") as studio_url:
+            port = int(studio_url.rsplit(":", 1)[1].split("/")[0])
+            await gw.add_server("studio", studio_url)
+        # studio is gone now (killed mid-run).
+        changed = anyio.Event()
+
+        async def on_message(message: Any) -> None:
+            if getattr(getattr(message, "root", message), "method", None) == "notifications/tools/list_changed":
+                changed.set()
+
+        async with gw.client(key, mode, message_handler=on_message) as client:
+            with pytest.raises(MCPError) as caught:
+                await client.call_tool("studio__echo", {"text": "x"})
+            assert caught.value.code == UPSTREAM_UNAVAILABLE
+            names = {t.name for t in (await client.list_tools()).tools}
+            assert "notes__add_note" in names
+            assert not any(n.startswith("studio__") for n in names)
+            server = (await gw.admin.get("/servers/studio")).json()
+            assert server["health"]["status"] == "down"
+
+            # It returns on the same address: its tools come back.
+            async with serve(studio.build_app(), path="/mcp", port=port):
+                with anyio.fail_after(10):
+                    await _until_live(gw, "studio")
+                    if mode == "legacy":
+                        await changed.wait()
+                assert "studio__echo" in {t.name for t in (await client.list_tools()).tools}
+                assert _text(await client.call_tool("studio__echo", {"text": "back"})) == "back"
+
+
+async def _until_live(gw: Gateway, server: str) -> None:
+    """Poll the readiness endpoint (each poll is a real request) until `server` is live."""
+    async with httpx2.AsyncClient(trust_env=False) as http:
+        while server not in (await http.get(f"{gw.base_url}/readyz")).json()["live"]:
+            pass
+
+
+async def test_an_upstream_down_at_registration_is_registered_and_reported(tmp_path: Path) -> None:
+    async with serve(studio.build_app(), path="/mcp") as studio_url, running_gateway(tmp_path) as gw:
+        await gw.add_server("studio", studio_url)
+        async with serve(studio.build_app(), path="/mcp") as dead_url:
+            pass
+        server = await gw.add_server("ghost", dead_url)
+        assert server["health"]["status"] == "down"
+        key = await gw.create_client("agent")
+        async with gw.client(key, "2026-07-28") as client:
+            names = {t.name for t in (await client.list_tools()).tools}
+            assert "studio__echo" in names
+            assert not any(n.startswith("ghost__") for n in names)

@@ -1,0 +1,65 @@
+"""`make demo` starts everything, the scripted agent succeeds, the printed token works, Ctrl-C stops it all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio.streams.text import TextReceiveStream
+
+from tests.harness import MODES, Gateway
+from tollhouse.gateway.demo import _EXAMPLES
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_make_demo_serves_with_a_working_token_and_stops_cleanly() -> None:
+    env = {**os.environ, "TOLLHOUSE_DEMO_PORT": "0", "PYTHONUNBUFFERED": "1"}
+    process = await anyio.open_process(
+        ["make", "-s", "demo"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    try:
+        assert process.stdout is not None
+        with anyio.fail_after(180):
+            buffer = ""
+            async for chunk in TextReceiveStream(process.stdout):
+                buffer += chunk
+                *done, buffer = buffer.split("\n")
+                lines.extend(done)
+                if any(line.startswith("Authorization: Bearer ") for line in done):
+                    break
+        text = "\n".join(lines)
+        mcp_lines = [line for line in lines if "http://" in line and "/mcp" in line]
+        assert "MCP endpoint:" in mcp_lines[0], text
+        mcp_url = mcp_lines[0].split()[-1]
+        assert "FAILED" not in text
+        assert lines[-1].startswith("Authorization: Bearer ")
+        key = lines[-1].removeprefix("Authorization: Bearer ").strip()
+        gw = Gateway(base_url=mcp_url.removesuffix("/mcp"), admin=None)  # type: ignore[arg-type]
+        for mode in MODES:
+            async with gw.client(key, mode) as client:
+                names = {t.name for t in (await client.list_tools()).tools}
+                assert {f"{name}__" in " ".join(names) for name in _EXAMPLES} == {True}
+    finally:
+        # Ctrl-C goes to the whole process group, as a terminal would send it.
+        os.killpg(process.pid, signal.SIGINT)
+        with anyio.fail_after(60):
+            assert process.stdout is not None
+            async for chunk in TextReceiveStream(process.stdout):
+                lines.extend(chunk.splitlines())
+            code = await process.wait()
+    # make reports the interrupt itself (-SIGINT); the demo under it stopped cleanly.
+    assert code in (0, -signal.SIGINT), "\n".join(lines)
+    assert "tollhouse demo: stopping" in lines, "\n".join(lines)
+    assert not any("Traceback" in line for line in lines), "\n".join(lines)
+    # Every child was stopped: nothing is left in the demo's process group.
+    with pytest.raises(ProcessLookupError):
+        os.killpg(process.pid, 0)

@@ -1,0 +1,324 @@
+"""Fakes that implement tollhouse's own interfaces, for tests that need the other side of a seam.
+
+`FakeAdminApi` is an in-memory admin API (`/admin/api/v1`) that mirrors the contract the CLI
+relies on: the same routes, JSON documents, status codes and `application/problem+json` errors
+as `tollhouse.gateway.admin`. It lets the CLI's tests run against a real HTTP server without
+upstreams; the CLI tests against the real gateway live in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tollhouse.registry.config import (
+    ConfigError,
+    GatewayConfig,
+    config_from_dict,
+    config_to_dict,
+    server_from_dict,
+)
+from tollhouse.registry.models import ClientRecord, Upstream, definition_sha256
+
+__all__ = ["FakeAdminApi"]
+
+JSONObject = dict[str, Any]
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class _Problem(Exception):
+    def __init__(self, status: int, title: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.title, self.detail = status, title, detail
+
+
+def _problem(p: _Problem) -> Response:
+    body = {"type": "about:blank", "title": p.title, "status": p.status, "detail": p.detail}
+    return JSONResponse(body, status_code=p.status, media_type="application/problem+json")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _comparable(upstream: Upstream) -> Upstream:
+    return replace(upstream, created_at=None, updated_at=None)
+
+
+@dataclass
+class FakeAdminApi:
+    """An in-memory admin API; `app` serves it at /admin/api/v1.
+
+    `upstream_tools` holds the tool definitions each named server "offers": they appear when the
+    server is added, applied or refreshed. `requests` records every (method, path) received and
+    `bodies` every JSON body, so tests can check what the CLI sent, or that it sent nothing.
+    """
+
+    token: str = "admin-token"
+    upstream_tools: dict[str, list[JSONObject]] = field(default_factory=dict)
+    public_url: str | None = None
+    now: Callable[[], datetime] = lambda: datetime(2026, 11, 3, 10, 22, tzinfo=UTC)
+    servers: dict[str, Upstream] = field(default_factory=dict)
+    tools: dict[str, list[JSONObject]] = field(default_factory=dict)
+    clients: list[ClientRecord] = field(default_factory=list)
+    snapshot_version: int = 0
+    requests: list[tuple[str, str]] = field(default_factory=list)
+    bodies: list[Any] = field(default_factory=list)
+
+    @property
+    def app(self) -> ASGIApp:
+        """The ASGI app: the admin API mounted at /admin/api/v1, recording every request."""
+        routes = [
+            Route("/servers", self._guard(self._list_servers), methods=["GET"]),
+            Route("/servers", self._guard(self._create_server), methods=["POST"]),
+            Route("/servers/{name}", self._guard(self._show_server), methods=["GET"]),
+            Route("/servers/{name}", self._guard(self._delete_server), methods=["DELETE"]),
+            Route("/servers/{name}/refresh", self._guard(self._refresh_server), methods=["POST"]),
+            Route("/tools", self._guard(self._list_tools), methods=["GET"]),
+            Route("/tools/{name}", self._guard(self._show_tool), methods=["GET"]),
+            Route("/clients", self._guard(self._list_clients), methods=["GET"]),
+            Route("/clients", self._guard(self._create_client), methods=["POST"]),
+            Route("/clients/{ref}/revoke", self._guard(self._revoke_client), methods=["POST"]),
+            Route("/config/apply", self._guard(self._apply), methods=["POST"]),
+            Route("/config/export", self._guard(self._export), methods=["GET"]),
+        ]
+        inner = Starlette(routes=[Mount("/admin/api/v1", routes=routes)])
+
+        async def recording(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http":
+                self.requests.append((scope["method"], scope["path"]))
+            await inner(scope, receive, send)
+
+        return recording
+
+    # --- plumbing ---
+
+    def _guard(self, endpoint: Endpoint) -> Endpoint:
+        async def guarded(request: Request) -> Response:
+            try:
+                scheme, _, token = request.headers.get("authorization", "").partition(" ")
+                if scheme.lower() != "bearer" or not token:
+                    raise _Problem(401, "Unauthorized", "the admin API needs the admin token")
+                if not hmac.compare_digest(token.encode(), self.token.encode()):
+                    raise _Problem(401, "Unauthorized", "invalid admin token")
+                return await endpoint(request)
+            except _Problem as p:
+                return _problem(p)
+
+        return guarded
+
+    async def _body(self, request: Request) -> JSONObject:
+        try:
+            data = await request.json()
+        except ValueError:
+            raise _Problem(400, "Bad Request", "body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise _Problem(400, "Bad Request", "body must be a JSON object")
+        self.bodies.append(data)
+        return data
+
+    def _known(self, name: str) -> Upstream:
+        if name not in self.servers:
+            raise _Problem(404, "Not Found", f"no server named '{name}'")
+        return self.servers[name]
+
+    def _store(self, upstream: Upstream) -> Upstream:
+        previous = self.servers.get(upstream.name)
+        created = previous.created_at if previous is not None else self.now()
+        stored = replace(upstream, created_at=created, updated_at=self.now())
+        self.servers[upstream.name] = stored
+        self._sync(upstream.name)
+        return stored
+
+    def _sync(self, name: str) -> None:
+        self.tools[name] = [dict(t) for t in self.upstream_tools.get(name, [])]
+        self.snapshot_version += 1
+
+    def _server_out(self, u: Upstream) -> JSONObject:
+        return {
+            "name": u.name,
+            "transport": u.transport,
+            "url": u.url,
+            "command": list(u.command),
+            "env": dict(u.env),
+            "cwd": u.cwd,
+            "auth": {k: v for k, v in vars(u.auth).items() if v is not None},
+            "enabled": u.enabled,
+            "approval": u.approval,
+            "connect_timeout_seconds": u.connect_timeout_seconds,
+            "call_timeout_seconds": u.call_timeout_seconds,
+            "health": {"status": "healthy", "last_error": None, "checked_at": _iso(self.now())},
+            "era": "2026-07-28",
+            "protocol_version": "2026-07-28",
+            "tool_count": len(self.tools.get(u.name, [])),
+            "created_at": _iso(u.created_at),
+            "updated_at": _iso(u.updated_at),
+        }
+
+    def _tool_items(self) -> list[JSONObject]:
+        return [
+            {
+                "name": f"{server}__{t['name']}",
+                "server": server,
+                "tool": t["name"],
+                "title": t.get("title"),
+                "description": t.get("description"),
+                "sha256": definition_sha256(t),
+            }
+            for server in sorted(self.tools)
+            for t in self.tools[server]
+        ]
+
+    def _new_client(self, name: str, team: str | None) -> tuple[ClientRecord, str]:
+        if any(c.name == name for c in self.clients):
+            raise _Problem(409, "Conflict", f"a client named '{name}' already exists")
+        key = "thk_" + secrets.token_urlsafe(24)
+        record = ClientRecord(
+            client_id=f"c_{len(self.clients) + 1:04d}",
+            name=name,
+            team=team,
+            key_hash=hashlib.sha256(key.encode()).hexdigest(),
+            key_prefix=key[:8],
+            created_at=self.now(),
+        )
+        self.clients.append(record)
+        return record, key
+
+    @staticmethod
+    def _client_out(c: ClientRecord) -> JSONObject:
+        return {
+            "client_id": c.client_id,
+            "name": c.name,
+            "team": c.team,
+            "key_prefix": c.key_prefix,
+            "created_at": _iso(c.created_at),
+            "revoked_at": _iso(c.revoked_at),
+        }
+
+    # --- servers and tools ---
+
+    async def _list_servers(self, request: Request) -> Response:
+        return JSONResponse({"items": [self._server_out(self.servers[n]) for n in sorted(self.servers)]})
+
+    async def _create_server(self, request: Request) -> Response:
+        try:
+            upstream = server_from_dict(await self._body(request))
+        except ConfigError as exc:
+            raise _Problem(400, "Invalid server", str(exc)) from None
+        if upstream.name in self.servers:
+            raise _Problem(409, "Conflict", f"a server or agent named '{upstream.name}' already exists")
+        return JSONResponse(self._server_out(self._store(upstream)), status_code=201)
+
+    async def _show_server(self, request: Request) -> Response:
+        upstream = self._known(request.path_params["name"])
+        out = self._server_out(upstream)
+        out["tools"] = [f"{upstream.name}__{t['name']}" for t in self.tools.get(upstream.name, [])]
+        return JSONResponse(out)
+
+    async def _delete_server(self, request: Request) -> Response:
+        name = self._known(request.path_params["name"]).name
+        del self.servers[name]
+        self.tools.pop(name, None)
+        return Response(status_code=204)
+
+    async def _refresh_server(self, request: Request) -> Response:
+        name = self._known(request.path_params["name"]).name
+        self._sync(name)
+        counts = {"tools": len(self.tools[name]), "resources": 0, "resource_templates": 0, "prompts": 0}
+        return JSONResponse({"server": name, "snapshot_version": self.snapshot_version, **counts})
+
+    async def _list_tools(self, request: Request) -> Response:
+        server = request.query_params.get("server")
+        items = [t for t in self._tool_items() if server is None or t["server"] == server]
+        return JSONResponse({"items": items})
+
+    async def _show_tool(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        server, _, tool = name.partition("__")
+        definition = next((t for t in self.tools.get(server, []) if t["name"] == tool), None)
+        if definition is None:
+            raise _Problem(404, "Not Found", f"no tool named '{name}'")
+        item = next(t for t in self._tool_items() if t["name"] == name)
+        return JSONResponse(
+            {
+                **item,
+                "live": True,
+                "definition": {**definition, "name": name},
+                "upstream_definition": definition,
+            }
+        )
+
+    # --- clients ---
+
+    async def _list_clients(self, request: Request) -> Response:
+        return JSONResponse({"items": [self._client_out(c) for c in self.clients]})
+
+    async def _create_client(self, request: Request) -> Response:
+        body = await self._body(request)
+        name, team = body.get("name"), body.get("team")
+        if not isinstance(name, str) or not name or (team is not None and not isinstance(team, str)):
+            raise _Problem(400, "Bad Request", "'name' (string) is required; 'team' must be a string")
+        client, key = self._new_client(name, team)
+        return JSONResponse({**self._client_out(client), "api_key": key}, status_code=201)
+
+    async def _revoke_client(self, request: Request) -> Response:
+        ref = request.path_params["ref"]
+        for i, client in enumerate(self.clients):
+            if ref in (client.client_id, client.name):
+                if client.revoked_at is None:
+                    self.clients[i] = client = replace(client, revoked_at=self.now())
+                return JSONResponse(self._client_out(client))
+        raise _Problem(404, "Not Found", f"no client '{ref}'")
+
+    # --- declarative configuration ---
+
+    async def _apply(self, request: Request) -> Response:
+        body = await self._body(request)
+        raw, prune = body.get("config", {}), bool(body.get("prune", False))
+        if not isinstance(raw, dict):
+            raise _Problem(400, "Bad Request", "'config' must be an object")
+        try:
+            loaded = config_from_dict(raw)
+        except ConfigError as exc:
+            raise _Problem(400, "Invalid configuration", str(exc)) from None
+        changes: dict[str, list[str]] = {"created": [], "updated": [], "unchanged": [], "deleted": []}
+        new_keys: list[JSONObject] = []
+        for upstream in loaded.servers:
+            existing = self.servers.get(upstream.name)
+            if existing is not None and _comparable(existing) == upstream:
+                changes["unchanged"].append(f"server/{upstream.name}")
+                continue
+            self._store(upstream)
+            changes["updated" if existing else "created"].append(f"server/{upstream.name}")
+        for spec in loaded.clients:
+            if any(c.name == spec.name for c in self.clients):
+                changes["unchanged"].append(f"client/{spec.name}")
+                continue
+            client, key = self._new_client(spec.name, spec.team)
+            changes["created"].append(f"client/{spec.name}")
+            new_keys.append(
+                {"client_id": client.client_id, "name": client.name, "team": client.team, "api_key": key}
+            )
+        if prune:
+            named = {u.name for u in loaded.servers}
+            for name in sorted(set(self.servers) - named):
+                del self.servers[name]
+                self.tools.pop(name, None)
+                changes["deleted"].append(f"server/{name}")
+        return JSONResponse({**changes, "warnings": list(loaded.warnings), "clients": new_keys})
+
+    async def _export(self, request: Request) -> Response:
+        gateway = GatewayConfig(public_url=self.public_url)
+        servers = [self.servers[n] for n in sorted(self.servers)]
+        return JSONResponse(config_to_dict(gateway, servers, self.clients))

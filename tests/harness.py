@@ -1,0 +1,88 @@
+"""A real tollhouse on a loopback port, with helpers to register upstreams and connect clients.
+
+`running_gateway(tmp_path)` builds the app with `create_app` (SQLite in tmp_path, a known
+admin token), serves it with `tests.servers.serve`, and yields a `Gateway` handle that
+talks to it only through its HTTP interfaces: the admin API and the MCP endpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx2
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+from pydantic import SecretStr
+
+from tests.servers import serve
+from tollhouse.gateway.app import Deps, create_app
+from tollhouse.gateway.settings import LimitsSettings, Settings, UpstreamDefaults
+
+ADMIN_TOKEN = "tha_test-admin-token"
+Mode = Literal["legacy", "2026-07-28"]
+MODES: tuple[Mode, ...] = ("legacy", "2026-07-28")
+
+
+@dataclass
+class Gateway:
+    """Handle on a running gateway."""
+
+    base_url: str
+    admin: httpx2.AsyncClient
+
+    @property
+    def mcp_url(self) -> str:
+        """The aggregate MCP endpoint."""
+        return f"{self.base_url}/mcp"
+
+    async def add_server(self, name: str, url: str, **extra: Any) -> dict[str, Any]:
+        """Register an upstream through the admin API; returns the server document."""
+        response = await self.admin.post("/servers", json={"name": name, "url": url, **extra})
+        assert response.status_code == 201, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def create_client(self, name: str, team: str | None = "platform") -> str:
+        """Create an API client; returns its key."""
+        response = await self.admin.post("/clients", json={"name": name, "team": team})
+        assert response.status_code == 201, response.text
+        key: str = response.json()["api_key"]
+        return key
+
+    @asynccontextmanager
+    async def client(self, key: str, mode: Mode, **options: Any) -> AsyncIterator[Client]:
+        """The official `mcp` client connected through the gateway with an API key."""
+        async with create_mcp_http_client(headers={"Authorization": f"Bearer {key}"}) as http:
+            async with Client(streamable_http_client(self.mcp_url, http_client=http), mode=mode, **options) as c:
+                yield c
+
+
+def gateway_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings for a test gateway: SQLite under tmp_path, a known admin token, fast retries."""
+    values: dict[str, Any] = {
+        "data_dir": str(tmp_path / "data"),
+        "admin_token": SecretStr(ADMIN_TOKEN),
+        "upstreams": UpstreamDefaults(retry_min_seconds=0.05, retry_max_seconds=0.5),
+        "limits": LimitsSettings(),
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@asynccontextmanager
+async def running_gateway(tmp_path: Path, deps: Deps | None = None, **overrides: Any) -> AsyncIterator[Gateway]:
+    """Serve a fresh gateway on 127.0.0.1:0 for the duration of the block."""
+    app = create_app(gateway_settings(tmp_path, **overrides), deps)
+    async with serve(app) as base_url:
+        async with httpx2.AsyncClient(
+            base_url=f"{base_url}/admin/api/v1",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            trust_env=False,
+            timeout=30,
+        ) as admin:
+            yield Gateway(base_url=base_url, admin=admin)

@@ -1,0 +1,417 @@
+"""Declarative configuration: the documented example, round trips, and every error's key path."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tollhouse.registry.config import (
+    PLANNED_SECTIONS,
+    ClientSpec,
+    ConfigError,
+    GatewayConfig,
+    LoadedConfig,
+    config_from_dict,
+    config_to_dict,
+    dump_config,
+    load_config,
+    load_config_file,
+    server_from_dict,
+)
+from tollhouse.registry.models import ClientRecord, Upstream, UpstreamAuth
+
+# The example of DESIGN.md, "Declarative configuration", verbatim.
+DESIGN_EXAMPLE = """\
+gateway: {public_url: "https://gw.example"}
+servers:
+  - name: calc                      # [a-z0-9][a-z0-9-]{0,31}
+    url: "http://127.0.0.1:9001/mcp"
+    approval: first-use             # first-use (default): what is seen first is pinned; manual
+    auth: {type: bearer, token_env: CALC_TOKEN}   # upstream credential, never the agent's
+  - name: files
+    command: ["python", "examples/servers/files.py"]
+    env: {ROOT: "./data"}           # the only environment the child sees
+toolsets:
+  - name: support
+    tools: ["calc__add", "files__read_*"]
+agents:
+  - name: researcher
+    card_url: "http://127.0.0.1:9101/.well-known/agent-card.json"
+teams: [{name: platform}, {name: finance}]
+clients:
+  - name: ci-bot
+    team: platform
+policies:
+  - id: platform-calc
+    cedar: 'permit(principal in Team::"platform", action == Action::"call_tool", resource in Server::"calc");'
+limits:
+  - match: {team: platform, server: calc}
+    rate: "100/minute"
+prices:
+  - match: {server: calc}
+    per_call_micro: 2000            # 0.002 in the currency below
+    currency: USD
+"""
+
+FULL = """\
+gateway: {public_url: "https://gw.example"}
+servers:
+  - name: calc
+    url: "http://127.0.0.1:9001/mcp"
+    approval: manual
+    auth: {type: header, header: X-Api-Key, value_env: CALC_KEY}
+    timeouts: {connect_seconds: 2, call_seconds: 7.5}
+  - name: legacy
+    url: "https://legacy.internal/sse"
+    transport: sse
+    enabled: false
+  - name: files
+    command: ["python", "examples/servers/files.py"]
+    args: ["--root", "./data"]
+    env: {ROOT: "./data", DEBUG: "1"}
+    cwd: /srv/files
+    auth: {type: bearer, token_env: FILES_TOKEN}
+    call_timeout_seconds: 120
+clients:
+  - name: ci-bot
+    team: platform
+  - name: nightly
+"""
+
+
+def error_of(text: str) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_config(text)
+    return info.value
+
+
+def test_design_example_loads_and_warns_about_sections_of_later_versions() -> None:
+    config = load_config(DESIGN_EXAMPLE)
+
+    assert config.gateway == GatewayConfig(public_url="https://gw.example")
+    assert config.servers == (
+        Upstream(
+            name="calc",
+            transport="http",
+            url="http://127.0.0.1:9001/mcp",
+            approval="first-use",
+            auth=UpstreamAuth(type="bearer", token_env="CALC_TOKEN"),
+        ),
+        Upstream(
+            name="files",
+            transport="stdio",
+            command=("python", "examples/servers/files.py"),
+            env={"ROOT": "./data"},
+        ),
+    )
+    assert config.clients == (ClientSpec(name="ci-bot", team="platform"),)
+    assert config.warnings == tuple(
+        f"section '{name}' is not supported by this version yet and was ignored"
+        for name in ("toolsets", "agents", "teams", "policies", "limits", "prices")
+    )
+    assert set(PLANNED_SECTIONS) == {"toolsets", "agents", "teams", "policies", "limits", "prices"}
+
+
+def test_every_field_is_read() -> None:
+    config = load_config(FULL)
+
+    calc, legacy, files = config.servers
+    assert calc.auth == UpstreamAuth(type="header", header="X-Api-Key", value_env="CALC_KEY")
+    assert (calc.approval, calc.connect_timeout_seconds, calc.call_timeout_seconds) == ("manual", 2.0, 7.5)
+    assert (legacy.transport, legacy.enabled) == ("sse", False)
+    assert files.transport == "stdio"
+    assert files.command == ("python", "examples/servers/files.py", "--root", "./data")
+    assert files.env == {"ROOT": "./data", "DEBUG": "1"}
+    assert files.cwd == "/srv/files"
+    assert files.call_timeout_seconds == 120.0
+    assert config.clients == (ClientSpec("ci-bot", "platform"), ClientSpec("nightly", None))
+    assert config.warnings == ()
+
+
+def test_dump_round_trips_to_equal_values() -> None:
+    config = load_config(FULL)
+
+    text = dump_config(config.gateway, config.servers, config.clients)
+
+    assert load_config(text) == config
+    assert config_from_dict(config_to_dict(config.gateway, config.servers, config.clients)) == config
+
+
+def test_dump_omits_defaults_and_writes_secrets_as_references() -> None:
+    servers = [
+        Upstream(name="calc", url="http://127.0.0.1:9001/mcp"),
+        Upstream(
+            name="gh", url="https://gh.example/mcp", auth=UpstreamAuth(type="bearer", token_env="GH_TOKEN")
+        ),
+    ]
+
+    data = config_to_dict(None, servers, [])
+
+    assert data == {
+        "servers": [
+            {"name": "calc", "url": "http://127.0.0.1:9001/mcp"},
+            {
+                "name": "gh",
+                "url": "https://gh.example/mcp",
+                "auth": {"type": "bearer", "token_env": "GH_TOKEN"},
+            },
+        ]
+    }
+
+
+def test_dump_takes_registry_records_drops_timestamps_and_revoked_clients() -> None:
+    moment = datetime(2026, 11, 3, tzinfo=UTC)
+    server = Upstream(name="calc", url="http://127.0.0.1:9001/mcp", created_at=moment, updated_at=moment)
+    clients = [
+        ClientRecord("c_1", "ci-bot", "platform", "hash", created_at=moment),
+        ClientRecord("c_2", "old-bot", None, "hash", created_at=moment, revoked_at=moment),
+    ]
+
+    config = load_config(dump_config(None, [server], clients))
+
+    assert config == LoadedConfig(
+        servers=(Upstream(name="calc", url="http://127.0.0.1:9001/mcp"),),
+        clients=(ClientSpec("ci-bot", "platform"),),
+    )
+
+
+def test_dump_layout_matches_the_documentation() -> None:
+    config = load_config(DESIGN_EXAMPLE)
+
+    text = dump_config(config.gateway, config.servers, config.clients)
+
+    assert text == (
+        "gateway: {public_url: 'https://gw.example'}\n"
+        "servers:\n"
+        "  - name: calc\n"
+        "    url: http://127.0.0.1:9001/mcp\n"
+        "    auth: {type: bearer, token_env: CALC_TOKEN}\n"
+        "  - name: files\n"
+        "    command: [python, examples/servers/files.py]\n"
+        "    env: {ROOT: ./data}\n"
+        "clients:\n"
+        "  - name: ci-bot\n"
+        "    team: platform\n"
+    )
+
+
+@pytest.mark.parametrize("text", ["", "# nothing yet\n", "{}", "servers:\nclients: []\n"])
+def test_an_empty_file_is_an_empty_configuration(text: str) -> None:
+    assert load_config(text) == LoadedConfig()
+
+
+def test_unknown_top_level_section_is_ignored_with_a_warning_naming_it() -> None:
+    config = load_config("serverz: []\nobservability: {otlp: x}\nservers: []\n")
+
+    assert config.warnings == (
+        "unknown section 'serverz' was ignored (did you mean 'servers'?)",
+        "unknown section 'observability' was ignored",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "fragment"),
+    [
+        (
+            "servers:\n  - {name: a, url: 'http://x'}\n  - {name: b, urll: 'http://x'}",
+            "servers[1].urll",
+            "unknown key",
+        ),
+        ("servers: {name: a}", "servers", "expected a list"),
+        ("servers: [calc]", "servers[0]", "expected a mapping"),
+        ("servers: [{url: 'http://x'}]", "servers[0].name", "required"),
+        ("servers: [{name: 7, url: 'http://x'}]", "servers[0].name", "expected a string"),
+        ("servers: [{name: a}]", "servers[0]", "needs 'url'"),
+        ("servers: [{name: a, url: 'ftp://x'}]", "servers[0].url", "not an http:// or https:// URL"),
+        ("servers: [{name: a, url: 'http://x:port'}]", "servers[0].url", "not a valid URL"),
+        ("servers: [{name: a, url: 'http://u:p@x'}]", "servers[0].url", "credentials in the URL"),
+        (
+            "servers: [{name: a, url: 'http://x', transport: stdio}]",
+            "servers[0].transport",
+            "'http' or 'sse'",
+        ),
+        ("servers: [{name: a, command: [x], transport: sse}]", "servers[0].transport", "'stdio'"),
+        ("servers: [{name: a, command: 'python x.py'}]", "servers[0].command", "expected a list of strings"),
+        ("servers: [{name: a, command: [python, 3]}]", "servers[0].command[1]", "expected a string"),
+        ("servers: [{name: a, command: []}]", "servers[0].command", "program name"),
+        (
+            "servers: [{name: a, url: 'http://x', args: [y]}]",
+            "servers[0].args",
+            "'command' (stdio) servers only",
+        ),
+        (
+            "servers: [{name: a, url: 'http://x', env: {A: b}}]",
+            "servers[0].env",
+            "'command' (stdio) servers only",
+        ),
+        ("servers: [{name: a, command: [x], env: {PORT: 8080}}]", "servers[0].env.PORT", "quote it"),
+        ("servers: [{name: a, command: [x], env: {'A-B': c}}]", "servers[0].env.A-B", "environment variable"),
+        ("servers: [{name: a, command: [x], cwd: ''}]", "servers[0].cwd", "must not be empty"),
+        ("servers: [{name: a, url: 'http://x', approval: always}]", "servers[0].approval", "'first-use' or"),
+        ("servers: [{name: a, url: 'http://x', enabled: 'yes'}]", "servers[0].enabled", "true or false"),
+        ("servers: [{name: a, url: 'http://x', auth: bearer}]", "servers[0].auth", "expected a mapping"),
+        ("servers: [{name: a, url: 'http://x', auth: {token_env: T}}]", "servers[0].auth.type", "required"),
+        ("servers: [{name: a, url: 'http://x', auth: {type: basic}}]", "servers[0].auth.type", "'bearer'"),
+        (
+            "servers: [{name: a, url: 'http://x', auth: {type: bearer}}]",
+            "servers[0].auth.token_env",
+            "required",
+        ),
+        (
+            "servers: [{name: a, url: 'http://x', auth: {type: bearer, token_env: T, header: X}}]",
+            "servers[0].auth.header",
+            "does not apply",
+        ),
+        (
+            "servers: [{name: a, url: 'http://x', auth: {type: header, header: 'X Y', value_env: V}}]",
+            "servers[0].auth.header",
+            "HTTP header name",
+        ),
+        (
+            "servers: [{name: a, url: 'http://x', auth: {type: bearer, token_env: 'A B'}}]",
+            "servers[0].auth.token_env",
+            "environment variable name",
+        ),
+        (
+            "servers: [{name: a, url: 'http://x', auth: {type: none, via: x}}]",
+            "servers[0].auth.via",
+            "unknown key",
+        ),
+        (
+            "servers: [{name: a, url: 'http://x', timeouts: {call_seconds: 0}}]",
+            "servers[0].timeouts.call_seconds",
+            "positive",
+        ),
+        (
+            "servers: [{name: a, url: 'http://x', timeouts: {call: 5}}]",
+            "servers[0].timeouts.call",
+            "unknown key",
+        ),
+        (
+            "servers: [{name: a, url: 'http://x', connect_timeout_seconds: -1}]",
+            "servers[0].connect_timeout_seconds",
+            "positive",
+        ),
+        (
+            "servers: [{name: a, url: 'http://x', call_timeout_seconds: true}]",
+            "servers[0].call_timeout_seconds",
+            "number",
+        ),
+        (
+            "servers: [{name: a, url: 'http://x', call_timeout_seconds: .inf}]",
+            "servers[0].call_timeout_seconds",
+            "positive",
+        ),
+        (
+            "servers: [{name: a, url: 'http://x', call_timeout_seconds: 5, timeouts: {call_seconds: 5}}]",
+            "servers[0].timeouts.call_seconds",
+            "keep one",
+        ),
+        (
+            "servers: [{name: a, url: 'http://x'}, {name: b, url: 'http://x'}, {name: a, command: [x]}]",
+            "servers[2].name",
+            "duplicate name 'a' (also servers[0])",
+        ),
+        ("gateway: {public_url: 'https://gw', listen: 1}", "gateway.listen", "unknown key"),
+        ("gateway: [x]", "gateway", "expected a mapping"),
+        ("gateway: {public_url: 'gw.example'}", "gateway.public_url", "http:// or https://"),
+        ("gateway: {public_url: 'https://gw/?a=b'}", "gateway.public_url", "query or fragment"),
+        ("clients: [{team: p}]", "clients[0].name", "required"),
+        ("clients: [{name: ci-bot, tema: p}]", "clients[0].tema", "unknown key (did you mean 'team'?)"),
+        ("clients: [{name: 'ci bot'}]", "clients[0].name", "not a valid name"),
+        ("clients: [{name: ci-bot, team: 'a/b'}]", "clients[0].team", "not a valid team"),
+        ("clients: [{name: x}, {name: x}]", "clients[1].name", "duplicate name"),
+        ("clients: ci-bot", "clients", "expected a list"),
+    ],
+)
+def test_every_error_names_its_key_path(text: str, path: str, fragment: str) -> None:
+    error = error_of(text)
+
+    assert error.path == path
+    assert fragment in error.message
+    assert str(error) == f"<config>: {path}: {error.message}"
+    assert "\n" not in str(error)
+
+
+@pytest.mark.parametrize(("key", "reference"), [("token", "token_env"), ("value", "value_env")])
+def test_a_literal_secret_is_refused_with_the_reference_to_use(key: str, reference: str) -> None:
+    error = error_of(f"servers: [{{name: a, url: 'http://x', auth: {{type: bearer, {key}: s3cret}}}}]")
+
+    assert error.path == f"servers[0].auth.{key}"
+    assert f"use {reference}" in error.message
+    assert "s3cret" not in str(error)
+
+
+@pytest.mark.parametrize("name", ["Calc", "my_server", "a" * 33, "-calc", "", "calc.v2"])
+def test_server_names_follow_the_name_rule(name: str) -> None:
+    error = error_of(f"servers: [{{name: '{name}', url: 'http://x'}}]")
+
+    assert error.path == "servers[0].name"
+    assert "not a valid name" in error.message
+
+
+def test_the_name_tollhouse_is_reserved() -> None:
+    error = error_of("servers: [{name: tollhouse, url: 'http://x'}]")
+
+    assert (error.path, error.message) == ("servers[0].name", "'tollhouse' is reserved")
+
+
+@pytest.mark.parametrize("name", ["a", "0", "a" * 32, "calc-2"])
+def test_valid_server_names_load(name: str) -> None:
+    assert load_config(f"servers: [{{name: '{name}', url: 'http://x'}}]").servers[0].name == name
+
+
+def test_url_and_command_are_mutually_exclusive() -> None:
+    error = error_of("servers: [{name: a, url: 'http://x', command: [python]}]")
+
+    assert (error.path, error.message) == ("servers[0]", "give either 'url' or 'command', not both")
+
+
+def test_not_yaml_is_one_line_with_its_position() -> None:
+    error = error_of("servers: [\n  {name: a\n")
+
+    assert error.path == ""
+    assert error.message.startswith("not valid YAML at line ")
+    assert "\n" not in str(error)
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "just text", "42"])
+def test_the_top_level_must_be_a_mapping(text: str) -> None:
+    error = error_of(text)
+
+    assert (error.path, error.message.split(",")[0]) == ("", "the top level must be a mapping")
+
+
+def test_a_server_entry_validates_on_its_own_for_the_admin_api() -> None:
+    assert server_from_dict({"name": "calc", "url": "http://x/mcp"}) == Upstream(
+        name="calc", url="http://x/mcp"
+    )
+    with pytest.raises(ConfigError) as info:
+        server_from_dict({"name": "calc", "urll": "http://x/mcp"})
+    assert str(info.value) == "urll: unknown key (did you mean 'url'?)"
+
+
+def test_config_from_dict_names_its_source_only_when_given() -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"servers": [{"name": "A", "url": "http://x"}]})
+    assert str(info.value).startswith("servers[0].name: ")
+    with pytest.raises(ConfigError) as info:
+        config_from_dict([], source="request")
+    assert str(info.value) == "request: the top level must be a mapping, got a list"
+
+
+def test_load_config_file_reads_a_file_and_names_it_in_errors(tmp_path: Path) -> None:
+    good = tmp_path / "tollhouse.yaml"
+    good.write_text(DESIGN_EXAMPLE, encoding="utf-8")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("servers: [{name: a, urll: x}]\n", encoding="utf-8")
+
+    assert load_config_file(good) == load_config(DESIGN_EXAMPLE)
+    with pytest.raises(ConfigError) as info:
+        load_config_file(bad)
+    assert str(info.value) == f"{bad}: servers[0].urll: unknown key (did you mean 'url'?)"
+    with pytest.raises(ConfigError) as info:
+        load_config_file(tmp_path / "missing.yaml")
+    assert str(info.value) == f"{tmp_path / 'missing.yaml'}: cannot read the file: No such file or directory"

@@ -1,0 +1,57 @@
+"""Run ASGI apps on real loopback sockets for tests.
+
+`serve(app)` binds 127.0.0.1:0 itself, hands the socket to uvicorn, waits for
+`server.started` under a deadline and stops the server on the way out, so tests use the
+port actually bound and never race for a free one.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import uvicorn
+from starlette.types import ASGIApp
+
+
+class _Server(uvicorn.Server):
+    """uvicorn.Server that sets an event once startup has finished (or failed)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = anyio.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().startup(sockets=sockets)
+        finally:
+            self.ready.set()
+
+
+@asynccontextmanager
+async def serve(app: ASGIApp, *, path: str = "", port: int = 0) -> AsyncIterator[str]:
+    """Serve `app` on a loopback port (ephemeral by default); yields its base URL plus `path`."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    port = sock.getsockname()[1]
+    # A short graceful-shutdown bound: leaving the block is how tests kill an upstream, and
+    # long-lived streams (a gateway's watch of this server) must not hold it open.
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan="on", loop="none", http="httptools", timeout_graceful_shutdown=1
+    )
+    server = _Server(config)
+    # uvicorn installs signal handlers only in run(); serve() inside a task group is safe.
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve, [sock])
+        with anyio.fail_after(10):
+            await server.ready.wait()
+        if not server.started:
+            raise RuntimeError("the test server failed to start")
+        try:
+            yield f"http://127.0.0.1:{port}{path}"
+        finally:
+            server.should_exit = True
+    sock.close()

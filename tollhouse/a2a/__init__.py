@@ -1,0 +1,1 @@
+"""tollhouse.a2a."""

@@ -1,0 +1,153 @@
+"""create_app(settings, deps): the one composition root.
+
+Nothing here is module-level state: two apps in one process share nothing. The lifespan
+migrates the database, loads the registry, starts the upstream pool and the session
+reaper in one task group, and closes everything on the way out.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import anyio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route
+
+from tollhouse.auth.middleware import BearerAuthMiddleware
+from tollhouse.auth.verifiers import ApiKeyVerifier, TokenVerifier, hash_secret
+from tollhouse.gateway.admin import AdminState, admin_app, apply_loaded
+from tollhouse.gateway.handlers import McpHandlers
+from tollhouse.gateway.mcp_endpoint import McpEndpoint
+from tollhouse.gateway.pipeline import build_pipeline
+from tollhouse.gateway.pool import ConnectorFactory, UpstreamPool
+from tollhouse.gateway.sessions import SessionManager
+from tollhouse.gateway.settings import Settings
+from tollhouse.gateway.snapshot import Snapshot
+from tollhouse.gateway.streamable_http import HttpUpstream
+from tollhouse.registry.config import LoadedConfig
+from tollhouse.registry.migrate import create_engine_for, database_url_for, upgrade
+from tollhouse.registry.models import Upstream
+from tollhouse.registry.store import RegistryStore, SqlRegistryStore
+
+__all__ = ["ADMIN_TOKEN_SETTING", "Deps", "create_app"]
+
+logger = logging.getLogger("tollhouse")
+ADMIN_TOKEN_SETTING = "admin_token_sha256"
+
+
+@dataclass(frozen=True)
+class Deps:
+    """The seams; None means "build the real one"."""
+
+    store: RegistryStore | None = None
+    connector_factory: ConnectorFactory | None = None
+    verifier: TokenVerifier | None = None
+
+
+def _default_connector_factory(settings: Settings) -> ConnectorFactory:
+    def factory(upstream: Upstream) -> HttpUpstream:
+        return HttpUpstream(upstream, max_response_bytes=settings.upstreams.max_response_bytes)
+
+    return factory
+
+
+def create_app(
+    settings: Settings, deps: Deps | None = None, *, apply_config: LoadedConfig | None = None
+) -> Starlette:
+    """Build the tollhouse ASGI app; `apply_config` is applied at start, as `tollhouse apply` would."""
+    deps = deps or Deps()
+    database_url = database_url_for(settings.database_url, settings.data_dir)
+    store = deps.store or SqlRegistryStore(create_engine_for(database_url))
+    keys = ApiKeyVerifier()
+    verifier = deps.verifier or keys
+    pool = UpstreamPool(store, deps.connector_factory or _default_connector_factory(settings), settings.upstreams)
+    sessions = SessionManager(
+        idle_seconds=settings.limits.session_idle_seconds,
+        max_sessions=settings.limits.max_sessions,
+        on_close=pool.end_session,
+    )
+    handlers = McpHandlers(pool, build_pipeline(pool), page_size=settings.limits.page_size)
+    public = urlsplit(settings.public_url)
+    endpoint = McpEndpoint(handlers, sessions, settings.limits, f"{public.scheme}://{public.netloc}")
+    admin_state = AdminState(store=store, pool=pool, keys=keys, public_url=settings.public_url)
+
+    async def on_snapshot(old: Snapshot, new: Snapshot) -> None:
+        if old.tool_fingerprint() != new.tool_fingerprint():
+            sessions.broadcast({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+        if old.prompts != new.prompts:
+            sessions.broadcast({"jsonrpc": "2.0", "method": "notifications/prompts/list_changed"})
+        if old.resources != new.resources or old.resource_templates != new.resource_templates:
+            sessions.broadcast({"jsonrpc": "2.0", "method": "notifications/resources/list_changed"})
+
+    pool.subscribe(on_snapshot)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if deps.store is None:
+            await anyio.to_thread.run_sync(upgrade, database_url)
+        admin_state.admin_token_hash = await _admin_token_hash(settings, store)
+        keys.replace(await store.list_clients())
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(pool.run)
+                await tg.start(sessions.run)
+                if apply_config is not None:
+                    await _apply_at_start(admin_state, apply_config)
+                yield
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await store.close()
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> JSONResponse:
+        snapshot = pool.snapshot
+        return JSONResponse({"status": "ready", "snapshot_version": snapshot.version, "live": sorted(snapshot.live)})
+
+    mcp = BearerAuthMiddleware(endpoint, verifier=verifier)
+    return Starlette(
+        routes=[
+            Route("/mcp", mcp),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Mount("/admin/api/v1", admin_app(admin_state)),
+        ],
+        lifespan=lifespan,
+    )
+
+
+async def _admin_token_hash(settings: Settings, store: RegistryStore) -> str:
+    """The admin credential's hash: from settings, else stored, else a new token printed once."""
+    if settings.admin_token is not None:
+        return hash_secret(settings.admin_token.get_secret_value())
+    stored = await store.get_setting(ADMIN_TOKEN_SETTING)
+    if stored:
+        return stored
+    import secrets
+
+    token = "tha_" + secrets.token_urlsafe(32)
+    digest = hash_secret(token)
+    await store.set_setting(ADMIN_TOKEN_SETTING, digest)
+    # Printed once, never logged: it is the only copy (only its hash is stored).
+    print(f"tollhouse: created the admin token (shown once): {token}", file=sys.stderr)
+    return digest
+
+
+async def _apply_at_start(state: AdminState, config: LoadedConfig) -> None:
+    summary = await apply_loaded(state, config.servers, config.clients, list(config.warnings), prune=False)
+    for client in summary["clients"]:
+        # New clients' keys exist only now; print them once, never log them.
+        print(
+            f"tollhouse: created client {client['name']} ({client['client_id']}), API key (shown once): "
+            f"{client['api_key']}",
+            file=sys.stderr,
+        )

@@ -1,0 +1,794 @@
+"""The `tollhouse` command line.
+
+Admin commands are a thin client of the admin API (`/admin/api/v1`): they reach the gateway at
+`--url` (env `TOLLHOUSE_URL`) with `--token` (env `TOLLHOUSE_ADMIN_TOKEN`), print aligned tables,
+or with `--json` the API's JSON and nothing else. `serve`, `demo` and `db upgrade` run locally and
+import the gateway only when chosen, so the admin commands start fast.
+
+Failures print one line, `tollhouse: error: <detail>`, on stderr and exit 1; usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import math
+import os
+import shlex
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, date, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx2
+
+from tollhouse import __version__
+from tollhouse.registry.config import ConfigError, config_from_dict, parse_yaml, render_yaml
+
+__all__ = ["DEFAULT_URL", "build_parser", "main"]
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+API_PREFIX = "/admin/api/v1"
+TIMEOUT_SECONDS = 30.0
+PROG = "tollhouse"
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class CliError(Exception):
+    """A failure reported as one line on stderr; the command exits 1."""
+
+
+class UsageError(CliError):
+    """Arguments that parse but do not make sense together; the command exits 2 with its usage."""
+
+
+# --- the admin API client --------------------------------------------------------------------
+
+
+class AdminClient:
+    """A short-lived synchronous client of one gateway's admin API."""
+
+    def __init__(self, url: str, token: str | None) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise CliError(f"invalid gateway URL {url!r}: expected http://HOST[:PORT] or https://HOST[:PORT]")
+        self.url = url.rstrip("/")
+        self.token = token
+        headers = {"Accept": "application/json", "User-Agent": f"tollhouse-cli/{__version__}"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        # trust_env=False: a proxy variable must not divert admin credentials.
+        self._http = httpx2.Client(
+            base_url=self.url + API_PREFIX, headers=headers, timeout=TIMEOUT_SECONDS, trust_env=False
+        )
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._http.close()
+
+    def request(
+        self, method: str, path: str, *, body: Any = None, params: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Send one request; returns the JSON object it answers (empty for 204 No Content).
+
+        Raises:
+            CliError: the gateway is unreachable, or answered with an error.
+        """
+        content = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if content is not None else None
+        try:
+            response = self._http.request(method, path, content=content, params=params, headers=headers)
+        except httpx2.ConnectError:
+            raise CliError(f"cannot reach the gateway at {self.url} (is it running?)") from None
+        except httpx2.TimeoutException:
+            raise CliError(
+                f"the gateway at {self.url} did not answer within {TIMEOUT_SECONDS:g} seconds"
+            ) from None
+        except httpx2.HTTPError as exc:
+            raise CliError(f"request to the gateway at {self.url} failed: {_clean(str(exc))}") from None
+        if response.status_code >= 400:
+            raise CliError(self._problem(response))
+        if response.is_redirect:
+            where = _clean(response.headers.get("location"))
+            raise CliError(
+                f"the gateway at {self.url} redirects to {where}; pass the address it names with --url"
+            )
+        if response.status_code == 204:
+            return {}
+        try:
+            document = response.json()
+        except ValueError:
+            document = None
+        if not isinstance(document, dict):
+            raise CliError(
+                f"the gateway at {self.url} did not answer with a JSON object (is it a tollhouse gateway?)"
+            )
+        return document
+
+    def _problem(self, response: httpx2.Response) -> str:
+        """The `detail` of an application/problem+json answer (RFC 9457), as one line."""
+        detail = None
+        try:
+            problem = response.json()
+        except ValueError:
+            problem = None
+        if isinstance(problem, dict):
+            detail = problem.get("detail") or problem.get("title")
+        if not isinstance(detail, str) or not detail.strip():
+            detail = f"the gateway answered HTTP {response.status_code} {response.reason_phrase}".rstrip()
+        detail = _clean(detail)
+        if response.status_code == 401 and not self.token:
+            detail += " (pass --token or set TOLLHOUSE_ADMIN_TOKEN)"
+        return detail
+
+
+def _client(args: argparse.Namespace) -> AdminClient:
+    url = getattr(args, "url", None) or os.environ.get("TOLLHOUSE_URL") or DEFAULT_URL
+    token = getattr(args, "token", None) or os.environ.get("TOLLHOUSE_ADMIN_TOKEN") or None
+    return AdminClient(url, token)
+
+
+def _seg(value: str) -> str:
+    """One URL path segment: names never smuggle in a '/' or a query."""
+    return quote(value, safe="")
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def _print_json(data: Any) -> None:
+    # ensure_ascii (the default) escapes control characters, so upstream text cannot drive the terminal.
+    print(json.dumps(data, indent=2))
+
+
+def _clean(value: Any) -> str:
+    """A value as one printable line: upstream text may carry newlines or terminal escape sequences."""
+    if value is None:
+        return "-"
+    text = "".join(ch if ch.isprintable() else " " for ch in str(value))
+    return " ".join(text.split()) or "-"
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = _clean(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _when(value: Any) -> str:
+    if not isinstance(value, str):
+        return "-"
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return _clean(value)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%d %H:%M") + (" UTC" if moment.tzinfo is not None else "")
+
+
+def _seconds_text(value: Any) -> str:
+    return f"{value:g}s" if isinstance(value, int | float) else "-"
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    cells = [[_clean(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    for row in [list(headers), *cells]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _fields(pairs: Iterable[tuple[str, Any]]) -> None:
+    pairs = list(pairs)
+    width = max(len(k) for k, _ in pairs) + 1
+    for key, value in pairs:
+        print(f"{key + ':':<{width}} {value}")
+
+
+def _sub(document: dict[str, Any], key: str) -> dict[str, Any]:
+    """A nested object of an answer, or an empty one."""
+    value = document.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _list(document: dict[str, Any], key: str) -> list[Any]:
+    """A nested list of an answer, or an empty one."""
+    value = document.get(key)
+    return value if isinstance(value, list) else []
+
+
+def _items(data: dict[str, Any]) -> list[dict[str, Any]]:
+    items = data.get("items")
+    if not isinstance(items, list):
+        raise CliError("unexpected answer from the gateway: no 'items' list")
+    return [i for i in items if isinstance(i, dict)]
+
+
+def _warn(message: str) -> None:
+    print(f"{PROG}: warning: {_clean(message)}", file=sys.stderr)
+
+
+# --- servers ---------------------------------------------------------------------------------
+
+
+def _target(server: dict[str, Any]) -> str:
+    command = server.get("command")
+    if command and isinstance(command, list):
+        return _clean(shlex.join(str(w) for w in command))
+    return _clean(server.get("url"))
+
+
+def _command_words(words: list[str], extra: list[str] | None) -> list[str]:
+    # One word is a shell-quoted command line ("python -m pkg"); several are taken verbatim.
+    if len(words) == 1:
+        try:
+            words = shlex.split(words[0])
+        except ValueError as exc:
+            raise UsageError(f"--command: {exc}") from None
+    words = [*words, *(extra or [])]
+    if not words or not words[0]:
+        raise UsageError("--command: needs a program to run")
+    return words
+
+
+def _servers_add(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"name": args.name}
+    if args.upstream_url is not None:
+        for option, given in (("--arg", args.arg), ("--env", args.env), ("--cwd", args.cwd)):
+            if given:
+                raise UsageError(f"{option} applies to --command servers only")
+        body["url"] = args.upstream_url
+        if args.sse:
+            body["transport"] = "sse"
+    else:
+        if args.sse:
+            raise UsageError("--sse applies to --url servers only")
+        body["command"] = _command_words(args.command, args.arg)
+        if args.env:
+            body["env"] = dict(args.env)
+        if args.cwd:
+            body["cwd"] = args.cwd
+    if args.bearer_env:
+        body["auth"] = {"type": "bearer", "token_env": args.bearer_env}
+    elif args.header_env:
+        header, variable = args.header_env
+        body["auth"] = {"type": "header", "header": header, "value_env": variable}
+    if args.approval:
+        body["approval"] = args.approval
+    if args.connect_timeout is not None:
+        body["connect_timeout_seconds"] = args.connect_timeout
+    if args.call_timeout is not None:
+        body["call_timeout_seconds"] = args.call_timeout
+    with _client(args) as api:
+        server = api.request("POST", "/servers", body=body)
+    if args.json:
+        _print_json(server)
+        return 0
+    health = _sub(server, "health").get("status", "unknown")
+    print(
+        f"added server {_clean(server.get('name'))} ({_clean(server.get('transport'))}, {_target(server)}): "
+        f"{server.get('tool_count', 0)} tools, health {_clean(health)}"
+    )
+    return 0
+
+
+def _servers_list(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        data = api.request("GET", "/servers")
+    if args.json:
+        _print_json(data)
+        return 0
+    servers = _items(data)
+    if not servers:
+        print("no servers registered")
+        return 0
+    _table(
+        ("NAME", "TRANSPORT", "TARGET", "HEALTH", "ERA", "TOOLS"),
+        (
+            (
+                s.get("name"),
+                s.get("transport"),
+                _target(s),
+                _sub(s, "health").get("status"),
+                s.get("era"),
+                s.get("tool_count"),
+            )
+            for s in servers
+        ),
+    )
+    return 0
+
+
+def _servers_show(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        server = api.request("GET", f"/servers/{_seg(args.name)}")
+    if args.json:
+        _print_json(server)
+        return 0
+    health, auth = _sub(server, "health"), _sub(server, "auth")
+    auth_text = _clean(auth.get("type", "none"))
+    for key in ("token_env", "header", "value_env"):
+        if auth.get(key):
+            auth_text += f" {key}={_clean(auth[key])}"
+    pairs: list[tuple[str, Any]] = [
+        ("name", _clean(server.get("name"))),
+        ("transport", _clean(server.get("transport"))),
+        ("url" if server.get("url") else "command", _target(server)),
+    ]
+    if env := _sub(server, "env"):
+        pairs.append(("env", " ".join(f"{_clean(k)}={_clean(v)}" for k, v in env.items())))
+    if server.get("cwd"):
+        pairs.append(("cwd", _clean(server["cwd"])))
+    pairs += [
+        ("auth", auth_text),
+        ("enabled", "yes" if server.get("enabled", True) else "no"),
+        ("approval", _clean(server.get("approval"))),
+        (
+            "timeouts",
+            f"connect {_seconds_text(server.get('connect_timeout_seconds'))}, "
+            f"call {_seconds_text(server.get('call_timeout_seconds'))}",
+        ),
+        ("health", _clean(health.get("status")) + f" (checked {_when(health.get('checked_at'))})"),
+    ]
+    if health.get("last_error"):
+        pairs.append(("last error", _clean(health["last_error"])))
+    pairs += [
+        ("era", _clean(server.get("era"))),
+        ("protocol", _clean(server.get("protocol_version"))),
+        ("created", _when(server.get("created_at"))),
+        ("updated", _when(server.get("updated_at"))),
+        ("tools", str(server.get("tool_count", 0))),
+    ]
+    _fields(pairs)
+    for tool in _list(server, "tools"):
+        print(f"  {_clean(tool)}")
+    return 0
+
+
+def _servers_remove(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        api.request("DELETE", f"/servers/{_seg(args.name)}")
+    print(f"removed server {_clean(args.name)}")
+    return 0
+
+
+def _servers_refresh(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        result = api.request("POST", f"/servers/{_seg(args.name)}/refresh")
+    if args.json:
+        _print_json(result)
+        return 0
+    print(
+        f"refreshed {_clean(result.get('server'))} (snapshot {_clean(result.get('snapshot_version'))}): "
+        f"{result.get('tools', 0)} tools, {result.get('resources', 0)} resources, "
+        f"{result.get('resource_templates', 0)} resource templates, {result.get('prompts', 0)} prompts"
+    )
+    return 0
+
+
+# --- tools -----------------------------------------------------------------------------------
+
+
+def _tools_list(args: argparse.Namespace) -> int:
+    params = {"server": args.server} if args.server else None
+    with _client(args) as api:
+        data = api.request("GET", "/tools", params=params)
+    if args.json:
+        _print_json(data)
+        return 0
+    tools = _items(data)
+    if not tools:
+        print("no tools")
+        return 0
+    _table(
+        ("NAME", "SERVER", "DESCRIPTION"),
+        ((t.get("name"), t.get("server"), _short(t.get("title") or t.get("description"))) for t in tools),
+    )
+    return 0
+
+
+def _tools_show(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        tool = api.request("GET", f"/tools/{_seg(args.name)}")
+    if args.json:
+        _print_json(tool)
+        return 0
+    definition = _sub(tool, "definition")
+    _fields(
+        [
+            ("name", _clean(tool.get("name"))),
+            ("server", _clean(tool.get("server"))),
+            ("tool", _clean(tool.get("tool"))),
+            ("title", _clean(tool.get("title") or definition.get("title"))),
+            ("description", _clean(tool.get("description") or definition.get("description"))),
+            ("sha256", _clean(tool.get("sha256"))),
+        ]
+    )
+    print("definition:")
+    print(json.dumps(definition, indent=2))
+    upstream = tool.get("upstream_definition")
+    if upstream is not None and upstream != tool.get("definition"):
+        print("upstream definition:")
+        print(json.dumps(upstream, indent=2))
+    return 0
+
+
+# --- clients ---------------------------------------------------------------------------------
+
+
+def _print_credentials(client: dict[str, Any]) -> None:
+    for key, label in (("client_secret", "client secret"), ("api_key", "API key")):
+        if client.get(key):
+            print(f"  {label}: {client[key]}")
+
+
+def _clients_create(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        client = api.request("POST", "/clients", body={"name": args.name, "team": args.team})
+    if args.json:
+        _print_json(client)
+        return 0
+    team = f", team {_clean(client.get('team'))}" if client.get("team") else ""
+    print(f"created client {_clean(client.get('name'))} (id {_clean(client.get('client_id'))}{team})")
+    _print_credentials(client)
+    print("Store the credentials now: they are not shown again.")
+    return 0
+
+
+def _clients_list(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        data = api.request("GET", "/clients")
+    if args.json:
+        _print_json(data)
+        return 0
+    clients = _items(data)
+    if not clients:
+        print("no clients")
+        return 0
+    _table(
+        ("CLIENT ID", "NAME", "TEAM", "KEY PREFIX", "CREATED", "STATUS"),
+        (
+            (
+                c.get("client_id"),
+                c.get("name"),
+                c.get("team"),
+                c.get("key_prefix"),
+                _when(c.get("created_at")),
+                f"revoked {_when(c['revoked_at'])}" if c.get("revoked_at") else "active",
+            )
+            for c in clients
+        ),
+    )
+    return 0
+
+
+def _clients_revoke(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        client = api.request("POST", f"/clients/{_seg(args.client)}/revoke")
+    print(f"revoked client {_clean(client.get('name'))} ({_clean(client.get('client_id'))})")
+    return 0
+
+
+# --- declarative configuration ---------------------------------------------------------------
+
+
+def _jsonable(value: Any, path: str) -> Any:
+    """YAML values as JSON values: YAML has dates, JSON does not."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise CliError(f"{path}: {value} cannot be sent as JSON")
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    raise CliError(f"{path}: a {type(value).__name__} value cannot be sent as JSON")
+
+
+def _apply(args: argparse.Namespace) -> int:
+    source = str(args.file)
+    try:
+        text = Path(args.file).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"{source}: cannot read the file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise CliError(f"{source}: the file is not UTF-8 text") from None
+    # Validate here first: a broken file is reported with its key path and nothing is sent.
+    try:
+        raw = parse_yaml(text, source=source)
+        loaded = config_from_dict(raw, source=source)
+    except ConfigError as exc:
+        raise CliError(_clean(str(exc))) from None
+    for warning in loaded.warnings:
+        _warn(f"{source}: {warning}")
+    body = {"config": _jsonable(raw, ""), "prune": bool(args.prune)}
+    with _client(args) as api:
+        result = api.request("POST", "/config/apply", body=body)
+    if args.json:
+        _print_json(result)
+        return 0
+    for warning in _list(result, "warnings"):
+        if warning not in loaded.warnings:
+            _warn(str(warning))
+    counts = []
+    for change in ("created", "updated", "deleted", "unchanged"):
+        names = _list(result, change)
+        counts.append(f"{len(names)} {change}")
+        if change != "unchanged":
+            for name in names:
+                print(f"{change:<9} {_clean(name)}")
+    print(f"applied {source}: " + ", ".join(counts))
+    new_clients = [
+        c
+        for c in _list(result, "clients")
+        if isinstance(c, dict) and (c.get("api_key") or c.get("client_secret"))
+    ]
+    for client in new_clients:
+        print(f"client {_clean(client.get('name'))} (id {_clean(client.get('client_id'))}):")
+        _print_credentials(client)
+    if new_clients:
+        print("Store the credentials now: they are not shown again.")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        data = api.request("GET", "/config/export")
+    text = render_yaml(data)
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        Path(args.out).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"{args.out}: cannot write the file: {exc.strerror or exc}") from None
+    return 0
+
+
+# --- local commands --------------------------------------------------------------------------
+
+
+def _run_local(module: str, function: str, **kwargs: Any) -> int:
+    # Imported on demand: the server stack is heavy and admin commands never need it.
+    entry = getattr(importlib.import_module(module), function)
+    result = entry(**kwargs)
+    return 0 if result is None else int(result)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    return _run_local(
+        "tollhouse.gateway.serve", "serve_main", config=args.config, host=args.host, port=args.port
+    )
+
+
+def _demo(args: argparse.Namespace) -> int:
+    return _run_local("tollhouse.gateway.demo", "demo_main")
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    return _run_local("tollhouse.gateway.serve", "db_upgrade_main")
+
+
+# --- argument parsing ------------------------------------------------------------------------
+
+
+def _pair(left: str, right: str) -> Callable[[str], tuple[str, str]]:
+    def parse(text: str) -> tuple[str, str]:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"expected {left}={right}, got {text!r}")
+        return key, value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number (0-65535), got {text!r}")
+    return value
+
+
+_ADMIN_EPILOG = (
+    f"The gateway is reached at --url (env TOLLHOUSE_URL, default {DEFAULT_URL}) with --token "
+    "(env TOLLHOUSE_ADMIN_TOKEN; prefer the variable: arguments are visible to other local users)."
+)
+
+
+def _admin_options(*, url: bool = True) -> argparse.ArgumentParser:
+    # SUPPRESS keeps a value given before the command (tollhouse --url X servers list) from being
+    # overwritten by the subcommand's own default.
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("gateway")
+    if url:
+        group.add_argument("--url", default=argparse.SUPPRESS, help="gateway base URL (env TOLLHOUSE_URL)")
+    group.add_argument(
+        "--token", default=argparse.SUPPRESS, help="admin bearer token (env TOLLHOUSE_ADMIN_TOKEN)"
+    )
+    return parent
+
+
+def _json_option() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--json", action="store_true", help="print machine-readable JSON only")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `tollhouse` argument parser."""
+    admin, as_json = _admin_options(), _json_option()
+    # `servers add --url` is the upstream's URL; there the gateway's comes first or from the env.
+    token_only = _admin_options(url=False)
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="tollhouse: one governed front door for MCP servers and A2A agents.",
+        epilog=_ADMIN_EPILOG,
+        parents=[admin],
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def leaf(
+        group: Any,
+        name: str,
+        handler: Handler,
+        summary: str,
+        *,
+        with_json: bool = False,
+        local: bool = False,
+        connection: argparse.ArgumentParser = admin,
+        epilog: str = _ADMIN_EPILOG,
+    ) -> argparse.ArgumentParser:
+        parents = ([] if local else [connection]) + ([as_json] if with_json else [])
+        sub: argparse.ArgumentParser = group.add_parser(
+            name, help=summary, description=summary, parents=parents, epilog=None if local else epilog
+        )
+        sub.set_defaults(handler=handler, parser=sub)
+        return sub
+
+    def branch(name: str, summary: str) -> Any:
+        sub = commands.add_parser(name, help=summary, description=summary)
+        return sub.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    # local
+    serve = leaf(commands, "serve", _serve, "run the gateway", local=True)
+    serve.add_argument("--config", metavar="FILE", help="apply this configuration file at start")
+    serve.add_argument("--host", help="address to listen on")
+    serve.add_argument("--port", type=_port, help="port to listen on")
+    leaf(commands, "demo", _demo, "run the gateway with the example servers", local=True)
+    db = branch("db", "database maintenance")
+    leaf(db, "upgrade", _db_upgrade, "migrate the database to the current schema", local=True)
+
+    # declarative configuration
+    apply = leaf(commands, "apply", _apply, "apply a configuration file (YAML); idempotent", with_json=True)
+    apply.add_argument("file", metavar="FILE", help="configuration file")
+    apply.add_argument("--prune", action="store_true", help="also delete what the file does not name")
+    export = leaf(commands, "export", _export, "write the current configuration as YAML")
+    export.add_argument("--out", metavar="FILE", help="write to FILE instead of standard output")
+
+    # servers
+    servers = branch("servers", "register and inspect upstream MCP servers")
+    add = leaf(
+        servers,
+        "add",
+        _servers_add,
+        "register an upstream MCP server",
+        with_json=True,
+        connection=token_only,
+        epilog="Here --url is the upstream's URL: give the gateway's before the command "
+        "(tollhouse --url GATEWAY servers add ...) or in TOLLHOUSE_URL (default " + DEFAULT_URL + ").",
+    )
+    add.add_argument("name", metavar="NAME", help="server name: 1-32 of a-z, 0-9 and '-'")
+    target = add.add_mutually_exclusive_group(required=True)
+    target.add_argument(
+        "--url", dest="upstream_url", metavar="URL", help="the server's Streamable HTTP (or --sse) endpoint"
+    )
+    target.add_argument(
+        "--command",
+        nargs="+",
+        metavar="CMD",
+        help="stdio server to start: one shell-quoted string (--command 'python -m pkg') or separate "
+        "words (--command python server.py); pass words starting with '-' inside the quotes or with --arg",
+    )
+    add.add_argument(
+        "--arg", action="append", metavar="ARG", help="extra argument for --command (repeatable)"
+    )
+    add.add_argument(
+        "--env",
+        action="append",
+        type=_pair("KEY", "VALUE"),
+        metavar="KEY=VALUE",
+        help="environment of the stdio server; the only variables it sees (repeatable)",
+    )
+    add.add_argument("--cwd", metavar="DIR", help="working directory of the stdio server")
+    add.add_argument("--sse", action="store_true", help="the URL speaks the legacy HTTP+SSE transport")
+    auth = add.add_mutually_exclusive_group()
+    auth.add_argument(
+        "--bearer-env", metavar="VAR", help="send 'Authorization: Bearer $VAR' upstream (the gateway's env)"
+    )
+    auth.add_argument(
+        "--header-env",
+        type=_pair("NAME", "VAR"),
+        metavar="NAME=VAR",
+        help="send header NAME with the value of $VAR upstream (the gateway's env)",
+    )
+    add.add_argument("--approval", choices=("first-use", "manual"), help="tool pinning (default first-use)")
+    add.add_argument("--connect-timeout", type=_seconds, metavar="S", help="connect timeout in seconds")
+    add.add_argument("--call-timeout", type=_seconds, metavar="S", help="tool call timeout in seconds")
+    leaf(servers, "list", _servers_list, "list registered servers", with_json=True)
+    show = leaf(servers, "show", _servers_show, "show one server and its tools", with_json=True)
+    show.add_argument("name", metavar="NAME")
+    remove = leaf(servers, "remove", _servers_remove, "remove a server")
+    remove.add_argument("name", metavar="NAME")
+    refresh = leaf(servers, "refresh", _servers_refresh, "re-read a server's catalog now", with_json=True)
+    refresh.add_argument("name", metavar="NAME")
+
+    # tools
+    tools = branch("tools", "inspect the tools the gateway exposes")
+    tools_list = leaf(tools, "list", _tools_list, "list exposed tools", with_json=True)
+    tools_list.add_argument("--server", metavar="NAME", help="only this server's tools")
+    tools_show = leaf(tools, "show", _tools_show, "show one tool's definition", with_json=True)
+    tools_show.add_argument("name", metavar="NAME", help="exposed name, e.g. calc__add")
+
+    # clients
+    clients = branch("clients", "API clients (agents, scripts) and their credentials")
+    create = leaf(
+        clients, "create", _clients_create, "create a client; prints its credentials once", with_json=True
+    )
+    create.add_argument("name", metavar="NAME")
+    create.add_argument("--team", metavar="TEAM", help="team the client's usage bills to")
+    leaf(clients, "list", _clients_list, "list clients", with_json=True)
+    revoke = leaf(clients, "revoke", _clients_revoke, "revoke a client's credentials")
+    revoke.add_argument("client", metavar="CLIENT", help="client id or name")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `tollhouse` command line; returns the exit status (0 ok, 1 failure, 2 usage)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        handler: Handler = args.handler
+        command_parser: argparse.ArgumentParser = args.parser
+        try:
+            return handler(args)
+        except UsageError as exc:
+            command_parser.error(str(exc))
+    except SystemExit as exc:
+        # argparse exits for --help, --version and usage errors; report its status instead.
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except CliError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`tollhouse tools list | head`): stop quietly, as Unix tools do,
+        # and keep the interpreter's final flush from raising again.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141

@@ -1,0 +1,180 @@
+"""`tollhouse demo`: the example servers, a gateway in front of them, a key, and one agent run.
+
+It starts examples/servers/studio.py and notes.py as child processes, serves tollhouse
+in-process with a fresh SQLite registry under `.tollhouse/demo`, registers both servers and
+a client through the admin API, runs the scripted agent once through the gateway, prints
+the URLs, the key and an MCP client configuration, and serves until Ctrl-C (or SIGTERM),
+then stops every child.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import httpx2
+import uvicorn
+from pydantic import SecretStr
+
+from tollhouse.gateway.app import create_app
+from tollhouse.gateway.serve import uvicorn_config
+from tollhouse.gateway.settings import Settings
+
+__all__ = ["demo_main"]
+
+_EXAMPLES = ("studio", "notes")
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+async def _start_example(name: str, root: Path) -> tuple[subprocess.Popen[str], str]:
+    script = root / "examples" / "servers" / f"{name}.py"
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "--port", "0"], stdout=subprocess.PIPE, text=True, env=env, cwd=root
+    )
+    assert proc.stdout is not None
+    with anyio.fail_after(30):
+        line = await anyio.to_thread.run_sync(proc.stdout.readline)
+    if not line.startswith("READY "):
+        proc.kill()
+        raise RuntimeError(f"example server {name} did not start")
+    return proc, line.split()[1]
+
+
+def _listen_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.bind((host, 0))  # the default port is taken: any free one will do for a demo
+    return sock
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = anyio.Event()
+
+    def install_signal_handlers(self) -> None:
+        pass  # the demo handles signals itself
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().startup(sockets=sockets)
+        finally:
+            self.ready.set()
+
+
+async def _demo(port: int) -> int:
+    root = _repo_root()
+    data_dir = root / ".tollhouse" / "demo"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    admin_token = "tha_" + secrets.token_urlsafe(24)
+    sock = _listen_socket("127.0.0.1", port)
+    bound = sock.getsockname()[1]
+    base = f"http://127.0.0.1:{bound}"
+    settings = Settings(
+        public_url=base, data_dir=str(data_dir), admin_token=SecretStr(admin_token), port=bound, log_level="warning"
+    )
+    children: list[subprocess.Popen[str]] = []
+    try:
+        urls = {}
+        for name in _EXAMPLES:
+            proc, url = await _start_example(name, root)
+            children.append(proc)
+            urls[name] = url
+        server = _Server(uvicorn_config(create_app(settings), settings))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve, [sock])
+            with anyio.fail_after(30):
+                await server.ready.wait()
+            if not server.started:
+                raise RuntimeError("the gateway did not start")
+            key = await _register(base, admin_token, urls)
+            transcript = await _run_agent(f"{base}/mcp", key)
+            _banner(base, admin_token, urls, key, transcript)
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    break
+            print("\ntollhouse demo: stopping", flush=True)
+            server.should_exit = True
+        return 0
+    finally:
+        for proc in children:
+            proc.terminate()
+        for proc in children:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        sock.close()
+
+
+async def _register(base: str, admin_token: str, urls: dict[str, str]) -> str:
+    async with httpx2.AsyncClient(
+        base_url=f"{base}/admin/api/v1", headers={"Authorization": f"Bearer {admin_token}"}, trust_env=False, timeout=30
+    ) as admin:
+        for name, url in urls.items():
+            response = await admin.post("/servers", json={"name": name, "url": url})
+            response.raise_for_status()
+        response = await admin.post("/clients", json={"name": "demo-agent", "team": "demo"})
+        response.raise_for_status()
+        key: str = response.json()["api_key"]
+        return key
+
+
+async def _run_agent(url: str, key: str) -> list[str]:
+    from examples.agents.scripted_agent import run_agent
+
+    lines: list[str] = []
+    for mode in ("2026-07-28", "legacy"):
+        lines.extend(await run_agent(url, key, mode))
+    return lines
+
+
+def _banner(base: str, admin_token: str, urls: dict[str, str], key: str, transcript: list[str]) -> None:
+    from examples.agents.scripted_agent import client_config
+
+    mcp_url = f"{base}/mcp"
+    out = [
+        "",
+        "tollhouse demo is running. Press Ctrl-C to stop.",
+        "",
+        f"  MCP endpoint:     {mcp_url}",
+        f"  Admin API:        {base}/admin/api/v1  (admin token: {admin_token})",
+        *(f"  upstream {name + ':':<9}{url}" for name, url in urls.items()),
+        "",
+        "Scripted agent run through the gateway:",
+        *(f"  {line}" for line in transcript),
+        "",
+        "MCP client configuration (paste into your MCP client):",
+        json.dumps(client_config(mcp_url, key), indent=2),
+        "",
+        "Try it:",
+        f"  curl -s {mcp_url} -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \\",
+        "    -H 'MCP-Protocol-Version: 2026-07-28' -H 'Mcp-Method: tools/list' -H \"Authorization: Bearer $KEY\" \\",
+        '    -d \'{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{'
+        '"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}\'',
+        "",
+        f"Authorization: Bearer {key}",
+    ]
+    print("\n".join(out), flush=True)
+
+
+def demo_main() -> int:
+    """Run the demo until interrupted; 0 on a clean stop."""
+    port = int(os.environ.get("TOLLHOUSE_DEMO_PORT", "8000"))
+    return anyio.run(_demo, port, backend_options={"use_uvloop": True})

@@ -1,0 +1,157 @@
+"""GatewayError family and the one table that maps each error to its wire channel.
+
+Channel 1 (HTTP status) is for requests that are themselves unacceptable; channel 2 (a
+JSON-RPC error) for well-formed messages that cannot be served; channel 3 (a tool result
+with isError) is the upstream's own and is passed through untouched, so it has no class here.
+
+tollhouse's own JSON-RPC codes live outside -32768..-32000, which JSON-RPC and MCP reserve
+(MCP 2026-07-28 basic/index: -32020 and up are spec codes). docs/errors.md lists them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "CODE_TABLE",
+    "INTERNAL_ERROR",
+    "INVALID_PARAMS",
+    "INVALID_REQUEST",
+    "METHOD_NOT_FOUND",
+    "PARSE_ERROR",
+    "GatewayError",
+    "InvalidArguments",
+    "UnknownPrompt",
+    "UnknownResource",
+    "UnknownTool",
+    "UpstreamProtocolError",
+    "UpstreamRpcError",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+]
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+# MCP 2026-07-28 spec codes
+HEADER_MISMATCH = -32020
+MISSING_CLIENT_CAPABILITY = -32021
+UNSUPPORTED_PROTOCOL_VERSION = -32022
+
+# tollhouse's own codes (docs/errors.md)
+UPSTREAM_UNAVAILABLE = -31001
+UPSTREAM_TIMEOUT = -31002
+UPSTREAM_PROTOCOL_ERROR = -31003
+
+
+class GatewayError(Exception):
+    """An error the gateway answers on the wire; `message` and `data` are safe to show."""
+
+    code: int = INTERNAL_ERROR
+    default_message = "Internal error"
+
+    def __init__(self, message: str | None = None, data: dict[str, Any] | None = None) -> None:
+        self.message = message or self.default_message
+        self.data = data
+        super().__init__(self.message)
+
+    def to_error(self) -> dict[str, Any]:
+        """The JSON-RPC `error` member."""
+        err: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            err["data"] = self.data
+        return err
+
+
+class UnknownTool(GatewayError):
+    """No such tool, or one the caller may not see: the two look the same on the wire."""
+
+    code = INVALID_PARAMS
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"Unknown tool: {name}", {"name": name})
+
+
+class UnknownPrompt(GatewayError):
+    """No such prompt."""
+
+    code = INVALID_PARAMS
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"Unknown prompt: {name}", {"name": name})
+
+
+class UnknownResource(GatewayError):
+    """No such resource (2026-07-28 uses -32602 for resource-not-found)."""
+
+    code = INVALID_PARAMS
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(f"Unknown resource: {uri}", {"uri": uri})
+
+
+class InvalidArguments(GatewayError):
+    """The request's params are malformed."""
+
+    code = INVALID_PARAMS
+    default_message = "Invalid params"
+
+
+class UpstreamUnavailable(GatewayError):
+    """The upstream could not be reached or is marked down."""
+
+    code = UPSTREAM_UNAVAILABLE
+
+    def __init__(self, server: str) -> None:
+        super().__init__(f"Upstream unavailable: {server}", {"server": server})
+
+
+class UpstreamTimeout(GatewayError):
+    """The upstream did not answer within its call timeout."""
+
+    code = UPSTREAM_TIMEOUT
+
+    def __init__(self, server: str, timeout_seconds: float) -> None:
+        super().__init__(
+            f"Upstream timed out: {server}", {"server": server, "timeout_seconds": timeout_seconds}
+        )
+
+
+class UpstreamProtocolError(GatewayError):
+    """The upstream answered something that is not valid MCP."""
+
+    code = UPSTREAM_PROTOCOL_ERROR
+
+    def __init__(self, server: str) -> None:
+        super().__init__(f"Upstream sent an invalid response: {server}", {"server": server})
+
+
+class UpstreamRpcError(GatewayError):
+    """The upstream answered with a JSON-RPC error; relayed with its own code and message."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message, None)
+        self.code = code
+        self.upstream_data = data
+
+    def to_error(self) -> dict[str, Any]:
+        err: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.upstream_data is not None:
+            err["data"] = self.upstream_data
+        return err
+
+
+# class -> (JSON-RPC code, HTTP status for a 2026-07-28 single-exchange request).
+# Session-era requests always answer 200 with the JSON-RPC error.
+CODE_TABLE: dict[type[GatewayError], tuple[int, int]] = {
+    UnknownTool: (INVALID_PARAMS, 200),
+    UnknownPrompt: (INVALID_PARAMS, 200),
+    UnknownResource: (INVALID_PARAMS, 200),
+    InvalidArguments: (INVALID_PARAMS, 200),
+    UpstreamUnavailable: (UPSTREAM_UNAVAILABLE, 200),
+    UpstreamTimeout: (UPSTREAM_TIMEOUT, 200),
+    UpstreamProtocolError: (UPSTREAM_PROTOCOL_ERROR, 200),
+    UpstreamRpcError: (INTERNAL_ERROR, 200),
+}

@@ -1,0 +1,292 @@
+"""MCP method handlers: the aggregate server behind every MCP endpoint.
+
+Transport-free: the endpoint parses and frames, these answer one method each from the
+current snapshot (lists) or by routing to one upstream (calls, reads, gets).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tollhouse import __version__
+from tollhouse.auth.principal import Principal
+from tollhouse.gateway.errors import (
+    GatewayError,
+    InvalidArguments,
+    UnknownPrompt,
+    UnknownResource,
+    UpstreamUnavailable,
+)
+from tollhouse.gateway.pipeline import CallContext, Pipeline
+from tollhouse.gateway.pool import UpstreamPool
+from tollhouse.gateway.snapshot import expose_uri, split_exposed_uri
+from tollhouse.gateway.upstream import ProgressCallback
+from tollhouse.registry.models import JSONObject
+
+__all__ = ["MODERN_VERSION", "SESSION_VERSIONS", "McpHandlers", "MethodNotFound", "RequestContext"]
+
+MODERN_VERSION = "2026-07-28"
+SESSION_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
+SERVER_INFO: JSONObject = {"name": "tollhouse", "title": "tollhouse MCP gateway", "version": __version__}
+_SERVER_INFO_KEY = "io.modelcontextprotocol/serverInfo"
+_INSTRUCTIONS = (
+    "tollhouse aggregates several MCP servers. Tool and prompt names are '<server>__<name>'; "
+    "resource URIs are 'tollhouse://<server>/<original uri>'."
+)
+
+
+class MethodNotFound(GatewayError):
+    """The method is not served on this endpoint (JSON-RPC -32601)."""
+
+    code = -32601
+
+    def __init__(self, method: str) -> None:
+        super().__init__("Method not found", {"method": method})
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """One downstream request as the handlers see it."""
+
+    principal: Principal
+    protocol_version: str
+    modern: bool
+    request_id: Any = None
+    session_key: str | None = None
+    on_progress: ProgressCallback | None = None
+
+
+Handler = Callable[[JSONObject, RequestContext], Awaitable[JSONObject]]
+
+
+class McpHandlers:
+    """Answers MCP methods for the aggregate of all live upstreams."""
+
+    def __init__(self, pool: UpstreamPool, pipeline: Pipeline, *, page_size: int) -> None:
+        self._pool = pool
+        self._pipeline = pipeline
+        self._page_size = page_size
+        self._table: dict[str, Handler] = {
+            "tools/list": self.list_tools,
+            "tools/call": self.call_tool,
+            "resources/list": self.list_resources,
+            "resources/templates/list": self.list_resource_templates,
+            "resources/read": self.read_resource,
+            "prompts/list": self.list_prompts,
+            "prompts/get": self.get_prompt,
+            "completion/complete": self.complete,
+        }
+
+    def handler(self, method: str) -> Handler:
+        """The handler for a method served in both eras.
+
+        Raises:
+            MethodNotFound: no such method.
+        """
+        handler = self._table.get(method)
+        if handler is None:
+            raise MethodNotFound(method)
+        return handler
+
+    # -- handshake and discovery ------------------------------------------------------------
+
+    def capabilities(self, *, modern: bool) -> JSONObject:
+        """What tollhouse offers; list_changed needs a stream, which legacy sessions have."""
+        return {
+            "tools": {"listChanged": not modern},
+            "resources": {"listChanged": not modern},
+            "prompts": {"listChanged": not modern},
+            "completions": {},
+            "logging": {},
+        }
+
+    def initialize(self, params: JSONObject) -> JSONObject:
+        """The InitializeResult for a session-era client, negotiating the version."""
+        requested = params.get("protocolVersion")
+        version = requested if requested in SESSION_VERSIONS else SESSION_VERSIONS[0]
+        return {
+            "protocolVersion": version,
+            "capabilities": self.capabilities(modern=False),
+            "serverInfo": SERVER_INFO,
+            "instructions": _INSTRUCTIONS,
+        }
+
+    def discover(self) -> JSONObject:
+        """The `server/discover` result (2026-07-28)."""
+        return {
+            "supportedVersions": [MODERN_VERSION],
+            "capabilities": self.capabilities(modern=True),
+            "instructions": _INSTRUCTIONS,
+            "ttlMs": 0,
+            "cacheScope": "private",
+            "_meta": {_SERVER_INFO_KEY: SERVER_INFO},
+        }
+
+    # -- lists ------------------------------------------------------------------------------
+
+    async def list_tools(self, params: JSONObject, rc: RequestContext) -> JSONObject:
+        """One page of the merged tool list, ordered by exposed name."""
+        after = _decode_cursor(params, "t")
+        page, last = self._pool.snapshot.tools_after(after, self._page_size)
+        return _list_result("tools", [t.definition for t in page], _encode_cursor("t", last), rc)
+
+    async def list_prompts(self, params: JSONObject, rc: RequestContext) -> JSONObject:
+        """One page of the merged prompt list."""
+        after = _decode_cursor(params, "p")
+        page, last = self._pool.snapshot.prompts_after(after, self._page_size)
+        return _list_result("prompts", [p.definition for p in page], _encode_cursor("p", last), rc)
+
+    async def list_resources(self, params: JSONObject, rc: RequestContext) -> JSONObject:
+        """One page of the merged resource list (URIs rewritten)."""
+        return self._offset_page("resources", self._pool.snapshot.resources, params, rc)
+
+    async def list_resource_templates(self, params: JSONObject, rc: RequestContext) -> JSONObject:
+        """One page of the merged resource-template list (URI templates rewritten)."""
+        return self._offset_page("resourceTemplates", self._pool.snapshot.resource_templates, params, rc)
+
+    def _offset_page(
+        self, key: str, items: tuple[JSONObject, ...], params: JSONObject, rc: RequestContext
+    ) -> JSONObject:
+        raw = _decode_cursor(params, "o")
+        try:
+            start = int(raw) if raw is not None else 0
+        except ValueError:
+            raise InvalidArguments("Invalid cursor") from None
+        if start < 0:
+            raise InvalidArguments("Invalid cursor")
+        end = start + self._page_size
+        cursor = _encode_cursor("o", str(end)) if end < len(items) else None
+        return _list_result(key, list(items[start:end]), cursor, rc)
+
+    # -- routed calls -----------------------------------------------------------------------
+
+    async def call_tool(self, params: JSONObject, rc: RequestContext) -> JSONObject:
+        """Route a tools/call through the pipeline."""
+        name = params.get("name")
+        arguments = params.get("arguments", {})
+        if not isinstance(name, str) or not isinstance(arguments, dict):
+            raise InvalidArguments("tools/call needs a string 'name' and an object 'arguments'")
+        ctx = CallContext(
+            principal=rc.principal,
+            name=name,
+            arguments=arguments,
+            protocol_version=rc.protocol_version,
+            request_id=rc.request_id,
+            session_key=rc.session_key,
+            on_progress=rc.on_progress,
+        )
+        return _own_result(await self._pipeline(ctx), rc)
+
+    async def read_resource(self, params: JSONObject, rc: RequestContext) -> JSONObject:
+        """Route a resources/read by the server named in the URI; rewrite URIs in the result."""
+        uri = params.get("uri")
+        if not isinstance(uri, str):
+            raise InvalidArguments("resources/read needs a string 'uri'")
+        target = split_exposed_uri(uri)
+        if target is None or target[0] not in self._pool.snapshot.live:
+            raise UnknownResource(uri)
+        server, original = target
+        result = await self._routed(server, "resources/read", {"uri": original}, rc)
+        contents = result.get("contents")
+        if isinstance(contents, list):
+            result = dict(result)
+            result["contents"] = [
+                {**c, "uri": expose_uri(server, c["uri"])} if isinstance(c, dict) and "uri" in c else c
+                for c in contents
+            ]
+        return _own_result(result, rc)
+
+    async def get_prompt(self, params: JSONObject, rc: RequestContext) -> JSONObject:
+        """Route a prompts/get by exposed prompt name."""
+        name = params.get("name")
+        if not isinstance(name, str):
+            raise InvalidArguments("prompts/get needs a string 'name'")
+        prompt = self._pool.snapshot.prompt(name)
+        if prompt is None:
+            raise UnknownPrompt(name)
+        upstream_params: JSONObject = {"name": prompt.name}
+        if "arguments" in params:
+            upstream_params["arguments"] = params["arguments"]
+        return _own_result(await self._routed(prompt.server, "prompts/get", upstream_params, rc), rc)
+
+    async def complete(self, params: JSONObject, rc: RequestContext) -> JSONObject:
+        """Route completion/complete by the prompt or resource it refers to."""
+        ref = params.get("ref")
+        if not isinstance(ref, dict):
+            raise InvalidArguments("completion/complete needs a 'ref'")
+        upstream_ref = dict(ref)
+        if ref.get("type") == "ref/prompt":
+            prompt = self._pool.snapshot.prompt(str(ref.get("name")))
+            if prompt is None:
+                raise UnknownPrompt(str(ref.get("name")))
+            server, upstream_ref["name"] = prompt.server, prompt.name
+        elif ref.get("type") == "ref/resource":
+            target = split_exposed_uri(str(ref.get("uri")))
+            if target is None or target[0] not in self._pool.snapshot.live:
+                raise UnknownResource(str(ref.get("uri")))
+            server, upstream_ref["uri"] = target
+        else:
+            raise InvalidArguments("Unknown completion reference type")
+        upstream_params = {k: v for k, v in params.items() if k != "_meta"}
+        upstream_params["ref"] = upstream_ref
+        return _own_result(await self._routed(server, "completion/complete", upstream_params, rc), rc)
+
+    async def _routed(self, server: str, method: str, params: JSONObject, rc: RequestContext) -> JSONObject:
+        connector = self._pool.connector(server)
+        try:
+            return await connector.request(method, params, session_key=rc.session_key)
+        except UpstreamUnavailable as exc:
+            await self._pool.mark_down(server, exc)
+            raise
+
+
+def _own_result(result: JSONObject, rc: RequestContext) -> JSONObject:
+    """Replace the upstream's self-description with tollhouse's; the client talks to us."""
+    meta = result.get("_meta")
+    if isinstance(meta, dict) and _SERVER_INFO_KEY in meta:
+        result = dict(result)
+        result["_meta"] = {k: v for k, v in meta.items() if k != _SERVER_INFO_KEY}
+    if rc.modern:
+        result = dict(result)
+        result.setdefault("resultType", "complete")
+        result.setdefault("_meta", {})[_SERVER_INFO_KEY] = SERVER_INFO
+    elif "resultType" in result:
+        result = {k: v for k, v in result.items() if k != "resultType"}
+    return result
+
+
+def _list_result(key: str, items: list[JSONObject], cursor: str | None, rc: RequestContext) -> JSONObject:
+    result: JSONObject = {key: items}
+    if cursor is not None:
+        result["nextCursor"] = cursor
+    if rc.modern:
+        result["ttlMs"] = 0
+        result["cacheScope"] = "private"
+        result["resultType"] = "complete"
+    return result
+
+
+def _encode_cursor(kind: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    return base64.urlsafe_b64encode(f"{kind}:{value}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(params: JSONObject, kind: str) -> str | None:
+    cursor = params.get("cursor")
+    if cursor is None:
+        return None
+    if not isinstance(cursor, str):
+        raise InvalidArguments("Invalid cursor")
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidArguments("Invalid cursor") from None
+    prefix, sep, value = raw.partition(":")
+    if prefix != kind or not sep:
+        raise InvalidArguments("Invalid cursor")
+    return value

@@ -1,0 +1,487 @@
+"""McpEndpoint: Streamable HTTP for MCP 2026-07-28 (stateless) and the session era, on one path.
+
+It checks the request (method, Origin, Content-Type, Accept, size, JSON-RPC shape), picks
+the era (an `initialize` or a session id means the session era; a 2026-07-28 version in
+the header or `_meta` means modern), verifies the 2026-07-28 routing headers against the
+body (MCP 2026-07-28 basic/transports: -32020 on mismatch), and frames the handlers'
+answers as JSON, or as SSE when progress is requested. The principal comes from
+BearerAuthMiddleware in front of it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import anyio
+import orjson
+from starlette.types import Message, Receive, Scope, Send
+
+from tollhouse.auth.middleware import principal_of
+from tollhouse.gateway.errors import (
+    HEADER_MISMATCH,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    UNSUPPORTED_PROTOCOL_VERSION,
+    GatewayError,
+)
+from tollhouse.gateway.handlers import MODERN_VERSION, SESSION_VERSIONS, McpHandlers, RequestContext
+from tollhouse.gateway.sessions import DownstreamSession, SessionManager, TooManySessions
+from tollhouse.gateway.settings import LimitsSettings
+from tollhouse.registry.models import JSONObject
+
+__all__ = ["McpEndpoint", "allowed_origin"]
+
+logger = logging.getLogger("tollhouse.mcp")
+
+_PV_KEY = "io.modelcontextprotocol/protocolVersion"
+_CAPS_KEY = "io.modelcontextprotocol/clientCapabilities"
+_NAMED = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+_JSON = (b"content-type", b"application/json")
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache, no-transform"),
+    (b"x-accel-buffering", b"no"),
+]
+_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]"}
+
+
+class _Reject(Exception):
+    """Refuse the request with an HTTP status and a JSON-RPC error body."""
+
+    def __init__(self, status: int, code: int, message: str, data: Any = None, request_id: Any = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.data, self.request_id = status, code, message, data, request_id
+
+
+def allowed_origin(origin: str, public_origin: str) -> bool:
+    """Origin check (MCP transports: servers MUST validate Origin): public or loopback origins."""
+    if origin == public_origin:
+        return True
+    scheme, sep, rest = origin.partition("://")
+    if not sep or scheme not in ("http", "https"):
+        return False
+    host = rest.rsplit(":", 1)[0] if not rest.endswith("]") else rest
+    return host in _LOOPBACK_HOSTS
+
+
+class McpEndpoint:
+    """The ASGI app behind `/mcp`: one aggregate MCP server, both protocol eras."""
+
+    def __init__(
+        self, handlers: McpHandlers, sessions: SessionManager, limits: LimitsSettings, public_origin: str
+    ) -> None:
+        self._handlers = handlers
+        self._sessions = sessions
+        self._max_body = limits.max_body_bytes
+        self._public_origin = public_origin
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        origin = headers.get("origin")
+        if origin is not None and not allowed_origin(origin, self._public_origin):
+            await _plain(send, 403, b"Forbidden: origin not allowed")
+            return
+        method = scope["method"]
+        try:
+            if method == "POST":
+                await self._post(scope, receive, send, headers)
+            elif method == "GET":
+                await self._get(scope, receive, send, headers)
+            elif method == "DELETE":
+                await self._delete(scope, send, headers)
+            else:
+                await _plain(send, 405, b"Method not allowed", [(b"allow", b"GET, POST, DELETE")])
+        except _Reject as r:
+            await _error_response(send, r.status, r.request_id, r.code, r.message, r.data)
+
+    # -- POST ---------------------------------------------------------------------------------
+
+    async def _post(self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str]) -> None:
+        if headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            raise _Reject(415, INVALID_REQUEST, "Unsupported Media Type: Content-Type must be application/json")
+        if not _accepts_both(headers.get("accept", "")):
+            raise _Reject(
+                406, INVALID_REQUEST, "Not Acceptable: Accept must include application/json and text/event-stream"
+            )
+        body = await self._read_body(receive, headers)
+        try:
+            message = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise _Reject(400, PARSE_ERROR, "Parse error") from None
+        if isinstance(message, list):
+            raise _Reject(400, INVALID_REQUEST, "Batch requests are not supported")
+        if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+            raise _Reject(400, INVALID_REQUEST, "Invalid Request: not a JSON-RPC 2.0 message")
+        request_id = message.get("id")
+        if "id" in message and (isinstance(request_id, bool) or not isinstance(request_id, (str, int))):
+            raise _Reject(400, INVALID_REQUEST, "Invalid Request: id must be a string or an integer")
+        rpc_method = message.get("method")
+        if rpc_method is None:
+            if "id" in message and ("result" in message or "error" in message):
+                await _accepted(send)  # a response to a server->client request
+                return
+            raise _Reject(400, INVALID_REQUEST, "Invalid Request: no method", request_id=request_id)
+        if not isinstance(rpc_method, str):
+            raise _Reject(400, INVALID_REQUEST, "Invalid Request: method must be a string", request_id=request_id)
+        params = message.get("params", {})
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise _Reject(400, INVALID_PARAMS, "Invalid params: must be an object", request_id=request_id)
+        meta = params.get("_meta")
+        meta_version = meta.get(_PV_KEY) if isinstance(meta, dict) else None
+        header_version = headers.get("mcp-protocol-version")
+        session_id = headers.get("mcp-session-id")
+        if rpc_method == "initialize" and meta_version is None:
+            await self._initialize(scope, send, params, request_id)
+        elif header_version == MODERN_VERSION or meta_version is not None:
+            await self._modern(scope, receive, send, headers, message, params)
+        elif session_id is not None:
+            await self._in_session(scope, send, headers, session_id, message, params)
+        elif header_version is not None and header_version not in SESSION_VERSIONS:
+            raise _Reject(
+                400,
+                UNSUPPORTED_PROTOCOL_VERSION,
+                "Unsupported protocol version",
+                {"supported": [MODERN_VERSION, *SESSION_VERSIONS], "requested": header_version},
+                request_id,
+            )
+        else:
+            raise _Reject(400, INVALID_REQUEST, "Bad Request: Missing session ID", request_id=request_id)
+
+    async def _read_body(self, receive: Receive, headers: dict[str, str]) -> bytes:
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self._max_body:
+            raise _Reject(413, INVALID_REQUEST, "Payload Too Large")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                raise _Reject(400, INVALID_REQUEST, "Client disconnected")
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > self._max_body:
+                raise _Reject(413, INVALID_REQUEST, "Payload Too Large")
+            chunks.append(chunk)
+            if not msg.get("more_body", False):
+                return b"".join(chunks)
+
+    # -- 2026-07-28 ---------------------------------------------------------------------------
+
+    async def _modern(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: dict[str, str],
+        message: JSONObject,
+        params: JSONObject,
+    ) -> None:
+        rpc_method: str = message["method"]
+        request_id = message.get("id")
+        meta = params.get("_meta")
+        if not isinstance(meta, dict) or _PV_KEY not in meta:
+            raise _Reject(400, INVALID_PARAMS, f"Missing _meta.{_PV_KEY}", request_id=request_id)
+        version = meta[_PV_KEY]
+        if version != MODERN_VERSION:
+            raise _Reject(
+                400,
+                UNSUPPORTED_PROTOCOL_VERSION,
+                "Unsupported protocol version",
+                {"supported": [MODERN_VERSION, *SESSION_VERSIONS], "requested": version},
+                request_id,
+            )
+        if headers.get("mcp-protocol-version") != version:
+            raise _Reject(400, HEADER_MISMATCH, "MCP-Protocol-Version header does not match _meta", None, request_id)
+        if headers.get("mcp-method") != rpc_method:
+            raise _Reject(400, HEADER_MISMATCH, "Mcp-Method header does not match the body", None, request_id)
+        name_field = _NAMED.get(rpc_method)
+        if name_field is not None and _decode_header(headers.get("mcp-name")) != params.get(name_field):
+            raise _Reject(400, HEADER_MISMATCH, "Mcp-Name header does not match the body", None, request_id)
+        if not isinstance(meta.get(_CAPS_KEY), dict):
+            raise _Reject(400, INVALID_PARAMS, f"Missing _meta.{_CAPS_KEY}", request_id=request_id)
+        if "id" not in message:
+            await _accepted(send)
+            return
+        principal = principal_of(scope)
+        if rpc_method == "server/discover":
+            await _result_response(send, request_id, self._handlers.discover())
+            return
+        try:
+            handler = self._handlers.handler(rpc_method)
+        except GatewayError:
+            raise _Reject(404, METHOD_NOT_FOUND, "Method not found", rpc_method, request_id) from None
+        progress_token = meta.get("progressToken")
+        stream = _Stream(send, request_id, progress_token)
+        rc = RequestContext(
+            principal=principal,
+            protocol_version=version,
+            modern=True,
+            request_id=request_id,
+            session_key=f"principal:{principal.key}",
+            on_progress=stream.progress if progress_token is not None else None,
+        )
+        # 2026-07-28: closing the response stream is how a client cancels; watch for it.
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
+            await stream.answer(handler, params, rc)
+            tg.cancel_scope.cancel()
+
+    # -- session era --------------------------------------------------------------------------
+
+    async def _initialize(self, scope: Scope, send: Send, params: JSONObject, request_id: Any) -> None:
+        if request_id is None:
+            raise _Reject(400, INVALID_REQUEST, "initialize must be a request")
+        result = self._handlers.initialize(params)
+        caps = params.get("capabilities")
+        try:
+            session = self._sessions.create(
+                principal_of(scope), result["protocolVersion"], caps if isinstance(caps, dict) else {}
+            )
+        except TooManySessions:
+            raise _Reject(503, INTERNAL_ERROR, "Too many sessions", request_id=request_id) from None
+        body = orjson.dumps({"jsonrpc": "2.0", "id": request_id, "result": result})
+        await _send_json(send, 200, body, [(b"mcp-session-id", session.id.encode())])
+
+    async def _in_session(
+        self,
+        scope: Scope,
+        send: Send,
+        headers: dict[str, str],
+        session_id: str,
+        message: JSONObject,
+        params: JSONObject,
+    ) -> None:
+        principal = principal_of(scope)
+        session = self._sessions.get(session_id, principal)
+        request_id = message.get("id")
+        if session is None:
+            raise _Reject(404, INVALID_REQUEST, "Session not found", request_id=request_id)
+        rpc_method: str = message["method"]
+        if "id" not in message:
+            if rpc_method == "notifications/cancelled":
+                scope_to_cancel = session.inflight.get(params.get("requestId"))
+                if scope_to_cancel is not None:
+                    scope_to_cancel.cancel()
+            await _accepted(send, session.id)
+            return
+        if rpc_method == "ping":
+            await _result_response(send, request_id, {}, session.id)
+            return
+        if rpc_method == "logging/setLevel":
+            session.log_level = str(params.get("level"))
+            await _result_response(send, request_id, {}, session.id)
+            return
+        try:
+            handler = self._handlers.handler(rpc_method)
+        except GatewayError:
+            raise _Reject(200, METHOD_NOT_FOUND, "Method not found", rpc_method, request_id) from None
+        meta = params.get("_meta")
+        progress_token = meta.get("progressToken") if isinstance(meta, dict) else None
+        stream = _Stream(send, request_id, progress_token, session.id, legacy=True)
+        rc = RequestContext(
+            principal=principal,
+            protocol_version=session.protocol_version,
+            modern=False,
+            request_id=request_id,
+            session_key=session.id,
+            on_progress=stream.progress if progress_token is not None else None,
+        )
+        with anyio.CancelScope() as cancel_scope:
+            session.inflight[request_id] = cancel_scope
+            try:
+                await stream.answer(handler, params, rc)
+            finally:
+                session.inflight.pop(request_id, None)
+        if cancel_scope.cancelled_caught:
+            # notifications/cancelled: the client wants no response (MCP basic/utilities/cancellation).
+            await stream.close_without_answer()
+
+    async def _get(self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str]) -> None:
+        if headers.get("mcp-protocol-version") == MODERN_VERSION:
+            await _plain(send, 405, b"Method not allowed", [(b"allow", b"POST")])
+            return
+        if "text/event-stream" not in headers.get("accept", ""):
+            raise _Reject(406, INVALID_REQUEST, "Not Acceptable: Accept must include text/event-stream")
+        session_id = headers.get("mcp-session-id")
+        if session_id is None:
+            raise _Reject(400, INVALID_REQUEST, "Bad Request: Missing session ID")
+        session = self._sessions.get(session_id, principal_of(scope))
+        if session is None:
+            raise _Reject(404, INVALID_REQUEST, "Session not found")
+        if session.stream_attached or session.outbox_receive is None:
+            raise _Reject(409, INVALID_REQUEST, "Conflict: only one GET stream per session")
+        await _serve_session_stream(session, receive, send)
+
+    async def _delete(self, scope: Scope, send: Send, headers: dict[str, str]) -> None:
+        if headers.get("mcp-protocol-version") == MODERN_VERSION:
+            await _plain(send, 405, b"Method not allowed", [(b"allow", b"POST")])
+            return
+        session_id = headers.get("mcp-session-id")
+        if session_id is None:
+            raise _Reject(400, INVALID_REQUEST, "Bad Request: Missing session ID")
+        if self._sessions.get(session_id, principal_of(scope)) is None:
+            raise _Reject(404, INVALID_REQUEST, "Session not found")
+        await self._sessions.close(session_id)
+        await _send_json(send, 200, b"{}")
+
+
+class _Stream:
+    """The response to one request: JSON, or SSE once there is progress to report."""
+
+    def __init__(
+        self, send: Send, request_id: Any, progress_token: Any, session_id: str | None = None, *, legacy: bool = False
+    ) -> None:
+        self._send = send
+        self._id = request_id
+        self._token = progress_token
+        self._session_headers = [(b"mcp-session-id", session_id.encode())] if session_id else []
+        self._sse = False
+        self._legacy = legacy
+        self._last_progress: float | None = None
+
+    async def _start_sse(self) -> None:
+        if not self._sse:
+            self._sse = True
+            await self._send(
+                {"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + self._session_headers}
+            )
+
+    async def _event(self, payload: JSONObject, *, more: bool = True) -> None:
+        data = b"event: message\ndata: " + orjson.dumps(payload) + b"\n\n"
+        await self._send({"type": "http.response.body", "body": data, "more_body": more})
+
+    async def progress(self, progress: float, total: float | None, message: str | None) -> None:
+        """Relay an upstream progress notification under the client's own token, monotonic."""
+        if self._last_progress is not None and progress <= self._last_progress:
+            return
+        self._last_progress = progress
+        await self._start_sse()
+        params: JSONObject = {"progressToken": self._token, "progress": progress}
+        if total is not None:
+            params["total"] = total
+        if message is not None:
+            params["message"] = message
+        await self._event({"jsonrpc": "2.0", "method": "notifications/progress", "params": params})
+
+    async def answer(self, handler: Any, params: JSONObject, rc: RequestContext) -> None:
+        """Run the handler and send its result or error (status per era, see errors.CODE_TABLE)."""
+        try:
+            payload: JSONObject = {"jsonrpc": "2.0", "id": self._id, "result": await handler(params, rc)}
+        except GatewayError as exc:
+            payload = {"jsonrpc": "2.0", "id": self._id, "error": exc.to_error()}
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception:
+            logger.exception("unexpected error answering a request")
+            payload = {"jsonrpc": "2.0", "id": self._id, "error": {"code": INTERNAL_ERROR, "message": "Internal error"}}
+        if self._sse:
+            await self._event(payload, more=False)
+        else:
+            await _send_json(self._send, 200, orjson.dumps(payload), self._session_headers)
+
+    async def close_without_answer(self) -> None:
+        """End the HTTP exchange of a cancelled request without a JSON-RPC response."""
+        if not self._sse:
+            await self._start_sse()
+        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _serve_session_stream(session: DownstreamSession, receive: Receive, send: Send) -> None:
+    assert session.outbox_receive is not None
+    session.stream_attached = True
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [*_SSE_HEADERS, (b"mcp-session-id", session.id.encode())]}
+    )
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
+            # Flush headers so the client knows the stream is open before anything happens.
+            await send({"type": "http.response.body", "body": b": stream open\n\n", "more_body": True})
+            async for notification in session.outbox_receive:
+                data = b"event: message\ndata: " + orjson.dumps(notification) + b"\n\n"
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+            tg.cancel_scope.cancel()
+        with anyio.CancelScope(shield=True):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except OSError:
+        pass  # the client went away
+    finally:
+        session.stream_attached = False
+        if session.closed:
+            session.outbox_receive.close()
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            scope.cancel()
+            return
+
+
+def _accepts_both(accept: str) -> bool:
+    kinds = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    if "*/*" in kinds:
+        return True
+    return "application/json" in kinds and "text/event-stream" in kinds
+
+
+def _decode_header(value: str | None) -> str | None:
+    """Decode the `=?base64?...?=` form the 2026-07-28 transport uses for unsafe header values."""
+    if value is not None and value.startswith("=?base64?") and value.endswith("?="):
+        try:
+            return base64.b64decode(value[9:-2], validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+    return value
+
+
+async def _send_json(send: Send, status: int, body: bytes, extra: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [_JSON, (b"content-length", str(len(body)).encode()), *extra],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _result_response(send: Send, request_id: Any, result: JSONObject, session_id: str | None = None) -> None:
+    extra = [(b"mcp-session-id", session_id.encode())] if session_id else []
+    await _send_json(send, 200, orjson.dumps({"jsonrpc": "2.0", "id": request_id, "result": result}), extra)
+
+
+async def _error_response(send: Send, status: int, request_id: Any, code: int, message: str, data: Any) -> None:
+    error: JSONObject = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    await _send_json(send, status, orjson.dumps({"jsonrpc": "2.0", "id": request_id, "error": error}))
+
+
+async def _accepted(send: Send, session_id: str | None = None) -> None:
+    extra = [(b"mcp-session-id", session_id.encode())] if session_id else []
+    await send({"type": "http.response.start", "status": 202, "headers": [(b"content-length", b"0"), *extra]})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _plain(send: Send, status: int, text: bytes, extra: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(text)).encode()), *extra],
+        }
+    )
+    await send({"type": "http.response.body", "body": text})

@@ -1,0 +1,117 @@
+"""The call pipeline: a chain of stages over a CallContext, composed once per app.
+
+A stage is `async def __call__(ctx, call_next) -> result` (the shape of the SDK's
+ServerMiddleware). Stages read ctx or pass a replaced copy on; they never mutate it.
+Order (DESIGN.md, "The life of one tools/call"): resolve -> [authorize -> validate -> guard ->
+admit, added by later issues] -> upstream. Audit and metering wrap the chain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tollhouse.auth.principal import Principal
+from tollhouse.gateway.errors import UnknownTool, UpstreamUnavailable
+from tollhouse.gateway.pool import UpstreamPool
+from tollhouse.gateway.snapshot import ExposedItem
+from tollhouse.gateway.upstream import ProgressCallback
+from tollhouse.registry.models import JSONObject
+
+__all__ = ["CallContext", "Pipeline", "ResolveStage", "Stage", "UpstreamStage", "build_pipeline"]
+
+Next = Callable[["CallContext"], Awaitable[JSONObject]]
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """Everything the stages know about one tools/call."""
+
+    principal: Principal
+    name: str
+    arguments: JSONObject
+    protocol_version: str
+    request_id: Any = None
+    session_key: str | None = None
+    on_progress: ProgressCallback | None = None
+    tool: ExposedItem | None = None
+    snapshot_version: int = 0
+
+    def replace(self, **changes: Any) -> CallContext:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+class Stage(Protocol):
+    """One step of the pipeline."""
+
+    async def __call__(self, ctx: CallContext, call_next: Next) -> JSONObject:
+        """Run this step and (usually) the rest of the chain."""
+        ...
+
+
+class ResolveStage:
+    """Exposed name -> (upstream, tool) from the current snapshot."""
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self._pool = pool
+
+    async def __call__(self, ctx: CallContext, call_next: Next) -> JSONObject:
+        snapshot = self._pool.snapshot
+        tool = snapshot.tool(ctx.name)
+        if tool is None:
+            if self._pool.known_but_down(ctx.name):
+                # A registered upstream that is down: say so rather than "unknown tool".
+                raise UpstreamUnavailable(ctx.name.partition("__")[0])
+            raise UnknownTool(ctx.name)
+        return await call_next(ctx.replace(tool=tool, snapshot_version=snapshot.version))
+
+
+class UpstreamStage:
+    """The terminal stage: call the tool on its upstream."""
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self._pool = pool
+
+    async def __call__(self, ctx: CallContext, call_next: Next) -> JSONObject:
+        tool = ctx.tool
+        assert tool is not None, "ResolveStage runs first"
+        connector = self._pool.connector(tool.server)
+        try:
+            return await connector.request(
+                "tools/call",
+                {"name": tool.name, "arguments": ctx.arguments},
+                session_key=ctx.session_key,
+                on_progress=ctx.on_progress,
+            )
+        except UpstreamUnavailable as exc:
+            await self._pool.mark_down(tool.server, exc)
+            raise
+
+
+class Pipeline:
+    """A fixed chain of stages, composed once."""
+
+    def __init__(self, stages: Sequence[Stage]) -> None:
+        self._stages = tuple(stages)
+
+    async def __call__(self, ctx: CallContext) -> JSONObject:
+        """Run ctx through every stage."""
+        return await self._run(0, ctx)
+
+    async def _run(self, index: int, ctx: CallContext) -> JSONObject:
+        stage = self._stages[index]
+        if index + 1 == len(self._stages):
+            return await stage(ctx, _end)
+        return await stage(ctx, lambda c: self._run(index + 1, c))
+
+
+async def _end(ctx: CallContext) -> JSONObject:
+    raise RuntimeError("the last stage must not call call_next")
+
+
+def build_pipeline(pool: UpstreamPool) -> Pipeline:
+    """The default chain for tools/call."""
+    return Pipeline([ResolveStage(pool), UpstreamStage(pool)])

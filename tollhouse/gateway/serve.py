@@ -1,0 +1,74 @@
+"""Local entry points: `tollhouse serve` and `tollhouse db upgrade`.
+
+The only place (with demo.py) that reads the environment into Settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+
+from tollhouse.gateway.app import create_app
+from tollhouse.gateway.settings import Settings
+from tollhouse.registry.config import ConfigError, LoadedConfig, load_config_file
+from tollhouse.registry.migrate import database_url_for, upgrade
+
+__all__ = ["db_upgrade_main", "load_settings", "serve_main", "uvicorn_config"]
+
+
+def load_settings(config: LoadedConfig | None = None, *, host: str | None = None, port: int | None = None) -> Settings:
+    """Settings from the environment, then the config file's `gateway:` section, then flags."""
+    settings = Settings()
+    update: dict[str, object] = {}
+    if config is not None and config.gateway.public_url:
+        update["public_url"] = config.gateway.public_url
+    if host is not None:
+        update["host"] = host
+    if port is not None:
+        update["port"] = port
+    return settings.model_copy(update=update) if update else settings
+
+
+def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
+    """The uvicorn settings tollhouse runs with: httptools and uvloop, no access log."""
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=settings.host,
+        port=settings.port,
+        http="httptools",
+        loop="uvloop",
+        lifespan="on",
+        access_log=False,
+        log_level=settings.log_level,
+        server_header=False,
+        timeout_keep_alive=30,
+        h11_max_incomplete_event_size=settings.limits.max_header_bytes,
+    )
+
+
+def serve_main(config: str | None = None, host: str | None = None, port: int | None = None) -> int:
+    """Run the gateway until interrupted; with a config file, apply it first."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    loaded = None
+    if config is not None:
+        try:
+            loaded = load_config_file(config)
+        except (ConfigError, OSError) as exc:
+            print(f"tollhouse: error: {exc}", file=sys.stderr)
+            return 1
+        for warning in loaded.warnings:
+            print(f"tollhouse: warning: {warning}", file=sys.stderr)
+    settings = load_settings(loaded, host=host, port=port)
+    app = create_app(settings, apply_config=loaded)
+    uvicorn.Server(uvicorn_config(app, settings)).run()
+    return 0
+
+
+def db_upgrade_main() -> int:
+    """Apply database migrations up to the newest."""
+    settings = Settings()
+    upgrade(database_url_for(settings.database_url, settings.data_dir))
+    print("tollhouse: database is up to date")
+    return 0

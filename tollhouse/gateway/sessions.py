@@ -1,0 +1,132 @@
+"""SessionManager: downstream session-era (2025-*) MCP sessions, owned by a principal.
+
+A session id is 256 random bits (visible ASCII) and is bound to the principal that created
+it: any other principal presenting it gets 404, like an unknown id. Sessions expire when idle.
+Each session has an outbox for notifications that are not tied to a request (list_changed),
+drained by the session's GET stream.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from tollhouse.auth.principal import Principal
+from tollhouse.registry.models import JSONObject
+
+__all__ = ["DownstreamSession", "SessionManager", "TooManySessions"]
+
+OnClose = Callable[[str], Awaitable[None]]
+
+
+class TooManySessions(Exception):
+    """The gateway holds its maximum number of sessions."""
+
+
+@dataclass
+class DownstreamSession:
+    """One session-era client connection (state lives here, not in the transport)."""
+
+    id: str
+    principal_key: str
+    protocol_version: str
+    client_capabilities: JSONObject
+    last_seen: float
+    inflight: dict[Any, anyio.CancelScope] = field(default_factory=dict)
+    outbox_send: MemoryObjectSendStream[JSONObject] | None = None
+    outbox_receive: MemoryObjectReceiveStream[JSONObject] | None = None
+    stream_attached: bool = False
+    log_level: str | None = None
+    closed: bool = False
+
+    def notify(self, message: JSONObject) -> None:
+        """Queue a notification for the GET stream; dropped when the client reads none."""
+        if self.outbox_send is None or not self.stream_attached:
+            return
+        try:
+            self.outbox_send.send_nowait(message)
+        except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+
+
+class SessionManager:
+    """Creates, finds, expires and closes downstream sessions."""
+
+    def __init__(self, *, idle_seconds: float, max_sessions: int, on_close: OnClose) -> None:
+        self._sessions: dict[str, DownstreamSession] = {}
+        self._idle = idle_seconds
+        self._max = max_sessions
+        self._on_close = on_close
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def create(self, principal: Principal, protocol_version: str, capabilities: JSONObject) -> DownstreamSession:
+        """A new session bound to `principal`.
+
+        Raises:
+            TooManySessions: the limit is reached.
+        """
+        if len(self._sessions) >= self._max:
+            raise TooManySessions
+        send, receive = anyio.create_memory_object_stream[JSONObject](100)
+        session = DownstreamSession(
+            id=secrets.token_urlsafe(32),
+            principal_key=principal.key,
+            protocol_version=protocol_version,
+            client_capabilities=capabilities,
+            last_seen=time.monotonic(),
+            outbox_send=send,
+            outbox_receive=receive,
+        )
+        self._sessions[session.id] = session
+        return session
+
+    def get(self, session_id: str, principal: Principal) -> DownstreamSession | None:
+        """The live session with this id owned by `principal`; None otherwise (same answer)."""
+        session = self._sessions.get(session_id)
+        if session is None or not secrets.compare_digest(session.principal_key, principal.key):
+            return None
+        session.last_seen = time.monotonic()
+        return session
+
+    async def close(self, session_id: str) -> None:
+        """End a session: cancel its requests, close its stream and its upstream sessions."""
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            return
+        session.closed = True
+        for scope in list(session.inflight.values()):
+            scope.cancel()
+        if session.outbox_send is not None:
+            session.outbox_send.close()  # an attached GET stream sees the end and closes its side
+        if session.outbox_receive is not None and not session.stream_attached:
+            session.outbox_receive.close()
+        with anyio.CancelScope(shield=True):
+            await self._on_close(session_id)
+
+    def broadcast(self, message: JSONObject) -> None:
+        """Queue a notification on every session's GET stream."""
+        for session in list(self._sessions.values()):
+            session.notify(message)
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Expire idle sessions until cancelled; close every session on the way out."""
+        task_status.started()
+        try:
+            while True:
+                await anyio.sleep(min(self._idle / 4, 30.0))
+                cutoff = time.monotonic() - self._idle
+                for session in list(self._sessions.values()):
+                    if session.last_seen < cutoff and not session.inflight and not session.stream_attached:
+                        await self.close(session.id)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                for session_id in list(self._sessions):
+                    await self.close(session_id)

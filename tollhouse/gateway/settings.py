@@ -1,0 +1,53 @@
+"""Process settings: environment variables `TOLLHOUSE_*` and the config file's `gateway:` section.
+
+Only `serve.py` builds Settings from the environment; library code receives them.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["LimitsSettings", "Settings", "UpstreamDefaults"]
+
+
+class LimitsSettings(BaseModel):
+    """Bounds on what one downstream request may cost the gateway."""
+
+    model_config = {"frozen": True}
+
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    max_header_bytes: int = Field(default=16 * 1024, gt=0)
+    receive_timeout_seconds: float = Field(default=30.0, gt=0)
+    page_size: int = Field(default=100, gt=0, le=10_000)
+    session_idle_seconds: float = Field(default=1800.0, gt=0)
+    max_sessions: int = Field(default=10_000, gt=0)
+
+
+class UpstreamDefaults(BaseModel):
+    """How the gateway treats upstreams in general."""
+
+    model_config = {"frozen": True}
+
+    sync_interval_seconds: float = Field(default=300.0, gt=0)
+    retry_min_seconds: float = Field(default=0.5, gt=0)
+    retry_max_seconds: float = Field(default=30.0, gt=0)
+    max_response_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything a tollhouse process needs to start; defaults need nothing else running."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TOLLHOUSE_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    public_url: str = "http://127.0.0.1:8000"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    data_dir: str = "./.tollhouse"
+    database_url: str | None = None
+    admin_token: SecretStr | None = None
+    log_level: str = "info"
+    limits: LimitsSettings = LimitsSettings()
+    upstreams: UpstreamDefaults = UpstreamDefaults()

@@ -1,0 +1,161 @@
+"""Snapshot: the immutable, versioned view of every live upstream's catalog.
+
+Requests are served from the current snapshot only (no database reads on the request
+path). A change anywhere builds a new snapshot and swaps it in atomically.
+
+Names: tools and prompts are exposed as `{server}__{name}`; resource URIs as
+`tollhouse://{server}/{original uri}` (reversible: server names contain no `/`).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from tollhouse.registry.models import SEPARATOR, JSONObject, UpstreamCatalog
+
+__all__ = [
+    "RESOURCE_SCHEME",
+    "ExposedItem",
+    "Snapshot",
+    "build_snapshot",
+    "expose_uri",
+    "split_exposed_name",
+    "split_exposed_uri",
+]
+
+RESOURCE_SCHEME = "tollhouse://"
+
+
+def split_exposed_name(exposed: str) -> tuple[str, str] | None:
+    """`server__tool` -> (server, tool); the first `__` splits, since server names have no `_`."""
+    server, sep, name = exposed.partition(SEPARATOR)
+    if not sep or not server or not name:
+        return None
+    return server, name
+
+
+def expose_uri(server: str, uri: str) -> str:
+    """The gateway's URI for an upstream resource URI (or URI template)."""
+    return f"{RESOURCE_SCHEME}{server}/{uri}"
+
+
+def split_exposed_uri(uri: str) -> tuple[str, str] | None:
+    """Reverse of `expose_uri`: (server, upstream uri), or None if it is not ours."""
+    if not uri.startswith(RESOURCE_SCHEME):
+        return None
+    server, sep, original = uri[len(RESOURCE_SCHEME) :].partition("/")
+    if not sep or not server or not original:
+        return None
+    return server, original
+
+
+@dataclass(frozen=True, slots=True)
+class ExposedItem:
+    """A tool or prompt as the gateway exposes it, with where it comes from."""
+
+    exposed: str
+    server: str
+    name: str
+    definition: JSONObject  # the downstream view (name rewritten)
+    upstream_definition: JSONObject
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One consistent view of the live catalog; never mutated after construction."""
+
+    version: int
+    live: frozenset[str]
+    tools: tuple[ExposedItem, ...] = ()
+    prompts: tuple[ExposedItem, ...] = ()
+    resources: tuple[JSONObject, ...] = ()
+    resource_templates: tuple[JSONObject, ...] = ()
+    capabilities: Mapping[str, JSONObject] = field(default_factory=dict)
+    _tool_index: Mapping[str, ExposedItem] = field(default_factory=dict)
+    _prompt_index: Mapping[str, ExposedItem] = field(default_factory=dict)
+    _tool_names: tuple[str, ...] = ()
+    _prompt_names: tuple[str, ...] = ()
+
+    def tool(self, exposed: str) -> ExposedItem | None:
+        """The live tool with this exposed name, or None."""
+        return self._tool_index.get(exposed)
+
+    def prompt(self, exposed: str) -> ExposedItem | None:
+        """The live prompt with this exposed name, or None."""
+        return self._prompt_index.get(exposed)
+
+    def tools_after(self, after: str | None, limit: int) -> tuple[tuple[ExposedItem, ...], str | None]:
+        """A page of tools ordered by exposed name, after the name `after` (keyset paging)."""
+        return _page(self.tools, self._tool_names, after, limit)
+
+    def prompts_after(self, after: str | None, limit: int) -> tuple[tuple[ExposedItem, ...], str | None]:
+        """A page of prompts ordered by exposed name."""
+        return _page(self.prompts, self._prompt_names, after, limit)
+
+    def tool_fingerprint(self) -> frozenset[tuple[str, str]]:
+        """(name, definition identity) pairs: equal fingerprints mean an unchanged tool list."""
+        return frozenset((t.exposed, repr(sorted(t.definition.items()))) for t in self.tools)
+
+
+def _page(
+    items: tuple[ExposedItem, ...], names: tuple[str, ...], after: str | None, limit: int
+) -> tuple[tuple[ExposedItem, ...], str | None]:
+    start = bisect.bisect_right(names, after) if after is not None else 0
+    page = items[start : start + limit]
+    more = start + limit < len(items)
+    return page, (page[-1].exposed if more and page else None)
+
+
+def _exposed(server: str, definition: JSONObject, key: str, value: Any) -> JSONObject:
+    out = dict(definition)
+    out[key] = value
+    return out
+
+
+def build_snapshot(
+    version: int, catalogs: Mapping[str, UpstreamCatalog], live: Iterable[str]
+) -> Snapshot:
+    """Merge the catalogs of the live upstreams into one snapshot with exposed names."""
+    live_set = frozenset(live)
+    tools: list[ExposedItem] = []
+    prompts: list[ExposedItem] = []
+    resources: list[JSONObject] = []
+    templates: list[JSONObject] = []
+    capabilities: dict[str, JSONObject] = {}
+    for server in sorted(live_set):
+        catalog = catalogs.get(server)
+        if catalog is None:
+            continue
+        capabilities[server] = catalog.capabilities
+        for tool in catalog.tools:
+            exposed = f"{server}{SEPARATOR}{tool['name']}"
+            tools.append(ExposedItem(exposed, server, tool["name"], _exposed(server, tool, "name", exposed), tool))
+        for prompt in catalog.prompts:
+            exposed = f"{server}{SEPARATOR}{prompt['name']}"
+            prompts.append(
+                ExposedItem(exposed, server, prompt["name"], _exposed(server, prompt, "name", exposed), prompt)
+            )
+        resources.extend(_exposed(server, r, "uri", expose_uri(server, r["uri"])) for r in catalog.resources)
+        templates.extend(
+            _exposed(server, t, "uriTemplate", expose_uri(server, t["uriTemplate"]))
+            for t in catalog.resource_templates
+        )
+    tools.sort(key=lambda t: t.exposed)
+    prompts.sort(key=lambda p: p.exposed)
+    return Snapshot(
+        version=version,
+        live=live_set,
+        tools=tuple(tools),
+        prompts=tuple(prompts),
+        resources=tuple(resources),
+        resource_templates=tuple(templates),
+        capabilities=MappingProxyType(capabilities),
+        _tool_index=MappingProxyType({t.exposed: t for t in tools}),
+        _prompt_index=MappingProxyType({p.exposed: p for p in prompts}),
+        _tool_names=tuple(t.exposed for t in tools),
+        _prompt_names=tuple(p.exposed for p in prompts),
+    )

@@ -1,0 +1,92 @@
+"""The upstream seam: one connector per registered MCP server.
+
+A connector speaks one transport (Streamable HTTP in both eras now; stdio and legacy
+HTTP+SSE slot in behind the same protocol) and hides the era: callers send a method and
+params and get the JSON-RPC `result` object back, or a GatewayError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from tollhouse.registry.models import JSONObject
+
+__all__ = [
+    "NotificationCallback",
+    "ProgressCallback",
+    "ServerDescription",
+    "UpstreamConnector",
+]
+
+Era = Literal["modern", "legacy"]
+ProgressCallback = Callable[[float, float | None, str | None], Awaitable[None]]
+# (method, params) of a notification the upstream sent outside any request
+NotificationCallback = Callable[[str, JSONObject], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ServerDescription:
+    """What an upstream said about itself (server/discover or initialize)."""
+
+    era: Era
+    protocol_version: str
+    capabilities: JSONObject = field(default_factory=dict)
+    server_info: JSONObject = field(default_factory=dict)
+    instructions: str | None = None
+
+
+class UpstreamConnector(Protocol):
+    """A live connection to one upstream MCP server."""
+
+    name: str
+
+    async def start(self) -> ServerDescription:
+        """Connect and learn the upstream's era and capabilities.
+
+        Raises:
+            UpstreamUnavailable: it cannot be reached or refuses the handshake.
+        """
+        ...
+
+    async def request(
+        self,
+        method: str,
+        params: JSONObject,
+        *,
+        session_key: str | None = None,
+        on_progress: ProgressCallback | None = None,
+        timeout_seconds: float | None = None,
+    ) -> JSONObject:
+        """Send one request and return its `result`.
+
+        `session_key` selects the upstream session on stateful (legacy) upstreams, so one
+        downstream session maps to one upstream session; modern upstreams ignore it.
+        Cancelling the awaiting task cancels the upstream request (stream close on
+        2026-07-28, `notifications/cancelled` on legacy sessions).
+
+        Raises:
+            UpstreamUnavailable, UpstreamTimeout, UpstreamProtocolError, UpstreamRpcError.
+        """
+        ...
+
+    async def list_all(self, method: str, key: str) -> list[JSONObject]:
+        """Follow `nextCursor` through every page of a list method; `key` names the items."""
+        ...
+
+    async def end_session(self, session_key: str) -> None:
+        """Close the upstream session bound to `session_key`, if any."""
+        ...
+
+    async def watch(self, on_notification: NotificationCallback) -> None:
+        """Deliver unsolicited upstream notifications (list_changed, ...) until cancelled.
+
+        Legacy upstreams: the session's GET stream. Modern: `subscriptions/listen`.
+        Returns when the upstream ends the stream or the connection breaks.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Close every session and the HTTP client."""
+        ...

@@ -1,0 +1,1 @@
+"""tollhouse.registry."""

@@ -1,0 +1,614 @@
+"""Declarative configuration: parse, validate and render the YAML of `apply`, `serve --config`, `export`.
+
+Pure module: no I/O except `load_config_file` reading the one file it is given. The admin API
+receives the same shape as JSON (`config_from_dict`). The sections this version implements
+(`gateway`, `servers`, `clients`) are validated strictly: an unknown key or a wrong type is a
+`ConfigError` naming its path, with list indexes counted from 0 (`servers[1].urll: unknown key`).
+Sections of the contract that later versions implement, and sections this version has never heard
+of, are ignored with a warning, so a file written for a newer version still loads (DESIGN.md,
+"Declarative configuration").
+
+Secrets appear only as references: upstream credentials name environment variables
+(`token_env`, `value_env`); a literal `token:` or `value:` is refused.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+
+from tollhouse.registry.models import (
+    RESERVED_NAMES,
+    ClientRecord,
+    Transport,
+    Upstream,
+    UpstreamAuth,
+    valid_upstream_name,
+)
+
+__all__ = [
+    "IMPLEMENTED_SECTIONS",
+    "PLANNED_SECTIONS",
+    "ClientSpec",
+    "ConfigError",
+    "GatewayConfig",
+    "LoadedConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "dump_config",
+    "load_config",
+    "load_config_file",
+    "parse_yaml",
+    "render_yaml",
+    "server_from_dict",
+    "server_to_dict",
+]
+
+IMPLEMENTED_SECTIONS = ("gateway", "servers", "clients")
+PLANNED_SECTIONS = ("toolsets", "agents", "teams", "policies", "limits", "prices")
+
+_GATEWAY_KEYS = ("public_url",)
+_SERVER_KEYS = (
+    "name",
+    "url",
+    "transport",
+    "command",
+    "args",
+    "env",
+    "cwd",
+    "approval",
+    "enabled",
+    "auth",
+    "timeouts",
+    "connect_timeout_seconds",
+    "call_timeout_seconds",
+)
+_AUTH_KEYS = ("type", "token_env", "header", "value_env")
+_TIMEOUT_KEYS = {"connect_seconds": "connect_timeout_seconds", "call_seconds": "call_timeout_seconds"}
+_CLIENT_KEYS = ("name", "team")
+# Keys that would put a credential's value into the file; each maps to the reference to use instead.
+_LITERAL_SECRET_KEYS = {"token": "token_env", "value": "value_env", "secret": "token_env"}
+
+_ALL_SECTIONS = IMPLEMENTED_SECTIONS + PLANNED_SECTIONS
+_AuthType = Literal["none", "bearer", "header"]
+
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token
+_CLIENT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_DEFAULTS = Upstream(name="defaults")
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used.
+
+    `path` locates the offending key (`servers[1].url`, empty for the whole document), `message`
+    says what is wrong and `source` names the file or request, when known.
+    """
+
+    def __init__(self, path: str, message: str, *, source: str | None = None) -> None:
+        self.path = path
+        self.message = message
+        self.source = source
+        super().__init__(": ".join(part for part in (source, path, message) if part))
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The `gateway:` section: process-wide settings that a configuration file may set."""
+
+    public_url: str | None = None
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    """An API client a configuration declares; its credentials are minted when it is created."""
+
+    name: str
+    team: str | None = None
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated configuration, plus warnings about what was ignored."""
+
+    gateway: GatewayConfig = GatewayConfig()
+    servers: tuple[Upstream, ...] = ()
+    clients: tuple[ClientSpec, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def parse_yaml(text: str, *, source: str = "<config>") -> dict[str, Any]:
+    """Parse YAML text into the top-level mapping (empty for an empty document).
+
+    Raises:
+        ConfigError: the text is not YAML, or its top level is not a mapping.
+    """
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(
+            "", f"not valid YAML{where}: {_one_line(exc.problem or str(exc))}", source=source
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"not valid YAML: {_one_line(str(exc))}", source=source) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("", f"the top level must be a mapping, got {_kind(data)}", source=source)
+    return data
+
+
+def load_config(text: str, *, source: str = "<config>") -> LoadedConfig:
+    """Parse and validate a YAML configuration.
+
+    Raises:
+        ConfigError: the text is not valid YAML or not a valid configuration.
+    """
+    return config_from_dict(parse_yaml(text, source=source), source=source)
+
+
+def load_config_file(path: str | os.PathLike[str]) -> LoadedConfig:
+    """Read, parse and validate a YAML configuration file.
+
+    Raises:
+        ConfigError: the file cannot be read, or its content is not a valid configuration.
+    """
+    source = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError("", f"cannot read the file: {exc.strerror or exc}", source=source) from None
+    except UnicodeDecodeError:
+        raise ConfigError("", "the file is not UTF-8 text", source=source) from None
+    return load_config(text, source=source)
+
+
+def config_from_dict(data: Any, *, source: str | None = None) -> LoadedConfig:
+    """Validate an already-parsed configuration mapping (YAML or the admin API's JSON).
+
+    Raises:
+        ConfigError: the mapping is not a valid configuration.
+    """
+    try:
+        return _config(data)
+    except ConfigError as exc:
+        if exc.source is None and source is not None:
+            raise ConfigError(exc.path, exc.message, source=source) from None
+        raise
+
+
+def _config(data: Any) -> LoadedConfig:
+    if data is None:
+        return LoadedConfig()
+    if not isinstance(data, Mapping):
+        raise ConfigError("", f"the top level must be a mapping, got {_kind(data)}")
+    warnings: list[str] = []
+    for key in data:
+        if not isinstance(key, str):
+            raise ConfigError("", f"section name {key!r} is not a string")
+        if key in PLANNED_SECTIONS:
+            warnings.append(f"section '{key}' is not supported by this version yet and was ignored")
+        elif key not in IMPLEMENTED_SECTIONS:
+            warnings.append(f"unknown section '{key}' was ignored{_suggest(key, _ALL_SECTIONS)}")
+    gateway = _gateway(data.get("gateway"))
+    servers = tuple(
+        server_from_dict(item, path=f"servers[{i}]") for i, item in enumerate(_list(data, "servers", ""))
+    )
+    _no_duplicates([s.name for s in servers], "servers")
+    clients = tuple(_client(item, f"clients[{i}]") for i, item in enumerate(_list(data, "clients", "")))
+    _no_duplicates([c.name for c in clients], "clients")
+    return LoadedConfig(gateway, servers, clients, tuple(warnings))
+
+
+def _gateway(value: Any) -> GatewayConfig:
+    if value is None:
+        return GatewayConfig()
+    data = _mapping(value, "gateway", _GATEWAY_KEYS)
+    public_url = _str(data, "public_url", "gateway")
+    if public_url is not None:
+        _http_url(public_url, "gateway.public_url", base_only=True)
+    return GatewayConfig(public_url=public_url)
+
+
+def server_from_dict(data: Any, *, path: str = "") -> Upstream:
+    """Validate one server entry (a `servers:` item, or the body of `POST /servers`).
+
+    Raises:
+        ConfigError: the entry is invalid; its path is prefixed with `path`.
+    """
+    entry = _mapping(data, path, _SERVER_KEYS)
+    name = _name(entry, path)
+    url = _str(entry, "url", path)
+    command = _str_list(entry, "command", path)
+    if url is not None and command is not None:
+        raise ConfigError(path, "give either 'url' or 'command', not both")
+    transport = _str(entry, "transport", path)
+    env: dict[str, str] = {}
+    cwd: str | None = None
+    kind: Transport
+    if url is not None:
+        _http_url(url, _join(path, "url"), base_only=False)
+        if transport == "sse":
+            kind = "sse"
+        elif transport in (None, "http"):
+            kind = "http"
+        else:
+            raise ConfigError(_join(path, "transport"), "must be 'http' or 'sse' for a 'url' server")
+        for key in ("args", "env", "cwd"):
+            if entry.get(key):
+                raise ConfigError(_join(path, key), "applies to 'command' (stdio) servers only")
+    elif command is not None:
+        if transport not in (None, "stdio"):
+            raise ConfigError(_join(path, "transport"), "must be 'stdio' for a 'command' server")
+        if not command or not command[0]:
+            raise ConfigError(_join(path, "command"), "must start with a program name")
+        kind = "stdio"
+        command += _str_list(entry, "args", path) or []
+        env = _env(entry, path)
+        cwd = _str(entry, "cwd", path)
+        if cwd == "":
+            raise ConfigError(_join(path, "cwd"), "must not be empty")
+    else:
+        raise ConfigError(path, "needs 'url' (an HTTP server) or 'command' (a stdio server)")
+    approval = _str(entry, "approval", path)
+    if approval not in (None, "first-use", "manual"):
+        raise ConfigError(_join(path, "approval"), "must be 'first-use' or 'manual'")
+    enabled = entry.get("enabled", True)
+    if enabled is None:
+        enabled = True
+    if not isinstance(enabled, bool):
+        raise ConfigError(_join(path, "enabled"), f"expected true or false, got {_kind(enabled)}")
+    connect, call = _timeouts(entry, path)
+    return Upstream(
+        name=name,
+        transport=kind,
+        url=url,
+        command=tuple(command or ()),
+        env=env,
+        cwd=cwd,
+        auth=_auth(entry.get("auth"), _join(path, "auth")),
+        enabled=enabled,
+        approval="manual" if approval == "manual" else "first-use",
+        connect_timeout_seconds=connect,
+        call_timeout_seconds=call,
+    )
+
+
+def _name(entry: Mapping[str, Any], path: str) -> str:
+    name = _str(entry, "name", path)
+    where = _join(path, "name")
+    if name is None:
+        raise ConfigError(where, "required")
+    if name in RESERVED_NAMES:
+        raise ConfigError(where, f"'{name}' is reserved")
+    if not valid_upstream_name(name):
+        raise ConfigError(
+            where,
+            f"{name!r} is not a valid name: use 1-32 lowercase letters, digits and '-', "
+            "starting with a letter or digit",
+        )
+    return name
+
+
+def _env(entry: Mapping[str, Any], path: str) -> dict[str, str]:
+    value = entry.get("env")
+    if value is None:
+        return {}
+    where = _join(path, "env")
+    env = _mapping(value, where, None)
+    for key, item in env.items():
+        if not _ENV_NAME_RE.match(key):
+            raise ConfigError(_join(where, key), "not a valid environment variable name")
+        if not isinstance(item, str):
+            raise ConfigError(_join(where, key), f"expected a string, got {_kind(item)} (quote it in YAML)")
+    return dict(env)
+
+
+def _auth(value: Any, path: str) -> UpstreamAuth:
+    if value is None:
+        return UpstreamAuth()
+    if isinstance(value, Mapping):
+        for key, reference in _LITERAL_SECRET_KEYS.items():
+            if key in value:
+                raise ConfigError(
+                    _join(path, key),
+                    f"a literal secret is not accepted; use {reference} to name an environment variable",
+                )
+    data = _mapping(value, path, _AUTH_KEYS)
+    kind = _str(data, "type", path)
+    if kind is None:
+        raise ConfigError(_join(path, "type"), "required: none, bearer or header")
+    wanted = {"none": (), "bearer": ("token_env",), "header": ("header", "value_env")}.get(kind)
+    if wanted is None:
+        raise ConfigError(_join(path, "type"), "must be 'none', 'bearer' or 'header'")
+    refs: dict[str, str] = {}
+    for key in _AUTH_KEYS[1:]:
+        item = _str(data, key, path)
+        if item is None:
+            if key in wanted:
+                raise ConfigError(_join(path, key), f"required for type '{kind}'")
+            continue
+        if key not in wanted:
+            raise ConfigError(_join(path, key), f"does not apply to type '{kind}'")
+        pattern = _HEADER_NAME_RE if key == "header" else _ENV_NAME_RE
+        if not pattern.match(item):
+            what = "an HTTP header name" if key == "header" else "an environment variable name"
+            raise ConfigError(_join(path, key), f"{item!r} is not {what}")
+        refs[key] = item
+    auth_type: _AuthType = "bearer" if kind == "bearer" else "header" if kind == "header" else "none"
+    return UpstreamAuth(
+        type=auth_type,
+        token_env=refs.get("token_env"),
+        header=refs.get("header"),
+        value_env=refs.get("value_env"),
+    )
+
+
+def _timeouts(entry: Mapping[str, Any], path: str) -> tuple[float, float]:
+    """(connect, call) from the nested `timeouts:` form or the flat `*_timeout_seconds` keys."""
+    out = {
+        "connect_timeout_seconds": _DEFAULTS.connect_timeout_seconds,
+        "call_timeout_seconds": _DEFAULTS.call_timeout_seconds,
+    }
+    nested = entry.get("timeouts")
+    if nested is not None:
+        where = _join(path, "timeouts")
+        for key, value in _mapping(nested, where, tuple(_TIMEOUT_KEYS)).items():
+            flat = _TIMEOUT_KEYS[key]
+            if value is None:
+                continue
+            if entry.get(flat) is not None:
+                raise ConfigError(_join(where, key), f"also given as '{flat}'; keep one")
+            out[flat] = _seconds(value, _join(where, key))
+    for flat in _TIMEOUT_KEYS.values():
+        if entry.get(flat) is not None:
+            out[flat] = _seconds(entry[flat], _join(path, flat))
+    return out["connect_timeout_seconds"], out["call_timeout_seconds"]
+
+
+def _client(value: Any, path: str) -> ClientSpec:
+    data = _mapping(value, path, _CLIENT_KEYS)
+    name = _str(data, "name", path)
+    if name is None:
+        raise ConfigError(_join(path, "name"), "required")
+    team = _str(data, "team", path)
+    for key, item in (("name", name), ("team", team)):
+        if item is not None and not _CLIENT_NAME_RE.match(item):
+            raise ConfigError(
+                _join(path, key),
+                f"{item!r} is not a valid {key}: use 1-64 letters, digits, '.', '_' and '-', "
+                "starting with a letter or digit",
+            )
+    return ClientSpec(name=name, team=team)
+
+
+# --- typed access with paths -----------------------------------------------------------------
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    return f"a {type(value).__name__}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _suggest(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _mapping(value: Any, path: str, allowed: Sequence[str] | None) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(path, f"expected a mapping, got {_kind(value)}")
+    for key in value:
+        if not isinstance(key, str):
+            raise ConfigError(path, f"key {key!r} is not a string")
+        if allowed is not None and key not in allowed:
+            raise ConfigError(_join(path, key), f"unknown key{_suggest(key, allowed)}")
+    return value
+
+
+def _list(data: Mapping[str, Any], key: str, path: str) -> list[Any]:
+    value = data.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list | tuple):
+        raise ConfigError(_join(path, key), f"expected a list, got {_kind(value)}")
+    return list(value)
+
+
+def _str(data: Mapping[str, Any], key: str, path: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(_join(path, key), f"expected a string, got {_kind(value)}")
+    return value
+
+
+def _str_list(data: Mapping[str, Any], key: str, path: str) -> list[str] | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    where = _join(path, key)
+    if not isinstance(value, list | tuple):
+        raise ConfigError(where, f"expected a list of strings, got {_kind(value)}")
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise ConfigError(f"{where}[{i}]", f"expected a string, got {_kind(item)}")
+    return list(value)
+
+
+def _seconds(value: Any, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(path, f"expected a number of seconds, got {_kind(value)}")
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(path, "must be a positive number of seconds")
+    return float(value)
+
+
+def _http_url(url: str, path: str, *, base_only: bool) -> None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError on a malformed port
+    except ValueError:
+        raise ConfigError(path, f"{url!r} is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
+        raise ConfigError(path, f"{url!r} is not an http:// or https:// URL")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            path, "credentials in the URL are not accepted; use 'auth' with an environment variable"
+        )
+    if base_only and (parts.query or parts.fragment):
+        raise ConfigError(path, "must not have a query or fragment")
+
+
+def _no_duplicates(names: Sequence[str], section: str) -> None:
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            raise ConfigError(
+                f"{section}[{i}].name", f"duplicate name '{name}' (also {section}[{seen[name]}])"
+            )
+        seen[name] = i
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+
+def server_to_dict(upstream: Upstream) -> dict[str, Any]:
+    """One server as a configuration entry, defaults omitted and credentials as references only."""
+    out: dict[str, Any] = {"name": upstream.name}
+    if upstream.transport == "stdio":
+        out["command"] = list(upstream.command)
+        if upstream.env:
+            out["env"] = dict(upstream.env)
+        if upstream.cwd:
+            out["cwd"] = upstream.cwd
+    else:
+        out["url"] = upstream.url
+        if upstream.transport != "http":
+            out["transport"] = upstream.transport
+    if upstream.approval != _DEFAULTS.approval:
+        out["approval"] = upstream.approval
+    if not upstream.enabled:
+        out["enabled"] = False
+    auth = upstream.auth
+    if auth.type != "none":
+        refs = {"token_env": auth.token_env, "header": auth.header, "value_env": auth.value_env}
+        out["auth"] = {"type": auth.type, **{k: v for k, v in refs.items() if v is not None}}
+    for key in ("connect_timeout_seconds", "call_timeout_seconds"):
+        value = getattr(upstream, key)
+        if value != getattr(_DEFAULTS, key):
+            out[key] = int(value) if float(value).is_integer() else value
+    return out
+
+
+def config_to_dict(
+    gateway: GatewayConfig | None,
+    servers: Sequence[Upstream],
+    clients: Sequence[ClientRecord | ClientSpec],
+) -> dict[str, Any]:
+    """The configuration as a plain mapping in the file's shape; empty sections are omitted.
+
+    Revoked clients are left out: applying the result must not bring them back.
+    """
+    out: dict[str, Any] = {}
+    if gateway is not None and gateway.public_url is not None:
+        out["gateway"] = {"public_url": gateway.public_url}
+    if servers:
+        out["servers"] = [server_to_dict(s) for s in servers]
+    entries: list[dict[str, Any]] = []
+    for client in clients:
+        if isinstance(client, ClientRecord) and not client.active:
+            continue
+        entries.append({"name": client.name} | ({"team": client.team} if client.team is not None else {}))
+    if entries:
+        out["clients"] = entries
+    return out
+
+
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that indents list items under their key, as the documentation's examples do."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        super().increase_indent(flow, False)
+
+
+class _FlowList(list[Any]):
+    pass
+
+
+class _FlowDict(dict[str, Any]):
+    pass
+
+
+_Dumper.add_representer(
+    _FlowList, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True)
+)
+_Dumper.add_representer(
+    _FlowDict, lambda d, v: d.represent_mapping("tag:yaml.org,2002:map", v, flow_style=True)
+)
+
+
+def _styled(value: Any, *, list_item: bool = False) -> Any:
+    """Mark small leaf collections (`command`, `env`, `auth`) inline; keep section entries as blocks."""
+    if isinstance(value, Mapping):
+        items = {str(k): _styled(v) for k, v in value.items()}
+        leaf = not list_item and all(not isinstance(v, Mapping | list) for v in items.values())
+        return _FlowDict(items) if leaf and items else items
+    if isinstance(value, list | tuple):
+        elements = [_styled(v, list_item=True) for v in value]
+        leaf = all(not isinstance(v, Mapping | list) for v in elements)
+        return _FlowList(elements) if leaf and elements else elements
+    return value
+
+
+def render_yaml(data: Mapping[str, Any]) -> str:
+    """Render a configuration mapping as YAML in the documentation's layout, keeping key order."""
+    return yaml.dump(
+        {str(k): _styled(v) for k, v in data.items()},
+        Dumper=_Dumper,
+        sort_keys=False,
+        default_flow_style=False,
+        allow_unicode=True,
+        width=100,
+    )
+
+
+def dump_config(
+    gateway: GatewayConfig | None,
+    servers: Sequence[Upstream],
+    clients: Sequence[ClientRecord | ClientSpec],
+) -> str:
+    """Render the configuration as YAML that `load_config` reads back to equal values."""
+    return render_yaml(config_to_dict(gateway, servers, clients))

@@ -1,0 +1,285 @@
+"""SQLModel tables of the registry and their mapping to and from the frozen records.
+
+The only module that imports sqlmodel. Rows never leave the store: it converts them to
+`models` records inside the session. Secrets are never stored here: an upstream's `auth`
+holds the *names* of environment variables, and a client holds only its key's hash.
+Keep `migrations/versions/` in step with these classes (a test compares them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlmodel import Field, SQLModel
+
+from tollhouse.registry.models import (
+    CatalogEntry,
+    ClientRecord,
+    Health,
+    JSONObject,
+    Upstream,
+    UpstreamAuth,
+    UpstreamCatalog,
+)
+
+__all__ = [
+    "CATALOG_ENTRIES",
+    "CLIENTS",
+    "UPSTREAMS",
+    "UPSTREAM_META",
+    "CatalogEntryRow",
+    "ClientRow",
+    "SettingRow",
+    "UTCDateTime",
+    "UpstreamMetaRow",
+    "UpstreamRow",
+    "catalog_of",
+    "metadata",
+    "utc",
+]
+
+metadata = SQLModel.metadata
+
+
+def utc(value: datetime) -> datetime:
+    """`value` in UTC.
+
+    Raises:
+        ValueError: `value` is naive, so its zone is unknown.
+    """
+    if value.tzinfo is None:
+        raise ValueError("naive datetime: pass a timezone-aware one")
+    return value.astimezone(UTC)
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """A timestamp stored in UTC and always read back timezone-aware."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Normalise to UTC; SQLite keeps no zone, so it gets the naive UTC time."""
+        if value is None:
+            return None
+        value = utc(value)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Attach UTC to what SQLite returns; convert what PostgreSQL returns."""
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class UpstreamRow(SQLModel, table=True):
+    """A registered upstream MCP server, with its last observed health."""
+
+    __tablename__ = "upstreams"
+
+    name: str = Field(primary_key=True)
+    transport: str
+    url: str | None = Field(default=None, sa_type=sa.Text)
+    command: list[str] = Field(default_factory=list, sa_type=sa.JSON)
+    env: dict[str, str] = Field(default_factory=dict, sa_type=sa.JSON)
+    cwd: str | None = Field(default=None, sa_type=sa.Text)
+    auth: dict[str, str | None] = Field(default_factory=dict, sa_type=sa.JSON)
+    enabled: bool
+    approval: str
+    connect_timeout_seconds: float
+    call_timeout_seconds: float
+    health_status: str = Field(default="unknown")
+    last_error: str | None = Field(default=None, sa_type=sa.Text)
+    checked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+
+    @classmethod
+    def of(cls, upstream: Upstream, created_at: datetime, updated_at: datetime) -> UpstreamRow:
+        """A new row for `upstream`, its health unknown."""
+        return cls(
+            name=upstream.name, created_at=utc(created_at), updated_at=utc(updated_at), **_config(upstream)
+        )
+
+    def assign(self, upstream: Upstream, updated_at: datetime) -> None:
+        """Copy the configuration of `upstream` onto this row, keeping created_at and health."""
+        for column, value in _config(upstream).items():
+            setattr(self, column, value)
+        self.updated_at = utc(updated_at)
+
+    def to_upstream(self) -> Upstream:
+        """The frozen record."""
+        return Upstream(
+            name=self.name,
+            transport=self.transport,  # type: ignore[arg-type]  # written from a Transport
+            url=self.url,
+            command=tuple(self.command),
+            env=dict(self.env),
+            cwd=self.cwd,
+            auth=UpstreamAuth(**self.auth),  # type: ignore[arg-type]
+            enabled=self.enabled,
+            approval=self.approval,  # type: ignore[arg-type]
+            connect_timeout_seconds=self.connect_timeout_seconds,
+            call_timeout_seconds=self.call_timeout_seconds,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+        )
+
+    def to_health(self) -> Health:
+        """The last observed health."""
+        return Health(
+            status=self.health_status,  # type: ignore[arg-type]
+            last_error=self.last_error,
+            checked_at=self.checked_at,
+        )
+
+
+def _config(upstream: Upstream) -> dict[str, Any]:
+    return {
+        "transport": upstream.transport,
+        "url": upstream.url,
+        "command": list(upstream.command),
+        "env": dict(upstream.env),
+        "cwd": upstream.cwd,
+        "auth": asdict(upstream.auth),
+        "enabled": upstream.enabled,
+        "approval": upstream.approval,
+        "connect_timeout_seconds": upstream.connect_timeout_seconds,
+        "call_timeout_seconds": upstream.call_timeout_seconds,
+    }
+
+
+class UpstreamMetaRow(SQLModel, table=True):
+    """What an upstream said about itself at its last catalog sync; present once synced."""
+
+    __tablename__ = "upstream_meta"
+
+    server: str = Field(primary_key=True, foreign_key="upstreams.name", ondelete="CASCADE")
+    capabilities: JSONObject = Field(default_factory=dict, sa_type=sa.JSON)
+    server_info: JSONObject = Field(default_factory=dict, sa_type=sa.JSON)
+    instructions: str | None = Field(default=None, sa_type=sa.Text)
+    protocol_version: str | None = None
+    synced_at: datetime = Field(sa_type=UTCDateTime)
+
+    @classmethod
+    def of(cls, catalog: UpstreamCatalog, synced_at: datetime) -> UpstreamMetaRow:
+        """The meta row of `catalog`."""
+        return cls(
+            server=catalog.server,
+            capabilities=catalog.capabilities,
+            server_info=catalog.server_info,
+            instructions=catalog.instructions,
+            protocol_version=catalog.protocol_version,
+            synced_at=utc(synced_at),
+        )
+
+
+class CatalogEntryRow(SQLModel, table=True):
+    """One tool, resource, resource template or prompt of an upstream's last synced catalog."""
+
+    __tablename__ = "catalog_entries"
+
+    # The composite primary key is the unique (server, kind, key) constraint.
+    server: str = Field(primary_key=True, foreign_key="upstreams.name", ondelete="CASCADE")
+    kind: str = Field(primary_key=True)
+    key: str = Field(primary_key=True, sa_type=sa.Text)
+    position: int
+    definition: JSONObject = Field(sa_type=sa.JSON)
+    sha256: str
+    seen_at: datetime = Field(sa_type=UTCDateTime)
+
+    @classmethod
+    def of(cls, entry: CatalogEntry, position: int, seen_at: datetime) -> CatalogEntryRow:
+        """The row of `entry`, `position` being its place in the upstream's listing."""
+        return cls(
+            server=entry.server,
+            kind=entry.kind,
+            key=entry.key,
+            position=position,
+            definition=entry.definition,
+            sha256=entry.sha256,
+            seen_at=utc(seen_at),
+        )
+
+    def to_entry(self) -> CatalogEntry:
+        """The frozen entry, with the hash as stored."""
+        return CatalogEntry(self.server, self.kind, self.key, self.definition, self.sha256)  # type: ignore[arg-type]
+
+
+class ClientRow(SQLModel, table=True):
+    """An API client; `key_hash` is the hash of its API key, never the key."""
+
+    __tablename__ = "clients"
+    __table_args__ = (sa.UniqueConstraint("name", name="uq_clients_name"),)
+
+    client_id: str = Field(primary_key=True)
+    name: str
+    team: str | None = None
+    key_hash: str | None = Field(default=None, unique=True, index=True)
+    key_prefix: str | None = None
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+    @classmethod
+    def of(cls, client: ClientRecord, created_at: datetime) -> ClientRow:
+        """The row of `client`."""
+        return cls(
+            client_id=client.client_id,
+            name=client.name,
+            team=client.team,
+            key_hash=client.key_hash,
+            key_prefix=client.key_prefix,
+            created_at=utc(created_at),
+            revoked_at=None if client.revoked_at is None else utc(client.revoked_at),
+        )
+
+    def to_client(self) -> ClientRecord:
+        """The frozen record."""
+        return ClientRecord(
+            client_id=self.client_id,
+            name=self.name,
+            team=self.team,
+            key_hash=self.key_hash,
+            key_prefix=self.key_prefix,
+            created_at=self.created_at,
+            revoked_at=self.revoked_at,
+        )
+
+
+class SettingRow(SQLModel, table=True):
+    """A small persisted gateway setting (e.g. the admin token hash)."""
+
+    __tablename__ = "settings_kv"
+
+    key: str = Field(primary_key=True)
+    value: str = Field(sa_type=sa.Text)
+
+
+def catalog_of(meta: UpstreamMetaRow, rows: list[CatalogEntryRow]) -> UpstreamCatalog:
+    """The frozen catalog of one upstream from its meta row and its entry rows in position order."""
+    by_kind: dict[str, list[JSONObject]] = {"tool": [], "resource": [], "resource_template": [], "prompt": []}
+    for row in rows:
+        by_kind[row.kind].append(row.definition)
+    return UpstreamCatalog(
+        server=meta.server,
+        tools=tuple(by_kind["tool"]),
+        resources=tuple(by_kind["resource"]),
+        resource_templates=tuple(by_kind["resource_template"]),
+        prompts=tuple(by_kind["prompt"]),
+        capabilities=meta.capabilities,
+        server_info=meta.server_info,
+        instructions=meta.instructions,
+        protocol_version=meta.protocol_version,
+        synced_at=meta.synced_at,
+    )
+
+
+# Typed handles for building WHERE/ORDER BY clauses: mypy sees model attributes as plain values.
+UPSTREAMS = metadata.tables["upstreams"]
+UPSTREAM_META = metadata.tables["upstream_meta"]
+CATALOG_ENTRIES = metadata.tables["catalog_entries"]
+CLIENTS = metadata.tables["clients"]
