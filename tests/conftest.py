@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from sse_starlette.sse import AppStatus
 
 
 @pytest.fixture(autouse=True)
@@ -21,6 +22,16 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         }:
             monkeypatch.delenv(key, raising=False)
     yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def independent_sse_servers() -> None:
+    """Stopping one in-process upstream must not end the SSE streams of the others.
+
+    sse-starlette drains every SSE response in the process when "the" uvicorn server shuts
+    down; tests run several servers in one process, so that drain is turned off.
+    """
+    AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
 
 
 @pytest.fixture

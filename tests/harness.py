@@ -7,12 +7,17 @@ talks to it only through its HTTP interfaces: the admin API and the MCP endpoint
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import anyio
+import anyio.abc
 import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
@@ -57,9 +62,11 @@ class Gateway:
     @asynccontextmanager
     async def client(self, key: str, mode: Mode, **options: Any) -> AsyncIterator[Client]:
         """The official `mcp` client connected through the gateway with an API key."""
-        async with create_mcp_http_client(headers={"Authorization": f"Bearer {key}"}) as http:
-            async with Client(streamable_http_client(self.mcp_url, http_client=http), mode=mode, **options) as c:
-                yield c
+        async with (
+            create_mcp_http_client(headers={"Authorization": f"Bearer {key}"}) as http,
+            Client(streamable_http_client(self.mcp_url, http_client=http), mode=mode, **options) as c,
+        ):
+            yield c
 
 
 def gateway_settings(tmp_path: Path, **overrides: Any) -> Settings:
@@ -75,14 +82,65 @@ def gateway_settings(tmp_path: Path, **overrides: Any) -> Settings:
 
 
 @asynccontextmanager
-async def running_gateway(tmp_path: Path, deps: Deps | None = None, **overrides: Any) -> AsyncIterator[Gateway]:
+async def running_gateway(
+    tmp_path: Path, deps: Deps | None = None, **overrides: Any
+) -> AsyncIterator[Gateway]:
     """Serve a fresh gateway on 127.0.0.1:0 for the duration of the block."""
     app = create_app(gateway_settings(tmp_path, **overrides), deps)
-    async with serve(app) as base_url:
-        async with httpx2.AsyncClient(
+    async with (
+        serve(app) as base_url,
+        httpx2.AsyncClient(
             base_url=f"{base_url}/admin/api/v1",
             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
             trust_env=False,
             timeout=30,
-        ) as admin:
-            yield Gateway(base_url=base_url, admin=admin)
+        ) as admin,
+    ):
+        yield Gateway(base_url=base_url, admin=admin)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class ChildServer:
+    """An example server running as a child process."""
+
+    process: anyio.abc.Process
+    url: str
+
+    @property
+    def port(self) -> int:
+        """The port it serves on."""
+        return int(self.url.rsplit(":", 1)[1].split("/")[0])
+
+    async def kill(self) -> None:
+        """SIGKILL it, as a crash would, and reap it."""
+        self.process.kill()
+        await self.process.wait()
+
+
+@asynccontextmanager
+async def spawn_example(name: str, port: int = 0) -> AsyncIterator[ChildServer]:
+    """Run examples/servers/<name>.py in a child process; yields once it printed READY."""
+    process = await anyio.open_process(
+        [sys.executable, str(ROOT / "examples" / "servers" / f"{name}.py"), "--port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert process.stdout is not None
+        with anyio.fail_after(30):
+            line = b""
+            while not line.endswith(b"\n"):
+                line += await process.stdout.receive(1)
+        words = line.decode().split()
+        assert words[0] == "READY", line
+        yield ChildServer(process, words[1])
+    finally:
+        if process.returncode is None:
+            process.kill()
+        with anyio.CancelScope(shield=True):
+            await process.wait()
+        await process.aclose()

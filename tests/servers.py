@@ -8,8 +8,8 @@ port actually bound and never race for a free one.
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import anyio
 import uvicorn
@@ -23,6 +23,13 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self.ready = anyio.Event()
 
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # No signal handlers in tests: sse-starlette finds "the" uvicorn server through the
+        # SIGTERM handler and, when it exits, ends every SSE stream of every server in the
+        # loop, so stopping one test upstream would break streams of the others.
+        yield
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         try:
             await super().startup(sockets=sockets)
@@ -33,7 +40,9 @@ class _Server(uvicorn.Server):
 @asynccontextmanager
 async def serve(app: ASGIApp, *, path: str = "", port: int = 0) -> AsyncIterator[str]:
     """Serve `app` on a loopback port (ephemeral by default); yields its base URL plus `path`."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only when the
+    # listening socket says it is TCP; with protocol 0 every response waits on Nagle (~44 ms).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]

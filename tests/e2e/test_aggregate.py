@@ -19,7 +19,7 @@ from mcp.types import (
 )
 
 from examples.servers import notes, studio
-from tests.harness import MODES, Gateway, Mode, running_gateway
+from tests.harness import MODES, Gateway, Mode, running_gateway, spawn_example
 from tests.servers import serve
 from tollhouse.gateway.errors import INVALID_PARAMS, UPSTREAM_UNAVAILABLE
 
@@ -56,14 +56,14 @@ async def test_union_of_upstreams_routes_calls_and_passes_results_through(tmp_pa
             assert failed.is_error
             assert "boom" in _text(failed)
 
-            progress: list[float] = []
+            seen: list[float] = []
 
-            async def on_progress(value: float, total: float | None, message: str | None) -> None:
-                progress.append(value)
+            async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+                seen.append(progress)
 
             counted = await client.call_tool("studio__slow_count", {"n": 3}, progress_callback=on_progress)
             assert _text(counted) == "counted to 3"
-            assert progress == [1.0, 2.0, 3.0]
+            assert seen == [1.0, 2.0, 3.0]
 
             if mode == "legacy":
                 await client.call_tool("notes__add_note", {"text": "one"})
@@ -73,7 +73,9 @@ async def test_union_of_upstreams_routes_calls_and_passes_results_through(tmp_pa
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_resources_prompts_and_completions_are_namespaced_and_routed(tmp_path: Path, mode: Mode) -> None:
+async def test_resources_prompts_and_completions_are_namespaced_and_routed(
+    tmp_path: Path, mode: Mode
+) -> None:
     async with serve(studio.build_app(), path="/mcp") as studio_url, running_gateway(tmp_path) as gw:
         await gw.add_server("studio", studio_url)
         key = await gw.create_client("agent")
@@ -180,7 +182,9 @@ async def test_an_upstream_with_its_own_credential_gets_only_that(
 ) -> None:
     monkeypatch.setenv("STUDIO_UPSTREAM_TOKEN", "upstream-secret")
     async with serve(studio.build_app(), path="/mcp") as studio_url, running_gateway(tmp_path) as gw:
-        await gw.add_server("studio", studio_url, auth={"type": "bearer", "token_env": "STUDIO_UPSTREAM_TOKEN"})
+        await gw.add_server(
+            "studio", studio_url, auth={"type": "bearer", "token_env": "STUDIO_UPSTREAM_TOKEN"}
+        )
         key = await gw.create_client("agent")
         async with gw.client(key, "2026-07-28") as client:
             seen = await client.call_tool("studio__headers", {})
@@ -194,14 +198,16 @@ async def test_a_dead_upstream_does_not_break_the_endpoint_and_comes_back(tmp_pa
     async with serve(notes.build_app(), path="/mcp") as notes_url, running_gateway(tmp_path) as gw:
         await gw.add_server("notes", notes_url)
         key = await gw.create_client("agent")
-        async with serve(studio.build_app(), path="/mcp") as studio_url:
-            port = int(studio_url.rsplit(":", 1)[1].split("/")[0])
-            await gw.add_server("studio", studio_url)
-        # studio is gone now (killed mid-run).
+        async with spawn_example("studio") as child:
+            await gw.add_server("studio", child.url)
+            await child.kill()  # killed mid-run
         changed = anyio.Event()
 
         async def on_message(message: Any) -> None:
-            if getattr(getattr(message, "root", message), "method", None) == "notifications/tools/list_changed":
+            if (
+                getattr(getattr(message, "root", message), "method", None)
+                == "notifications/tools/list_changed"
+            ):
                 changed.set()
 
         async with gw.client(key, mode, message_handler=on_message) as client:
@@ -211,12 +217,16 @@ async def test_a_dead_upstream_does_not_break_the_endpoint_and_comes_back(tmp_pa
             names = {t.name for t in (await client.list_tools()).tools}
             assert "notes__add_note" in names
             assert not any(n.startswith("studio__") for n in names)
+            assert (
+                _text(await client.call_tool("notes__clear_notes", {})).startswith("cleared")
+                or mode != "legacy"
+            )
             server = (await gw.admin.get("/servers/studio")).json()
             assert server["health"]["status"] == "down"
 
             # It returns on the same address: its tools come back.
-            async with serve(studio.build_app(), path="/mcp", port=port):
-                with anyio.fail_after(10):
+            async with spawn_example("studio", port=child.port):
+                with anyio.fail_after(20):
                     await _until_live(gw, "studio")
                     if mode == "legacy":
                         await changed.wait()
@@ -243,3 +253,29 @@ async def test_an_upstream_down_at_registration_is_registered_and_reported(tmp_p
             names = {t.name for t in (await client.list_tools()).tools}
             assert "studio__echo" in names
             assert not any(n.startswith("ghost__") for n in names)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_an_upstream_with_250_tools_in_pages_of_100_appears_whole_and_in_order(
+    tmp_path: Path, mode: Mode
+) -> None:
+    from tests.upstreams import paged_upstream
+
+    app = paged_upstream(total=250, page_size=100).streamable_http_app()
+    async with serve(app, path="/mcp") as url, running_gateway(tmp_path) as gw:
+        server = await gw.add_server("big", url)
+        assert server["tool_count"] == 250
+        key = await gw.create_client("agent")
+        async with gw.client(key, mode) as client:
+            names: list[str] = []
+            cursor: str | None = None
+            pages = 0
+            while True:
+                page = await client.list_tools(cursor=cursor)
+                names.extend(t.name for t in page.tools)
+                pages += 1
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+            assert pages == 3  # tollhouse pages the merged list itself (page size 100)
+            assert names == [f"big__tool-{i:03d}" for i in range(250)]

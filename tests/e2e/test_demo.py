@@ -1,4 +1,4 @@
-"""`make demo` starts everything, the scripted agent succeeds, the printed token works, Ctrl-C stops it all."""
+"""`make demo` starts everything, the agent succeeds, the printed token works, Ctrl-C stops it all."""
 
 from __future__ import annotations
 
@@ -22,7 +22,11 @@ ROOT = Path(__file__).resolve().parents[2]
 async def test_make_demo_serves_with_a_working_token_and_stops_cleanly() -> None:
     env = {**os.environ, "TOLLHOUSE_DEMO_PORT": "0", "PYTHONUNBUFFERED": "1"}
     process = await anyio.open_process(
-        ["make", "-s", "demo"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        ["make", "-s", "demo"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     lines: list[str] = []

@@ -21,7 +21,8 @@ def bearer_token(scope: Scope) -> str | None:
     """The bearer token of the Authorization header, or None."""
     for name, value in scope["headers"]:
         if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
+            header: str = value.decode("latin-1")
+            scheme, _, token = header.partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
             return None

@@ -24,11 +24,14 @@ from tollhouse.auth.verifiers import API_KEY_PREFIX, ApiKeyVerifier, hash_secret
 from tollhouse.gateway.errors import GatewayError
 from tollhouse.gateway.pool import SyncResult, UpstreamPool
 from tollhouse.gateway.snapshot import split_exposed_name
-from tollhouse.registry.config import ConfigError, config_from_dict, config_to_dict
+from tollhouse.registry.config import ConfigError, config_from_dict, config_to_dict, server_from_dict
 from tollhouse.registry.models import ClientRecord, Upstream
 from tollhouse.registry.store import RegistryStore, StoreConflictError
 
-__all__ = ["AdminState", "admin_app"]
+__all__ = ["SUPPORTED_TRANSPORTS", "AdminState", "admin_app", "apply_loaded"]
+
+# stdio and legacy HTTP+SSE upstreams come with their connectors (docs/compatibility.md).
+SUPPORTED_TRANSPORTS = ("http",)
 
 
 @dataclass
@@ -55,7 +58,9 @@ def _json(data: Any, status: int = 200) -> Response:
 def _problem(p: _Problem) -> Response:
     body = {"type": "about:blank", "title": p.title, "status": p.status, "detail": p.detail}
     headers = {"WWW-Authenticate": 'Bearer realm="tollhouse-admin"'} if p.status == 401 else None
-    return Response(orjson.dumps(body), status_code=p.status, media_type="application/problem+json", headers=headers)
+    return Response(
+        orjson.dumps(body), status_code=p.status, media_type="application/problem+json", headers=headers
+    )
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -83,7 +88,9 @@ def admin_app(state: AdminState) -> Starlette:
         try:
             upstream = await state.store.create_upstream(upstream)
         except StoreConflictError:
-            raise _Problem(409, "Conflict", f"a server or agent named '{upstream.name}' already exists") from None
+            raise _Problem(
+                409, "Conflict", f"a server or agent named '{upstream.name}' already exists"
+            ) from None
         await state.pool.add(upstream)
         return _json(_server_out(state.pool, upstream), 201)
 
@@ -131,18 +138,32 @@ def admin_app(state: AdminState) -> Starlette:
         if tool is None:
             parts = split_exposed_name(name)
             catalog = state.pool.catalog(parts[0]) if parts else None
-            upstream_def = next((t for t in catalog.tools if t["name"] == parts[1]), None) if catalog and parts else None
+            upstream_def = (
+                next((t for t in catalog.tools if t["name"] == parts[1]), None) if catalog and parts else None
+            )
             if upstream_def is None or parts is None:
                 raise _Problem(404, "Not Found", f"no tool named '{name}'")
             return _json(
-                {"name": name, "server": parts[0], "tool": parts[1], "live": False,
-                 "definition": {**upstream_def, "name": name}, "upstream_definition": upstream_def,
-                 "sha256": _sha(state, parts[0], parts[1])}
+                {
+                    "name": name,
+                    "server": parts[0],
+                    "tool": parts[1],
+                    "live": False,
+                    "definition": {**upstream_def, "name": name},
+                    "upstream_definition": upstream_def,
+                    "sha256": _sha(state, parts[0], parts[1]),
+                }
             )
         return _json(
-            {"name": tool.exposed, "server": tool.server, "tool": tool.name, "live": True,
-             "definition": tool.definition, "upstream_definition": tool.upstream_definition,
-             "sha256": _sha(state, tool.server, tool.name)}
+            {
+                "name": tool.exposed,
+                "server": tool.server,
+                "tool": tool.name,
+                "live": True,
+                "definition": tool.definition,
+                "upstream_definition": tool.upstream_definition,
+                "sha256": _sha(state, tool.server, tool.name),
+            }
         )
 
     async def list_clients(request: Request) -> Response:
@@ -207,6 +228,8 @@ async def apply_loaded(
     state: AdminState, servers: Any, clients: Any, warnings: list[str], prune: bool
 ) -> dict[str, Any]:
     """Upsert what a config names (servers, clients); with `prune`, delete servers it omits."""
+    for upstream in servers:
+        _check_transport(upstream)
     created: list[str] = []
     updated: list[str] = []
     unchanged: list[str] = []
@@ -227,7 +250,9 @@ async def apply_loaded(
             continue
         client, key = await _new_client(state, spec.name, spec.team)
         created.append(f"client/{spec.name}")
-        new_keys.append({"client_id": client.client_id, "name": client.name, "team": client.team, "api_key": key})
+        new_keys.append(
+            {"client_id": client.client_id, "name": client.name, "team": client.team, "api_key": key}
+        )
     if prune:
         named = {u.name for u in servers}
         for upstream in await state.store.list_upstreams():
@@ -235,13 +260,21 @@ async def apply_loaded(
                 await state.pool.remove(upstream.name)
                 await state.store.delete_upstream(upstream.name)
                 deleted.append(f"server/{upstream.name}")
-    return {"created": created, "updated": updated, "unchanged": unchanged, "deleted": deleted,
-            "warnings": warnings, "clients": new_keys}
+    return {
+        "created": created,
+        "updated": updated,
+        "unchanged": unchanged,
+        "deleted": deleted,
+        "warnings": warnings,
+        "clients": new_keys,
+    }
 
 
 def _same(a: Upstream, b: Upstream) -> bool:
     keep = ("created_at", "updated_at")
-    return {k: v for k, v in vars(a).items() if k not in keep} == {k: v for k, v in vars(b).items() if k not in keep}
+    return {k: v for k, v in vars(a).items() if k not in keep} == {
+        k: v for k, v in vars(b).items() if k not in keep
+    }
 
 
 async def _new_client(state: AdminState, name: str, team: str | None) -> tuple[ClientRecord, str]:
@@ -291,10 +324,21 @@ async def _body(request: Request) -> dict[str, Any]:
 
 def _parse_server(body: dict[str, Any]) -> Upstream:
     try:
-        loaded = config_from_dict({"servers": [body]})
+        upstream = server_from_dict(body)
     except ConfigError as exc:
         raise _Problem(400, "Invalid server", str(exc)) from None
-    return loaded.servers[0]
+    _check_transport(upstream)
+    return upstream
+
+
+def _check_transport(upstream: Upstream) -> None:
+    if upstream.transport not in SUPPORTED_TRANSPORTS:
+        raise _Problem(
+            400,
+            "Unsupported transport",
+            f"server '{upstream.name}': transport '{upstream.transport}' is not supported by this version "
+            f"(supported: {', '.join(SUPPORTED_TRANSPORTS)})",
+        )
 
 
 def _known(state: AdminState, name: str) -> Upstream:
@@ -332,7 +376,11 @@ def _server_out(pool: UpstreamPool, u: Upstream) -> dict[str, Any]:
         "approval": u.approval,
         "connect_timeout_seconds": u.connect_timeout_seconds,
         "call_timeout_seconds": u.call_timeout_seconds,
-        "health": {"status": health.status, "last_error": health.last_error, "checked_at": _iso(health.checked_at)},
+        "health": {
+            "status": health.status,
+            "last_error": health.last_error,
+            "checked_at": _iso(health.checked_at),
+        },
         "era": desc.era if desc else None,
         "protocol_version": desc.protocol_version if desc else None,
         "tool_count": len(catalog.tools) if catalog else 0,
@@ -342,13 +390,25 @@ def _server_out(pool: UpstreamPool, u: Upstream) -> dict[str, Any]:
 
 
 def _sync_out(r: SyncResult) -> dict[str, Any]:
-    return {"server": r.server, "snapshot_version": r.snapshot_version, "tools": r.tools,
-            "resources": r.resources, "resource_templates": r.resource_templates, "prompts": r.prompts}
+    return {
+        "server": r.server,
+        "snapshot_version": r.snapshot_version,
+        "tools": r.tools,
+        "resources": r.resources,
+        "resource_templates": r.resource_templates,
+        "prompts": r.prompts,
+    }
 
 
 def _client_out(c: ClientRecord) -> dict[str, Any]:
-    return {"client_id": c.client_id, "name": c.name, "team": c.team, "key_prefix": c.key_prefix,
-            "created_at": _iso(c.created_at), "revoked_at": _iso(c.revoked_at)}
+    return {
+        "client_id": c.client_id,
+        "name": c.name,
+        "team": c.team,
+        "key_prefix": c.key_prefix,
+        "created_at": _iso(c.created_at),
+        "revoked_at": _iso(c.revoked_at),
+    }
 
 
 def _openapi() -> dict[str, Any]:
@@ -362,7 +422,11 @@ def _openapi() -> dict[str, Any]:
         "components": {"securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}}},
         "paths": {
             "/servers": {"get": op("List upstream MCP servers"), "post": op("Register a server", "201")},
-            "/servers/{name}": {"parameters": name, "get": op("Show a server"), "delete": op("Remove a server", "204")},
+            "/servers/{name}": {
+                "parameters": name,
+                "get": op("Show a server"),
+                "delete": op("Remove a server", "204"),
+            },
             "/servers/{name}/refresh": {"parameters": name, "post": op("Sync a server's catalog now")},
             "/tools": {"get": op("List exposed tools")},
             "/tools/{name}": {"parameters": name, "get": op("Show a tool")},

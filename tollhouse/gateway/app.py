@@ -39,7 +39,7 @@ from tollhouse.registry.store import RegistryStore, SqlRegistryStore
 __all__ = ["ADMIN_TOKEN_SETTING", "Deps", "create_app"]
 
 logger = logging.getLogger("tollhouse")
-ADMIN_TOKEN_SETTING = "admin_token_sha256"
+ADMIN_TOKEN_SETTING = "admin_token_sha256"  # noqa: S105 - a settings key, not a secret
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,9 @@ def create_app(
     store = deps.store or SqlRegistryStore(create_engine_for(database_url))
     keys = ApiKeyVerifier()
     verifier = deps.verifier or keys
-    pool = UpstreamPool(store, deps.connector_factory or _default_connector_factory(settings), settings.upstreams)
+    pool = UpstreamPool(
+        store, deps.connector_factory or _default_connector_factory(settings), settings.upstreams
+    )
     sessions = SessionManager(
         idle_seconds=settings.limits.session_idle_seconds,
         max_sessions=settings.limits.max_sessions,
@@ -111,7 +113,9 @@ def create_app(
 
     async def readyz(request: Request) -> JSONResponse:
         snapshot = pool.snapshot
-        return JSONResponse({"status": "ready", "snapshot_version": snapshot.version, "live": sorted(snapshot.live)})
+        return JSONResponse(
+            {"status": "ready", "snapshot_version": snapshot.version, "live": sorted(snapshot.live)}
+        )
 
     mcp = BearerAuthMiddleware(endpoint, verifier=verifier)
     return Starlette(

@@ -15,13 +15,13 @@ import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import anyio
 import httpx2
 import uvicorn
+from anyio.abc import Process
 from pydantic import SecretStr
 
 from tollhouse.gateway.app import create_app
@@ -37,23 +37,25 @@ def _repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
-async def _start_example(name: str, root: Path) -> tuple[subprocess.Popen[str], str]:
+async def _start_example(name: str, root: Path) -> tuple[Process, str]:
     script = root / "examples" / "servers" / f"{name}.py"
     env = {**os.environ, "PYTHONPATH": str(root)}
-    proc = subprocess.Popen(
-        [sys.executable, str(script), "--port", "0"], stdout=subprocess.PIPE, text=True, env=env, cwd=root
+    proc = await anyio.open_process(
+        [sys.executable, str(script), "--port", "0"], env=env, cwd=root, stderr=None
     )
     assert proc.stdout is not None
+    line = b""
     with anyio.fail_after(30):
-        line = await anyio.to_thread.run_sync(proc.stdout.readline)
-    if not line.startswith("READY "):
+        while not line.endswith(b"\n"):
+            line += await proc.stdout.receive(1)
+    if not line.startswith(b"READY "):
         proc.kill()
         raise RuntimeError(f"example server {name} did not start")
-    return proc, line.split()[1]
+    return proc, line.decode().split()[1]
 
 
 def _listen_socket(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -86,9 +88,13 @@ async def _demo(port: int) -> int:
     bound = sock.getsockname()[1]
     base = f"http://127.0.0.1:{bound}"
     settings = Settings(
-        public_url=base, data_dir=str(data_dir), admin_token=SecretStr(admin_token), port=bound, log_level="warning"
+        public_url=base,
+        data_dir=str(data_dir),
+        admin_token=SecretStr(admin_token),
+        port=bound,
+        log_level="warning",
     )
-    children: list[subprocess.Popen[str]] = []
+    children: list[Process] = []
     try:
         urls = {}
         for name in _EXAMPLES:
@@ -112,20 +118,25 @@ async def _demo(port: int) -> int:
             server.should_exit = True
         return 0
     finally:
-        for proc in children:
-            proc.terminate()
-        for proc in children:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        with anyio.CancelScope(shield=True):
+            for proc in children:
+                proc.terminate()
+            for proc in children:
+                with anyio.move_on_after(10):
+                    await proc.wait()
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+                await proc.aclose()
         sock.close()
 
 
 async def _register(base: str, admin_token: str, urls: dict[str, str]) -> str:
     async with httpx2.AsyncClient(
-        base_url=f"{base}/admin/api/v1", headers={"Authorization": f"Bearer {admin_token}"}, trust_env=False, timeout=30
+        base_url=f"{base}/admin/api/v1",
+        headers={"Authorization": f"Bearer {admin_token}"},
+        trust_env=False,
+        timeout=30,
     ) as admin:
         for name, url in urls.items():
             response = await admin.post("/servers", json={"name": name, "url": url})
@@ -164,8 +175,9 @@ def _banner(base: str, admin_token: str, urls: dict[str, str], key: str, transcr
         json.dumps(client_config(mcp_url, key), indent=2),
         "",
         "Try it:",
-        f"  curl -s {mcp_url} -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \\",
-        "    -H 'MCP-Protocol-Version: 2026-07-28' -H 'Mcp-Method: tools/list' -H \"Authorization: Bearer $KEY\" \\",
+        f"  curl -s {mcp_url} -H 'Content-Type: application/json' \\",
+        "    -H 'Accept: application/json, text/event-stream' -H 'MCP-Protocol-Version: 2026-07-28' \\",
+        "    -H 'Mcp-Method: tools/list' -H \"Authorization: Bearer $KEY\" \\",
         '    -d \'{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{'
         '"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}\'',
         "",

@@ -42,7 +42,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 JSON = "application/json"
+"""Media type of a single JSON-RPC message body."""
 EVENT_STREAM = "text/event-stream"
+"""Media type of an SSE reply or stream."""
 _RESERVED_META_PREFIX = "io.modelcontextprotocol/"
 _ACKNOWLEDGED = "notifications/subscriptions/acknowledged"
 _CLEANUP_SECONDS = 5.0
@@ -317,8 +319,8 @@ class HttpRpc:
                         await on_notification(str(method), params if isinstance(params, dict) else {})
         except SseError as exc:
             raise UpstreamProtocolError(self.name) from exc
-        except aiohttp.ClientError:
-            logger.info("upstream %s: watch stream broke", self.name)
+        except aiohttp.ClientError as exc:
+            logger.info("upstream %s: watch stream broke: %r", self.name, exc)
         if task_status is not None:
             raise UpstreamUnavailable(self.name)
 

@@ -55,9 +55,17 @@ _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]"}
 class _Reject(Exception):
     """Refuse the request with an HTTP status and a JSON-RPC error body."""
 
-    def __init__(self, status: int, code: int, message: str, data: Any = None, request_id: Any = None) -> None:
+    def __init__(
+        self, status: int, code: int, message: str, data: Any = None, request_id: Any = None
+    ) -> None:
         super().__init__(message)
-        self.status, self.code, self.message, self.data, self.request_id = status, code, message, data, request_id
+        self.status, self.code, self.message, self.data, self.request_id = (
+            status,
+            code,
+            message,
+            data,
+            request_id,
+        )
 
 
 def allowed_origin(origin: str, public_origin: str) -> bool:
@@ -107,10 +115,14 @@ class McpEndpoint:
 
     async def _post(self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str]) -> None:
         if headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-            raise _Reject(415, INVALID_REQUEST, "Unsupported Media Type: Content-Type must be application/json")
+            raise _Reject(
+                415, INVALID_REQUEST, "Unsupported Media Type: Content-Type must be application/json"
+            )
         if not _accepts_both(headers.get("accept", "")):
             raise _Reject(
-                406, INVALID_REQUEST, "Not Acceptable: Accept must include application/json and text/event-stream"
+                406,
+                INVALID_REQUEST,
+                "Not Acceptable: Accept must include application/json and text/event-stream",
             )
         body = await self._read_body(receive, headers)
         try:
@@ -131,7 +143,9 @@ class McpEndpoint:
                 return
             raise _Reject(400, INVALID_REQUEST, "Invalid Request: no method", request_id=request_id)
         if not isinstance(rpc_method, str):
-            raise _Reject(400, INVALID_REQUEST, "Invalid Request: method must be a string", request_id=request_id)
+            raise _Reject(
+                400, INVALID_REQUEST, "Invalid Request: method must be a string", request_id=request_id
+            )
         params = message.get("params", {})
         if params is None:
             params = {}
@@ -202,7 +216,9 @@ class McpEndpoint:
                 request_id,
             )
         if headers.get("mcp-protocol-version") != version:
-            raise _Reject(400, HEADER_MISMATCH, "MCP-Protocol-Version header does not match _meta", None, request_id)
+            raise _Reject(
+                400, HEADER_MISMATCH, "MCP-Protocol-Version header does not match _meta", None, request_id
+            )
         if headers.get("mcp-method") != rpc_method:
             raise _Reject(400, HEADER_MISMATCH, "Mcp-Method header does not match the body", None, request_id)
         name_field = _NAMED.get(rpc_method)
@@ -340,7 +356,13 @@ class _Stream:
     """The response to one request: JSON, or SSE once there is progress to report."""
 
     def __init__(
-        self, send: Send, request_id: Any, progress_token: Any, session_id: str | None = None, *, legacy: bool = False
+        self,
+        send: Send,
+        request_id: Any,
+        progress_token: Any,
+        session_id: str | None = None,
+        *,
+        legacy: bool = False,
     ) -> None:
         self._send = send
         self._id = request_id
@@ -354,7 +376,11 @@ class _Stream:
         if not self._sse:
             self._sse = True
             await self._send(
-                {"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + self._session_headers}
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": _SSE_HEADERS + self._session_headers,
+                }
             )
 
     async def _event(self, payload: JSONObject, *, more: bool = True) -> None:
@@ -384,7 +410,11 @@ class _Stream:
             raise
         except Exception:
             logger.exception("unexpected error answering a request")
-            payload = {"jsonrpc": "2.0", "id": self._id, "error": {"code": INTERNAL_ERROR, "message": "Internal error"}}
+            payload = {
+                "jsonrpc": "2.0",
+                "id": self._id,
+                "error": {"code": INTERNAL_ERROR, "message": "Internal error"},
+            }
         if self._sse:
             await self._event(payload, more=False)
         else:
@@ -401,7 +431,11 @@ async def _serve_session_stream(session: DownstreamSession, receive: Receive, se
     assert session.outbox_receive is not None
     session.stream_attached = True
     await send(
-        {"type": "http.response.start", "status": 200, "headers": [*_SSE_HEADERS, (b"mcp-session-id", session.id.encode())]}
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [*_SSE_HEADERS, (b"mcp-session-id", session.id.encode())],
+        }
     )
     try:
         async with anyio.create_task_group() as tg:
@@ -458,12 +492,16 @@ async def _send_json(send: Send, status: int, body: bytes, extra: Iterable[tuple
     await send({"type": "http.response.body", "body": body})
 
 
-async def _result_response(send: Send, request_id: Any, result: JSONObject, session_id: str | None = None) -> None:
+async def _result_response(
+    send: Send, request_id: Any, result: JSONObject, session_id: str | None = None
+) -> None:
     extra = [(b"mcp-session-id", session_id.encode())] if session_id else []
     await _send_json(send, 200, orjson.dumps({"jsonrpc": "2.0", "id": request_id, "result": result}), extra)
 
 
-async def _error_response(send: Send, status: int, request_id: Any, code: int, message: str, data: Any) -> None:
+async def _error_response(
+    send: Send, status: int, request_id: Any, code: int, message: str, data: Any
+) -> None:
     error: JSONObject = {"code": code, "message": message}
     if data is not None:
         error["data"] = data
@@ -481,7 +519,11 @@ async def _plain(send: Send, status: int, text: bytes, extra: Iterable[tuple[byt
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(text)).encode()), *extra],
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(text)).encode()),
+                *extra,
+            ],
         }
     )
     await send({"type": "http.response.body", "body": text})

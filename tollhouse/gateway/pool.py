@@ -214,7 +214,11 @@ class UpstreamPool:
     def _result(self, name: str) -> SyncResult:
         cat = self._catalogs.get(name, UpstreamCatalog(server=name))
         return SyncResult(
-            name, self._snapshot.version, len(cat.tools), len(cat.resources), len(cat.resource_templates),
+            name,
+            self._snapshot.version,
+            len(cat.tools),
+            len(cat.resources),
+            len(cat.resource_templates),
             len(cat.prompts),
         )
 
@@ -256,7 +260,7 @@ class UpstreamPool:
             instructions=description.instructions,
             protocol_version=description.protocol_version,
             synced_at=datetime.now(UTC),
-            **lists,  # type: ignore[arg-type]
+            **lists,
         )
         self._catalogs[name] = catalog
         await self._store.save_catalog(catalog)
@@ -291,7 +295,9 @@ class UpstreamPool:
                     await self.mark_down(name, exc)
                     return
                 failures += 1
-                await anyio.sleep(min(self._defaults.retry_min_seconds * 2**failures, self._defaults.retry_max_seconds))
+                await anyio.sleep(
+                    min(self._defaults.retry_min_seconds * 2**failures, self._defaults.retry_max_seconds)
+                )
 
     async def _on_notification(self, name: str, method: str) -> None:
         if method in _LIST_CHANGED and name in self._live:

@@ -18,7 +18,9 @@ from tollhouse.registry.migrate import database_url_for, upgrade
 __all__ = ["db_upgrade_main", "load_settings", "serve_main", "uvicorn_config"]
 
 
-def load_settings(config: LoadedConfig | None = None, *, host: str | None = None, port: int | None = None) -> Settings:
+def load_settings(
+    config: LoadedConfig | None = None, *, host: str | None = None, port: int | None = None
+) -> Settings:
     """Settings from the environment, then the config file's `gateway:` section, then flags."""
     settings = Settings()
     update: dict[str, object] = {}

@@ -8,6 +8,7 @@ drained by the session's GET stream.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -49,10 +50,8 @@ class DownstreamSession:
         """Queue a notification for the GET stream; dropped when the client reads none."""
         if self.outbox_send is None or not self.stream_attached:
             return
-        try:
+        with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
             self.outbox_send.send_nowait(message)
-        except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass
 
 
 class SessionManager:
@@ -67,7 +66,9 @@ class SessionManager:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def create(self, principal: Principal, protocol_version: str, capabilities: JSONObject) -> DownstreamSession:
+    def create(
+        self, principal: Principal, protocol_version: str, capabilities: JSONObject
+    ) -> DownstreamSession:
         """A new session bound to `principal`.
 
         Raises:

@@ -116,9 +116,7 @@ def _exposed(server: str, definition: JSONObject, key: str, value: Any) -> JSONO
     return out
 
 
-def build_snapshot(
-    version: int, catalogs: Mapping[str, UpstreamCatalog], live: Iterable[str]
-) -> Snapshot:
+def build_snapshot(version: int, catalogs: Mapping[str, UpstreamCatalog], live: Iterable[str]) -> Snapshot:
     """Merge the catalogs of the live upstreams into one snapshot with exposed names."""
     live_set = frozenset(live)
     tools: list[ExposedItem] = []
@@ -133,11 +131,15 @@ def build_snapshot(
         capabilities[server] = catalog.capabilities
         for tool in catalog.tools:
             exposed = f"{server}{SEPARATOR}{tool['name']}"
-            tools.append(ExposedItem(exposed, server, tool["name"], _exposed(server, tool, "name", exposed), tool))
+            tools.append(
+                ExposedItem(exposed, server, tool["name"], _exposed(server, tool, "name", exposed), tool)
+            )
         for prompt in catalog.prompts:
             exposed = f"{server}{SEPARATOR}{prompt['name']}"
             prompts.append(
-                ExposedItem(exposed, server, prompt["name"], _exposed(server, prompt, "name", exposed), prompt)
+                ExposedItem(
+                    exposed, server, prompt["name"], _exposed(server, prompt, "name", exposed), prompt
+                )
             )
         resources.extend(_exposed(server, r, "uri", expose_uri(server, r["uri"])) for r in catalog.resources)
         templates.extend(

@@ -47,7 +47,9 @@ __all__ = ["LEGACY_PROTOCOL_VERSION", "MODERN_PROTOCOL_VERSION", "HttpUpstream",
 logger = logging.getLogger(__name__)
 
 MODERN_PROTOCOL_VERSION = "2026-07-28"
+"""The stateless revision spoken to modern upstreams."""
 LEGACY_PROTOCOL_VERSION = "2025-11-25"
+"""The handshake revision offered in `initialize`."""
 # Handshake-era revisions a legacy upstream may counter-offer (§1.1).
 _HANDSHAKE_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
 _SERVER_INFO_KEY = "io.modelcontextprotocol/serverInfo"
