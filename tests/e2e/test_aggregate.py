@@ -279,3 +279,60 @@ async def test_an_upstream_with_250_tools_in_pages_of_100_appears_whole_and_in_o
                     break
             assert pages == 3  # tollhouse pages the merged list itself (page size 100)
             assert names == [f"big__tool-{i:03d}" for i in range(250)]
+
+
+@pytest.mark.parametrize("upstream_era", ["modern", "legacy"])
+async def test_an_upstreams_list_changed_updates_the_catalog_and_reaches_legacy_sessions(
+    tmp_path: Path, upstream_era: str
+) -> None:
+    from tests.upstreams import echo_upstream, legacy_only
+
+    server, _ = echo_upstream()
+    app = server.streamable_http_app()
+    async with (
+        serve(legacy_only(app) if upstream_era == "legacy" else app, path="/mcp") as url,
+        running_gateway(tmp_path) as gw,
+    ):
+        described = await gw.add_server("up", url)
+        assert described["era"] == upstream_era
+        key = await gw.create_client("agent")
+        changed = anyio.Event()
+
+        async def on_message(message: Any) -> None:
+            if (
+                getattr(getattr(message, "root", message), "method", None)
+                == "notifications/tools/list_changed"
+            ):
+                changed.set()
+
+        async with gw.client(key, "legacy", message_handler=on_message) as client:
+            assert "up__added_1" not in {t.name for t in (await client.list_tools()).tools}
+            assert _text(await client.call_tool("up__add_tool", {})) == "added_1"
+            with anyio.fail_after(10):
+                await changed.wait()
+            assert "up__added_1" in {t.name for t in (await client.list_tools()).tools}
+            assert _text(await client.call_tool("up__added_1", {})) == "added_1"
+
+
+async def test_one_downstream_session_uses_one_upstream_session_and_ending_it_ends_that(
+    tmp_path: Path,
+) -> None:
+    from tests.upstreams import HeaderRecorder, legacy_only
+
+    recorder = HeaderRecorder(legacy_only(notes.build_app()))
+    async with serve(recorder, path="/mcp") as url, running_gateway(tmp_path) as gw:
+        await gw.add_server("notes", url)
+        key = await gw.create_client("agent")
+        before = recorder.rpc_methods().count("initialize")  # the gateway's own sync and watch sessions
+        async with gw.client(key, "legacy") as client:
+            for i in range(20):
+                await client.call_tool("notes__add_note", {"text": f"note {i}"})
+            listed = await client.call_tool("notes__list_notes", {})
+            assert listed.structured_content == {"result": [f"note {i}" for i in range(20)]}
+        assert recorder.rpc_methods().count("initialize") - before == 1
+        # Closing the downstream session closed its upstream session before the DELETE returned.
+        assert recorder.requests[-1].method == "DELETE"
+        # A second downstream session gets its own, empty, upstream session.
+        async with gw.client(key, "legacy") as client:
+            listed = await client.call_tool("notes__list_notes", {})
+            assert listed.structured_content == {"result": []}

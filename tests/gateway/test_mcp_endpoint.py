@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx2
 import orjson
 import pytest
@@ -266,3 +267,41 @@ async def test_a_session_belongs_to_the_principal_that_created_it(setup: Any) ->
     assert gone.status_code == 404
     missing = await http.post(gw.mcp_url, json=ping, headers={**legacy, "Authorization": f"Bearer {key}"})
     assert missing.status_code == 400
+
+
+async def test_a_client_that_trickles_its_body_is_cut_off_with_408(tmp_path: Path) -> None:
+    from tollhouse.gateway.settings import LimitsSettings
+
+    async with running_gateway(tmp_path, limits=LimitsSettings(receive_timeout_seconds=0.5)) as gw:
+        key = await gw.create_client("slow")
+        host, port = gw.base_url.removeprefix("http://").split(":")
+        head = (
+            f"POST /mcp HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {key}\r\n"
+            "Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
+            "Content-Length: 100\r\n\r\n"
+        )
+        with anyio.fail_after(10):
+            async with await anyio.connect_tcp(host, int(port)) as stream:
+                await stream.send(head.encode() + b'{"jsonrpc":')  # and then nothing more
+                response = await stream.receive()
+        assert response.startswith(b"HTTP/1.1 408 ")
+
+
+async def test_tools_whose_exposed_name_would_pass_128_characters_are_not_exposed(tmp_path: Path) -> None:
+    from mcp.server.mcpserver import MCPServer
+
+    server = MCPServer("long")
+    long_name = "t" * 120
+
+    @server.tool(name=long_name)
+    def long_tool() -> str:
+        return "x"
+
+    @server.tool()
+    def short() -> str:
+        return "y"
+
+    async with serve(server.streamable_http_app(), path="/mcp") as url, running_gateway(tmp_path) as gw:
+        await gw.add_server("longname", url)
+        names = [t["name"] for t in (await gw.admin.get("/tools")).json()["items"]]
+        assert names == ["longname__short"]

@@ -101,7 +101,6 @@ class McpHandlers:
             "resources": {"listChanged": not modern},
             "prompts": {"listChanged": not modern},
             "completions": {},
-            "logging": {},
         }
 
     def initialize(self, params: JSONObject) -> JSONObject:

@@ -88,6 +88,7 @@ class McpEndpoint:
         self._handlers = handlers
         self._sessions = sessions
         self._max_body = limits.max_body_bytes
+        self._receive_timeout = limits.receive_timeout_seconds
         self._public_origin = public_origin
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -178,17 +179,21 @@ class McpEndpoint:
             raise _Reject(413, INVALID_REQUEST, "Payload Too Large")
         chunks: list[bytes] = []
         size = 0
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                raise _Reject(400, INVALID_REQUEST, "Client disconnected")
-            chunk = msg.get("body", b"")
-            size += len(chunk)
-            if size > self._max_body:
-                raise _Reject(413, INVALID_REQUEST, "Payload Too Large")
-            chunks.append(chunk)
-            if not msg.get("more_body", False):
-                return b"".join(chunks)
+        # A client that trickles its body is cut off (slowloris); headers are uvicorn's job.
+        with anyio.move_on_after(self._receive_timeout) as deadline:
+            while True:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    raise _Reject(400, INVALID_REQUEST, "Client disconnected")
+                chunk = msg.get("body", b"")
+                size += len(chunk)
+                if size > self._max_body:
+                    raise _Reject(413, INVALID_REQUEST, "Payload Too Large")
+                chunks.append(chunk)
+                if not msg.get("more_body", False):
+                    return b"".join(chunks)
+        assert deadline.cancelled_caught
+        raise _Reject(408, INVALID_REQUEST, "Request Timeout: the body did not arrive in time")
 
     # -- 2026-07-28 ---------------------------------------------------------------------------
 

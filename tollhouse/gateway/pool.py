@@ -20,7 +20,14 @@ from tollhouse.gateway.errors import GatewayError, UpstreamUnavailable
 from tollhouse.gateway.settings import UpstreamDefaults
 from tollhouse.gateway.snapshot import Snapshot, build_snapshot
 from tollhouse.gateway.upstream import ServerDescription, UpstreamConnector
-from tollhouse.registry.models import Health, JSONObject, Upstream, UpstreamCatalog
+from tollhouse.registry.models import (
+    MAX_EXPOSED_NAME,
+    SEPARATOR,
+    Health,
+    JSONObject,
+    Upstream,
+    UpstreamCatalog,
+)
 from tollhouse.registry.store import RegistryStore
 
 __all__ = ["ConnectorFactory", "SyncResult", "UpstreamPool"]
@@ -263,6 +270,11 @@ class UpstreamPool:
             **lists,
         )
         self._catalogs[name] = catalog
+        for tool in catalog.tools:
+            if len(name) + len(SEPARATOR) + len(str(tool.get("name"))) > MAX_EXPOSED_NAME:
+                logger.warning(
+                    "upstream %s: tool %r is not exposed: its name is too long", name, tool.get("name")
+                )
         await self._store.save_catalog(catalog)
         if rebuild:
             await self._rebuild()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from tollhouse.registry.models import SEPARATOR, JSONObject, UpstreamCatalog
+from tollhouse.registry.models import MAX_EXPOSED_NAME, SEPARATOR, JSONObject, UpstreamCatalog
 
 __all__ = [
     "RESOURCE_SCHEME",
@@ -131,6 +131,8 @@ def build_snapshot(version: int, catalogs: Mapping[str, UpstreamCatalog], live: 
         capabilities[server] = catalog.capabilities
         for tool in catalog.tools:
             exposed = f"{server}{SEPARATOR}{tool['name']}"
+            if len(exposed) > MAX_EXPOSED_NAME:
+                continue  # model APIs refuse longer function names; the pool logs it at sync
             tools.append(
                 ExposedItem(exposed, server, tool["name"], _exposed(server, tool, "name", exposed), tool)
             )
