@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
-from sqlalchemy.pool import NullPool
 
+from tests.databases import scratch_postgres
 from tollhouse.registry.migrate import database_url_for
 from tollhouse.registry.store import SqlRegistryStore, open_sql_store
 
@@ -27,25 +24,6 @@ class StepClock:
     def __call__(self) -> datetime:
         self.now += timedelta(seconds=1)
         return self.now
-
-
-@contextmanager
-def scratch_postgres(server_url: str) -> Iterator[str]:
-    """A fresh database on the server of `server_url`, dropped on exit; yields its URL."""
-    base = sa.make_url(database_url_for(server_url, ""))
-    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    name = f"th_{secrets.token_hex(8)}"
-    quoted = admin.dialect.identifier_preparer.quote(name)
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"CREATE DATABASE {quoted}")
-        try:
-            yield base.set(database=name).render_as_string(hide_password=False)
-        finally:
-            with admin.connect() as conn:
-                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")
-    finally:
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
