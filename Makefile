@@ -4,12 +4,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint bench venv clean
+.PHONY: demo test test-slow lint bench venv clean lock
 
-$(STAMP): pyproject.toml
+# Dependencies come from the hash-locked requirements.lock; the project itself is editable.
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -33,3 +35,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .tollhouse .mypy_cache .ruff_cache
+
+# Regenerate requirements.lock after changing a pin in pyproject.toml.
+lock: $(STAMP)
+	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 --no-header \
+		-o requirements.lock
