@@ -21,6 +21,7 @@ import os
 import platform
 import secrets
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -352,6 +353,7 @@ def main() -> int:
         parser.error("--eras takes modern and/or legacy")
     if args.quick:
         args.duration, args.warmup = 1.0, 50
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the children on SIGTERM too
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out: Path = args.out or ROOT / "bench" / "results" / f"mcp_overhead-{stamp}.json"
 

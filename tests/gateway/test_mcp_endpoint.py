@@ -305,3 +305,46 @@ async def test_tools_whose_exposed_name_would_pass_128_characters_are_not_expose
         await gw.add_server("longname", url)
         names = [t["name"] for t in (await gw.admin.get("/tools")).json()["items"]]
         assert names == ["longname__short"]
+
+
+async def test_the_sdk_clients_auto_mode_settles_on_2026_07_28(setup: Any) -> None:
+    gw, key, _ = setup
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    async with create_mcp_http_client(headers={"Authorization": f"Bearer {key}"}) as http:
+        async with Client(streamable_http_client(gw.mcp_url, http_client=http)) as client:
+            assert client.protocol_version == MODERN
+            assert (await client.call_tool("studio__echo", {"text": "auto"})).content
+
+
+@pytest.mark.parametrize(
+    ("requested", "negotiated"),
+    [
+        ("2025-11-25", "2025-11-25"),
+        ("2025-06-18", "2025-06-18"),
+        ("2025-03-26", "2025-03-26"),
+        ("1999-01-01", "2025-11-25"),
+    ],
+)
+async def test_initialize_negotiates_a_session_era_version(
+    setup: Any, requested: str, negotiated: str
+) -> None:
+    gw, key, http = setup
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": requested,
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "0"},
+        },
+    }
+    headers = {"Content-Type": "application/json", "Accept": ACCEPT, "Authorization": f"Bearer {key}"}
+    response = await http.post(gw.mcp_url, json=init, headers=headers)
+    result = response.json()["result"]
+    assert result["protocolVersion"] == negotiated
+    assert result["serverInfo"]["name"] == "tollhouse"
+    assert result["capabilities"]["tools"] == {"listChanged": True}
