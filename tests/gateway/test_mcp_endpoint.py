@@ -313,10 +313,12 @@ async def test_the_sdk_clients_auto_mode_settles_on_2026_07_28(setup: Any) -> No
     from mcp.client.streamable_http import streamable_http_client
     from mcp.shared._httpx_utils import create_mcp_http_client
 
-    async with create_mcp_http_client(headers={"Authorization": f"Bearer {key}"}) as http:
-        async with Client(streamable_http_client(gw.mcp_url, http_client=http)) as client:
-            assert client.protocol_version == MODERN
-            assert (await client.call_tool("studio__echo", {"text": "auto"})).content
+    async with (
+        create_mcp_http_client(headers={"Authorization": f"Bearer {key}"}) as http,
+        Client(streamable_http_client(gw.mcp_url, http_client=http)) as client,
+    ):
+        assert client.protocol_version == MODERN
+        assert (await client.call_tool("studio__echo", {"text": "auto"})).content
 
 
 @pytest.mark.parametrize(
