@@ -24,7 +24,13 @@ from tollhouse.auth.verifiers import API_KEY_PREFIX, ApiKeyVerifier, hash_secret
 from tollhouse.gateway.errors import GatewayError
 from tollhouse.gateway.pool import SyncResult, UpstreamPool
 from tollhouse.gateway.snapshot import split_exposed_name
-from tollhouse.registry.config import ConfigError, config_from_dict, config_to_dict, server_from_dict
+from tollhouse.registry.config import (
+    CLIENT_NAME_RE,
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    server_from_dict,
+)
 from tollhouse.registry.models import ClientRecord, Upstream
 from tollhouse.registry.store import RegistryStore, StoreConflictError
 
@@ -172,8 +178,10 @@ def admin_app(state: AdminState) -> Starlette:
     async def create_client(request: Request) -> Response:
         body = await _body(request)
         name, team = body.get("name"), body.get("team")
-        if not isinstance(name, str) or not name or (team is not None and not isinstance(team, str)):
-            raise _Problem(400, "Bad Request", "'name' (string) is required; 'team' must be a string")
+        if not isinstance(name, str) or not CLIENT_NAME_RE.match(name):
+            raise _Problem(400, "Bad Request", "'name' must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+        if team is not None and (not isinstance(team, str) or not CLIENT_NAME_RE.match(team)):
+            raise _Problem(400, "Bad Request", "'team' must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}")
         client, key = await _new_client(state, name, team)
         return _json({**_client_out(client), "api_key": key}, 201)
 

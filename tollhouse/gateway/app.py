@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
+from starlette.types import Scope
 
 from tollhouse.auth.middleware import BearerAuthMiddleware
 from tollhouse.auth.verifiers import ApiKeyVerifier, TokenVerifier, hash_secret
@@ -31,6 +32,7 @@ from tollhouse.gateway.sessions import SessionManager
 from tollhouse.gateway.settings import Settings
 from tollhouse.gateway.snapshot import Snapshot
 from tollhouse.gateway.streamable_http import HttpUpstream
+from tollhouse.gateway.views import AggregateView, ServerView, ToolsetView, View
 from tollhouse.registry.config import LoadedConfig
 from tollhouse.registry.migrate import create_engine_for, database_url_for, upgrade
 from tollhouse.registry.models import Upstream
@@ -77,7 +79,20 @@ def create_app(
     )
     handlers = McpHandlers(pool, build_pipeline(pool), page_size=settings.limits.page_size)
     public = urlsplit(settings.public_url)
-    endpoint = McpEndpoint(handlers, sessions, settings.limits, f"{public.scheme}://{public.netloc}")
+    aggregate = AggregateView()
+
+    def resolve_view(scope: Scope) -> View | None:
+        params = scope.get("path_params", {})
+        if "server" in params:
+            return ServerView(params["server"]) if pool.upstream(params["server"]) is not None else None
+        if "toolset" in params:
+            name = params["toolset"]
+            return ToolsetView(name) if name in pool.snapshot.toolsets else None
+        return aggregate
+
+    endpoint = McpEndpoint(
+        handlers, sessions, settings.limits, f"{public.scheme}://{public.netloc}", resolve_view
+    )
     admin_state = AdminState(store=store, pool=pool, keys=keys, public_url=settings.public_url)
 
     async def on_snapshot(old: Snapshot, new: Snapshot) -> None:
@@ -99,6 +114,7 @@ def create_app(
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(pool.run)
+                await pool.set_toolsets(await store.list_toolsets())
                 await tg.start(sessions.run)
                 if apply_config is not None:
                     await _apply_at_start(admin_state, apply_config)
@@ -121,6 +137,8 @@ def create_app(
     return Starlette(
         routes=[
             Route("/mcp", mcp),
+            Route("/mcp/{toolset}", mcp),
+            Route("/servers/{server}/mcp", mcp),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Mount("/admin/api/v1", admin_app(admin_state)),

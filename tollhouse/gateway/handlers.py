@@ -23,8 +23,8 @@ from tollhouse.gateway.errors import (
 )
 from tollhouse.gateway.pipeline import CallContext, Pipeline
 from tollhouse.gateway.pool import UpstreamPool
-from tollhouse.gateway.snapshot import expose_uri, split_exposed_uri
 from tollhouse.gateway.upstream import ProgressCallback
+from tollhouse.gateway.views import AggregateView, View
 from tollhouse.registry.models import JSONObject
 
 __all__ = ["MODERN_VERSION", "SESSION_VERSIONS", "McpHandlers", "MethodNotFound", "RequestContext"]
@@ -33,6 +33,7 @@ MODERN_VERSION = "2026-07-28"
 SESSION_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
 SERVER_INFO: JSONObject = {"name": "tollhouse", "title": "tollhouse MCP gateway", "version": __version__}
 _SERVER_INFO_KEY = "io.modelcontextprotocol/serverInfo"
+AGGREGATE: View = AggregateView()
 _INSTRUCTIONS = (
     "tollhouse aggregates several MCP servers. Tool and prompt names are '<server>__<name>'; "
     "resource URIs are 'tollhouse://<server>/<original uri>'."
@@ -55,6 +56,7 @@ class RequestContext:
     principal: Principal
     protocol_version: str
     modern: bool
+    view: View = AGGREGATE
     request_id: Any = None
     session_key: str | None = None
     on_progress: ProgressCallback | None = None
@@ -130,22 +132,24 @@ class McpHandlers:
     async def list_tools(self, params: JSONObject, rc: RequestContext) -> JSONObject:
         """One page of the merged tool list, ordered by exposed name."""
         after = _decode_cursor(params, "t")
-        page, last = self._pool.snapshot.tools_after(after, self._page_size)
-        return _list_result("tools", [t.definition for t in page], _encode_cursor("t", last), rc)
+        page, last = rc.view.tools(self._pool.snapshot, after, self._page_size)
+        return _list_result("tools", page, _encode_cursor("t", last), rc)
 
     async def list_prompts(self, params: JSONObject, rc: RequestContext) -> JSONObject:
         """One page of the merged prompt list."""
         after = _decode_cursor(params, "p")
-        page, last = self._pool.snapshot.prompts_after(after, self._page_size)
-        return _list_result("prompts", [p.definition for p in page], _encode_cursor("p", last), rc)
+        page, last = rc.view.prompts(self._pool.snapshot, after, self._page_size)
+        return _list_result("prompts", page, _encode_cursor("p", last), rc)
 
     async def list_resources(self, params: JSONObject, rc: RequestContext) -> JSONObject:
         """One page of the merged resource list (URIs rewritten)."""
-        return self._offset_page("resources", self._pool.snapshot.resources, params, rc)
+        return self._offset_page("resources", rc.view.resources(self._pool.snapshot), params, rc)
 
     async def list_resource_templates(self, params: JSONObject, rc: RequestContext) -> JSONObject:
         """One page of the merged resource-template list (URI templates rewritten)."""
-        return self._offset_page("resourceTemplates", self._pool.snapshot.resource_templates, params, rc)
+        return self._offset_page(
+            "resourceTemplates", rc.view.resource_templates(self._pool.snapshot), params, rc
+        )
 
     def _offset_page(
         self, key: str, items: tuple[JSONObject, ...], params: JSONObject, rc: RequestContext
@@ -171,7 +175,7 @@ class McpHandlers:
             raise InvalidArguments("tools/call needs a string 'name' and an object 'arguments'")
         ctx = CallContext(
             principal=rc.principal,
-            name=name,
+            name=rc.view.tool_name(self._pool.snapshot, name),
             arguments=arguments,
             protocol_version=rc.protocol_version,
             request_id=rc.request_id,
@@ -185,8 +189,8 @@ class McpHandlers:
         uri = params.get("uri")
         if not isinstance(uri, str):
             raise InvalidArguments("resources/read needs a string 'uri'")
-        target = split_exposed_uri(uri)
-        if target is None or target[0] not in self._pool.snapshot.live:
+        target = rc.view.route_uri(self._pool.snapshot, uri)
+        if target is None:
             raise UnknownResource(uri)
         server, original = target
         result = await self._routed(server, "resources/read", {"uri": original}, rc)
@@ -194,7 +198,7 @@ class McpHandlers:
         if isinstance(contents, list):
             result = dict(result)
             result["contents"] = [
-                {**c, "uri": expose_uri(server, c["uri"])} if isinstance(c, dict) and "uri" in c else c
+                {**c, "uri": rc.view.show_uri(server, c["uri"])} if isinstance(c, dict) and "uri" in c else c
                 for c in contents
             ]
         return _own_result(result, rc)
@@ -204,7 +208,7 @@ class McpHandlers:
         name = params.get("name")
         if not isinstance(name, str):
             raise InvalidArguments("prompts/get needs a string 'name'")
-        prompt = self._pool.snapshot.prompt(name)
+        prompt = rc.view.prompt(self._pool.snapshot, name)
         if prompt is None:
             raise UnknownPrompt(name)
         upstream_params: JSONObject = {"name": prompt.name}
@@ -219,13 +223,13 @@ class McpHandlers:
             raise InvalidArguments("completion/complete needs a 'ref'")
         upstream_ref = dict(ref)
         if ref.get("type") == "ref/prompt":
-            prompt = self._pool.snapshot.prompt(str(ref.get("name")))
+            prompt = rc.view.prompt(self._pool.snapshot, str(ref.get("name")))
             if prompt is None:
                 raise UnknownPrompt(str(ref.get("name")))
             server, upstream_ref["name"] = prompt.server, prompt.name
         elif ref.get("type") == "ref/resource":
-            target = split_exposed_uri(str(ref.get("uri")))
-            if target is None or target[0] not in self._pool.snapshot.live:
+            target = rc.view.route_uri(self._pool.snapshot, str(ref.get("uri")))
+            if target is None:
                 raise UnknownResource(str(ref.get("uri")))
             server, upstream_ref["uri"] = target
         else:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import anyio
@@ -34,9 +34,12 @@ from tollhouse.gateway.errors import (
 from tollhouse.gateway.handlers import MODERN_VERSION, SESSION_VERSIONS, McpHandlers, RequestContext
 from tollhouse.gateway.sessions import DownstreamSession, SessionManager, TooManySessions
 from tollhouse.gateway.settings import LimitsSettings
+from tollhouse.gateway.views import View
 from tollhouse.registry.models import JSONObject
 
-__all__ = ["McpEndpoint", "allowed_origin"]
+__all__ = ["VIEW_KEY", "McpEndpoint", "allowed_origin"]
+
+VIEW_KEY = "tollhouse.view"
 
 logger = logging.getLogger("tollhouse.mcp")
 
@@ -83,9 +86,15 @@ class McpEndpoint:
     """The ASGI app behind `/mcp`: one aggregate MCP server, both protocol eras."""
 
     def __init__(
-        self, handlers: McpHandlers, sessions: SessionManager, limits: LimitsSettings, public_origin: str
+        self,
+        handlers: McpHandlers,
+        sessions: SessionManager,
+        limits: LimitsSettings,
+        public_origin: str,
+        resolve_view: Callable[[Scope], View | None],
     ) -> None:
         self._handlers = handlers
+        self._resolve_view = resolve_view
         self._sessions = sessions
         self._max_body = limits.max_body_bytes
         self._receive_timeout = limits.receive_timeout_seconds
@@ -99,6 +108,11 @@ class McpEndpoint:
         if origin is not None and not allowed_origin(origin, self._public_origin):
             await _plain(send, 403, b"Forbidden: origin not allowed")
             return
+        view = self._resolve_view(scope)
+        if view is None:
+            await _plain(send, 404, b"Not Found: no such server or toolset")
+            return
+        scope[VIEW_KEY] = view
         method = scope["method"]
         try:
             if method == "POST":
@@ -248,6 +262,7 @@ class McpEndpoint:
             principal=principal,
             protocol_version=version,
             modern=True,
+            view=scope[VIEW_KEY],
             request_id=request_id,
             session_key=f"principal:{principal.key}",
             on_progress=stream.progress if progress_token is not None else None,
@@ -267,7 +282,10 @@ class McpEndpoint:
         caps = params.get("capabilities")
         try:
             session = self._sessions.create(
-                principal_of(scope), result["protocolVersion"], caps if isinstance(caps, dict) else {}
+                principal_of(scope),
+                result["protocolVersion"],
+                caps if isinstance(caps, dict) else {},
+                view_key=scope[VIEW_KEY].key,
             )
         except TooManySessions:
             raise _Reject(503, INTERNAL_ERROR, "Too many sessions", request_id=request_id) from None
@@ -284,7 +302,7 @@ class McpEndpoint:
         params: JSONObject,
     ) -> None:
         principal = principal_of(scope)
-        session = self._sessions.get(session_id, principal)
+        session = self._sessions.get(session_id, principal, scope[VIEW_KEY].key)
         request_id = message.get("id")
         if session is None:
             raise _Reject(404, INVALID_REQUEST, "Session not found", request_id=request_id)
@@ -314,6 +332,7 @@ class McpEndpoint:
             principal=principal,
             protocol_version=session.protocol_version,
             modern=False,
+            view=scope[VIEW_KEY],
             request_id=request_id,
             session_key=session.id,
             on_progress=stream.progress if progress_token is not None else None,
@@ -337,7 +356,7 @@ class McpEndpoint:
         session_id = headers.get("mcp-session-id")
         if session_id is None:
             raise _Reject(400, INVALID_REQUEST, "Bad Request: Missing session ID")
-        session = self._sessions.get(session_id, principal_of(scope))
+        session = self._sessions.get(session_id, principal_of(scope), scope[VIEW_KEY].key)
         if session is None:
             raise _Reject(404, INVALID_REQUEST, "Session not found")
         if session.stream_attached or session.outbox_receive is None:
@@ -351,7 +370,7 @@ class McpEndpoint:
         session_id = headers.get("mcp-session-id")
         if session_id is None:
             raise _Reject(400, INVALID_REQUEST, "Bad Request: Missing session ID")
-        if self._sessions.get(session_id, principal_of(scope)) is None:
+        if self._sessions.get(session_id, principal_of(scope), scope[VIEW_KEY].key) is None:
             raise _Reject(404, INVALID_REQUEST, "Session not found")
         await self._sessions.close(session_id)
         await _send_json(send, 200, b"{}")

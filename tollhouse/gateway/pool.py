@@ -9,7 +9,7 @@ Every background task lives in the pool's task group, opened by `run()`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -25,6 +25,7 @@ from tollhouse.registry.models import (
     SEPARATOR,
     Health,
     JSONObject,
+    Toolset,
     Upstream,
     UpstreamCatalog,
 )
@@ -80,6 +81,7 @@ class UpstreamPool:
         self._live: set[str] = set()
         self._scopes: dict[str, anyio.CancelScope] = {}
         self._reconnecting: set[str] = set()
+        self._toolsets: dict[str, Toolset] = {}
         self._version = 0
         self._snapshot = build_snapshot(0, {}, ())
         self._listeners: list[SnapshotListener] = []
@@ -199,6 +201,11 @@ class UpstreamPool:
                 raise UpstreamUnavailable(name)
         await self._rebuild()
         return self._result(name)
+
+    async def set_toolsets(self, toolsets: Iterable[Toolset]) -> None:
+        """Replace the toolsets served at /mcp/{toolset}."""
+        self._toolsets = {t.name: t for t in toolsets}
+        await self._rebuild()
 
     async def mark_down(self, name: str, error: BaseException | str) -> None:
         """Take an upstream out of the snapshot and start reconnecting in the background."""
@@ -381,7 +388,7 @@ class UpstreamPool:
             old = self._snapshot
             live = {n for n in self._live if n in self._upstreams and self._upstreams[n].enabled}
             self._version += 1
-            new = build_snapshot(self._version, self._catalogs, live)
+            new = build_snapshot(self._version, self._catalogs, live, self._toolsets.values())
             self._snapshot = new
         for listener in list(self._listeners):
             await listener(old, new)

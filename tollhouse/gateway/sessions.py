@@ -36,6 +36,7 @@ class DownstreamSession:
 
     id: str
     principal_key: str
+    view_key: str
     protocol_version: str
     client_capabilities: JSONObject
     last_seen: float
@@ -67,7 +68,12 @@ class SessionManager:
         return len(self._sessions)
 
     def create(
-        self, principal: Principal, protocol_version: str, capabilities: JSONObject
+        self,
+        principal: Principal,
+        protocol_version: str,
+        capabilities: JSONObject,
+        *,
+        view_key: str = "aggregate",
     ) -> DownstreamSession:
         """A new session bound to `principal`.
 
@@ -80,6 +86,7 @@ class SessionManager:
         session = DownstreamSession(
             id=secrets.token_urlsafe(32),
             principal_key=principal.key,
+            view_key=view_key,
             protocol_version=protocol_version,
             client_capabilities=capabilities,
             last_seen=time.monotonic(),
@@ -89,10 +96,16 @@ class SessionManager:
         self._sessions[session.id] = session
         return session
 
-    def get(self, session_id: str, principal: Principal) -> DownstreamSession | None:
-        """The live session with this id owned by `principal`; None otherwise (same answer)."""
+    def get(
+        self, session_id: str, principal: Principal, view_key: str = "aggregate"
+    ) -> DownstreamSession | None:
+        """The live session with this id, owned by `principal`, on this endpoint; else None (same answer)."""
         session = self._sessions.get(session_id)
-        if session is None or not secrets.compare_digest(session.principal_key, principal.key):
+        if (
+            session is None
+            or not secrets.compare_digest(session.principal_key, principal.key)
+            or session.view_key != view_key
+        ):
             return None
         session.last_seen = time.monotonic()
         return session

@@ -15,14 +15,16 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from tollhouse.registry.models import MAX_EXPOSED_NAME, SEPARATOR, JSONObject, UpstreamCatalog
+from tollhouse.registry.models import MAX_EXPOSED_NAME, SEPARATOR, JSONObject, Toolset, UpstreamCatalog
 
 __all__ = [
     "RESOURCE_SCHEME",
     "ExposedItem",
+    "ServerSlice",
     "Snapshot",
     "build_snapshot",
     "expose_uri",
+    "keyset_page",
     "split_exposed_name",
     "split_exposed_uri",
 ]
@@ -65,6 +67,18 @@ class ExposedItem:
 
 
 @dataclass(frozen=True)
+class ServerSlice:
+    """One live upstream's items under their original names, ordered by name (per-server endpoint)."""
+
+    tools: tuple[ExposedItem, ...] = ()
+    prompts: tuple[ExposedItem, ...] = ()
+    resources: tuple[JSONObject, ...] = ()
+    resource_templates: tuple[JSONObject, ...] = ()
+    tool_names: tuple[str, ...] = ()
+    prompt_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """One consistent view of the live catalog; never mutated after construction."""
 
@@ -75,6 +89,8 @@ class Snapshot:
     resources: tuple[JSONObject, ...] = ()
     resource_templates: tuple[JSONObject, ...] = ()
     capabilities: Mapping[str, JSONObject] = field(default_factory=dict)
+    servers: Mapping[str, ServerSlice] = field(default_factory=dict)
+    toolsets: Mapping[str, Toolset] = field(default_factory=dict)
     _tool_index: Mapping[str, ExposedItem] = field(default_factory=dict)
     _prompt_index: Mapping[str, ExposedItem] = field(default_factory=dict)
     _tool_names: tuple[str, ...] = ()
@@ -90,20 +106,21 @@ class Snapshot:
 
     def tools_after(self, after: str | None, limit: int) -> tuple[tuple[ExposedItem, ...], str | None]:
         """A page of tools ordered by exposed name, after the name `after` (keyset paging)."""
-        return _page(self.tools, self._tool_names, after, limit)
+        return keyset_page(self.tools, self._tool_names, after, limit)
 
     def prompts_after(self, after: str | None, limit: int) -> tuple[tuple[ExposedItem, ...], str | None]:
         """A page of prompts ordered by exposed name."""
-        return _page(self.prompts, self._prompt_names, after, limit)
+        return keyset_page(self.prompts, self._prompt_names, after, limit)
 
     def tool_fingerprint(self) -> frozenset[tuple[str, str]]:
         """(name, definition identity) pairs: equal fingerprints mean an unchanged tool list."""
         return frozenset((t.exposed, repr(sorted(t.definition.items()))) for t in self.tools)
 
 
-def _page(
+def keyset_page(
     items: tuple[ExposedItem, ...], names: tuple[str, ...], after: str | None, limit: int
 ) -> tuple[tuple[ExposedItem, ...], str | None]:
+    """Items after the name `after` (names sorted, parallel to items), and the last name if more follow."""
     start = bisect.bisect_right(names, after) if after is not None else 0
     page = items[start : start + limit]
     more = start + limit < len(items)
@@ -116,7 +133,12 @@ def _exposed(server: str, definition: JSONObject, key: str, value: Any) -> JSONO
     return out
 
 
-def build_snapshot(version: int, catalogs: Mapping[str, UpstreamCatalog], live: Iterable[str]) -> Snapshot:
+def build_snapshot(
+    version: int,
+    catalogs: Mapping[str, UpstreamCatalog],
+    live: Iterable[str],
+    toolsets: Iterable[Toolset] = (),
+) -> Snapshot:
     """Merge the catalogs of the live upstreams into one snapshot with exposed names."""
     live_set = frozenset(live)
     tools: list[ExposedItem] = []
@@ -150,6 +172,21 @@ def build_snapshot(version: int, catalogs: Mapping[str, UpstreamCatalog], live: 
         )
     tools.sort(key=lambda t: t.exposed)
     prompts.sort(key=lambda p: p.exposed)
+    servers: dict[str, ServerSlice] = {}
+    for server in sorted(live_set):
+        catalog = catalogs.get(server)
+        if catalog is None:
+            continue
+        own_tools = tuple(sorted((t for t in tools if t.server == server), key=lambda t: t.name))
+        own_prompts = tuple(sorted((p for p in prompts if p.server == server), key=lambda p: p.name))
+        servers[server] = ServerSlice(
+            tools=own_tools,
+            prompts=own_prompts,
+            resources=tuple(catalog.resources),
+            resource_templates=tuple(catalog.resource_templates),
+            tool_names=tuple(t.name for t in own_tools),
+            prompt_names=tuple(p.name for p in own_prompts),
+        )
     return Snapshot(
         version=version,
         live=live_set,
@@ -158,6 +195,8 @@ def build_snapshot(version: int, catalogs: Mapping[str, UpstreamCatalog], live: 
         resources=tuple(resources),
         resource_templates=tuple(templates),
         capabilities=MappingProxyType(capabilities),
+        servers=MappingProxyType(servers),
+        toolsets=MappingProxyType({t.name: t for t in toolsets}),
         _tool_index=MappingProxyType({t.exposed: t for t in tools}),
         _prompt_index=MappingProxyType({p.exposed: p for p in prompts}),
         _tool_names=tuple(t.exposed for t in tools),

@@ -35,6 +35,7 @@ from tollhouse.registry.models import (
 )
 
 __all__ = [
+    "CLIENT_NAME_RE",
     "IMPLEMENTED_SECTIONS",
     "PLANNED_SECTIONS",
     "ClientSpec",
@@ -82,7 +83,7 @@ _AuthType = Literal["none", "bearer", "header"]
 
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token
-_CLIENT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+CLIENT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _DEFAULTS = Upstream(name="defaults")
 
 
@@ -387,7 +388,7 @@ def _client(value: Any, path: str) -> ClientSpec:
         raise ConfigError(_join(path, "name"), "required")
     team = _str(data, "team", path)
     for key, item in (("name", name), ("team", team)):
-        if item is not None and not _CLIENT_NAME_RE.match(item):
+        if item is not None and not CLIENT_NAME_RE.match(item):
             raise ConfigError(
                 _join(path, key),
                 f"{item!r} is not a valid {key}: use 1-64 letters, digits, '.', '_' and '-', "

@@ -132,6 +132,22 @@ class UpstreamCatalog:
 
 
 @dataclass(frozen=True)
+class Toolset:
+    """A named, curated subset of the exposed tools, served at `/mcp/{name}` (a "virtual server").
+
+    `tools` are exposed names or glob patterns over them (`files__read_*`); `aliases` maps a
+    name shown in the toolset to the exposed name it stands for.
+    """
+
+    name: str
+    tools: tuple[str, ...] = ()
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    description: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
 class ClientRecord:
     """An API client (agent, script) and the team it bills to. The key itself is never stored."""
 

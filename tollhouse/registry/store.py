@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tollhouse.registry.migrate import create_engine_for, database_url_for, upgrade, with_write_lock
-from tollhouse.registry.models import CatalogEntry, ClientRecord, Health, Upstream, UpstreamCatalog
+from tollhouse.registry.models import CatalogEntry, ClientRecord, Health, Toolset, Upstream, UpstreamCatalog
 from tollhouse.registry.tables import (
     CATALOG_ENTRIES,
     CLIENTS,
@@ -110,6 +110,22 @@ class RegistryStore(Protocol):
 
     async def revoke_client(self, client_id: str) -> ClientRecord | None:
         """Mark a client revoked (idempotent); None if unknown."""
+        ...
+
+    async def list_toolsets(self) -> list[Toolset]:
+        """All toolsets, ordered by name."""
+        ...
+
+    async def get_toolset(self, name: str) -> Toolset | None:
+        """One toolset by name, or None."""
+        ...
+
+    async def upsert_toolset(self, toolset: Toolset) -> Toolset:
+        """Insert or replace a toolset by name; returns it with timestamps set."""
+        ...
+
+    async def delete_toolset(self, name: str) -> bool:
+        """Delete a toolset; False if it did not exist."""
         ...
 
     async def get_setting(self, key: str) -> str | None:
