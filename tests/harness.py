@@ -60,11 +60,15 @@ class Gateway:
         return key
 
     @asynccontextmanager
-    async def client(self, key: str, mode: Mode, **options: Any) -> AsyncIterator[Client]:
-        """The official `mcp` client connected through the gateway with an API key."""
+    async def client(
+        self, key: str, mode: Mode, *, path: str = "/mcp", **options: Any
+    ) -> AsyncIterator[Client]:
+        """The official `mcp` client connected to an MCP endpoint of the gateway (default /mcp) with a key."""
         async with (
             create_mcp_http_client(headers={"Authorization": f"Bearer {key}"}) as http,
-            Client(streamable_http_client(self.mcp_url, http_client=http), mode=mode, **options) as c,
+            Client(
+                streamable_http_client(f"{self.base_url}{path}", http_client=http), mode=mode, **options
+            ) as c,
         ):
             yield c
 

@@ -336,3 +336,27 @@ async def test_one_downstream_session_uses_one_upstream_session_and_ending_it_en
         async with gw.client(key, "legacy") as client:
             listed = await client.call_tool("notes__list_notes", {})
             assert listed.structured_content == {"result": []}
+
+
+async def test_a_2026_client_listening_for_tool_changes_hears_an_upstreams_list_changed(
+    tmp_path: Path,
+) -> None:
+    from mcp.shared.subscriptions import ToolsListChanged
+
+    from tests.upstreams import echo_upstream
+
+    server, _ = echo_upstream()
+    async with serve(server.streamable_http_app(), path="/mcp") as url, running_gateway(tmp_path) as gw:
+        await gw.add_server("up", url)
+        key = await gw.create_client("agent")
+        async with (
+            gw.client(key, "2026-07-28") as client,
+            client.listen(tools_list_changed=True, resource_subscriptions=["x://y"]) as subscription,
+        ):
+            assert subscription.honored.tools_list_changed is True
+            assert not subscription.honored.resource_subscriptions  # not honoured: omitted from the ack
+            assert _text(await client.call_tool("up__add_tool", {})) == "added_1"
+            with anyio.fail_after(10):
+                event = await anext(aiter(subscription))
+            assert isinstance(event, ToolsListChanged)
+            assert "up__added_1" in {t.name for t in (await client.list_tools()).tools}

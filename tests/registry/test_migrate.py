@@ -17,7 +17,16 @@ from alembic.runtime.migration import MigrationContext
 from tollhouse.registry.migrate import alembic_config, create_engine_for, database_url_for, upgrade
 from tollhouse.registry.tables import metadata
 
-TABLES = {"alembic_version", "upstreams", "upstream_meta", "catalog_entries", "clients", "settings_kv"}
+HEAD = "0002"
+TABLES = {
+    "alembic_version",
+    "upstreams",
+    "upstream_meta",
+    "catalog_entries",
+    "clients",
+    "settings_kv",
+    "toolsets",
+}
 
 
 def inspect(url: str) -> tuple[set[str], list[str]]:
@@ -64,7 +73,7 @@ def test_upgrading_twice_leaves_the_schema_at_one_head(database_url: str) -> Non
 
     tables, revisions = inspect(database_url)
     assert tables == TABLES
-    assert revisions == ["0001"]
+    assert revisions == [HEAD]
 
 
 def test_the_migrated_schema_matches_the_tables(database_url: str) -> None:
@@ -114,7 +123,7 @@ def test_replicas_upgrading_one_database_at_once_all_succeed(database_url: str) 
                 replica.kill()
                 replica.communicate()
 
-    assert inspect(database_url)[1] == ["0001"]
+    assert inspect(database_url)[1] == [HEAD]
 
 
 def test_concurrent_upgrades_in_one_process_all_succeed(database_url: str) -> None:
@@ -122,7 +131,7 @@ def test_concurrent_upgrades_in_one_process_all_succeed(database_url: str) -> No
         for future in [pool.submit(upgrade, database_url) for _ in range(3)]:
             future.result(timeout=60)
 
-    assert inspect(database_url)[1] == ["0001"]
+    assert inspect(database_url)[1] == [HEAD]
 
 
 def test_downgrade_to_base_drops_every_table_and_upgrade_restores_them(database_url: str) -> None:

@@ -12,6 +12,7 @@ from tests.registry.conftest import START, StepClock
 from tollhouse.registry.models import (
     ClientRecord,
     Health,
+    Toolset,
     Upstream,
     UpstreamAuth,
     UpstreamCatalog,
@@ -36,6 +37,7 @@ async def test_a_fresh_store_is_an_empty_registry_store(store: SqlRegistryStore)
     assert await seam.list_upstreams() == []
     assert await seam.load_catalogs() == {}
     assert await seam.list_clients() == []
+    assert await seam.list_toolsets() == []
 
 
 async def test_upsert_inserts_then_replaces_keeping_created_at_and_bumping_updated_at(
@@ -289,6 +291,65 @@ async def test_revoking_is_idempotent_and_keeps_the_first_time(store: SqlRegistr
     assert first is not None and not first.active
     assert again == first == await store.get_client("id-ci-bot")
     assert await store.revoke_client("unknown") is None
+
+
+async def test_a_toolset_round_trips_with_its_alias_order(store: SqlRegistryStore) -> None:
+    toolset = Toolset(
+        name="support",
+        tools=("calc__add", "files__read_*"),
+        aliases={"zz_sum": "calc__add", "aa_list": "files__list"},
+        description="What the support agent may use.",
+    )
+
+    stored = await store.upsert_toolset(toolset)
+
+    assert stored.created_at is not None and stored.created_at.tzinfo is UTC
+    assert stored == Toolset(
+        **{**vars(toolset), "created_at": stored.created_at, "updated_at": stored.updated_at}
+    )
+    loaded = await store.get_toolset("support")
+    assert loaded == stored
+    assert loaded is not None and list(loaded.aliases) == ["zz_sum", "aa_list"]
+
+
+async def test_upserting_a_toolset_replaces_it_keeping_created_at(store: SqlRegistryStore) -> None:
+    first = await store.upsert_toolset(Toolset(name="support", tools=("calc__*",), description="old"))
+
+    second = await store.upsert_toolset(Toolset(name="support", aliases={"add": "calc__add"}))
+
+    assert second.created_at == first.created_at
+    assert second.updated_at is not None and first.updated_at is not None
+    assert second.updated_at > first.updated_at
+    assert (second.tools, dict(second.aliases), second.description) == ((), {"add": "calc__add"}, None)
+    assert await store.list_toolsets() == [second]
+
+
+async def test_toolsets_are_listed_by_name_and_unknown_names_are_none(store: SqlRegistryStore) -> None:
+    for name in ("zeta", "alpha", "mid"):
+        await store.upsert_toolset(Toolset(name=name, tools=("*",)))
+
+    assert [t.name for t in await store.list_toolsets()] == ["alpha", "mid", "zeta"]
+    assert await store.get_toolset("nope") is None
+
+
+async def test_delete_toolset_reports_whether_it_existed(store: SqlRegistryStore) -> None:
+    await store.upsert_toolset(Toolset(name="support", tools=("*",)))
+    await store.upsert_toolset(Toolset(name="other", tools=("*",)))
+
+    assert await store.delete_toolset("support") is True
+    assert await store.delete_toolset("support") is False
+    assert [t.name for t in await store.list_toolsets()] == ["other"]
+
+
+async def test_concurrent_upserts_of_one_new_toolset_all_succeed(store: SqlRegistryStore) -> None:
+    patterns = [f"calc__tool_{i}" for i in range(8)]
+
+    async with anyio.create_task_group() as tg:
+        for pattern in patterns:
+            tg.start_soon(store.upsert_toolset, Toolset(name="support", tools=(pattern,)))
+
+    listed = await store.list_toolsets()
+    assert len(listed) == 1 and listed[0].tools[0] in patterns
 
 
 async def test_settings_are_absent_until_set_and_then_overwritten(store: SqlRegistryStore) -> None:

@@ -24,6 +24,7 @@ from starlette.types import Scope
 from tollhouse.auth.middleware import BearerAuthMiddleware
 from tollhouse.auth.verifiers import ApiKeyVerifier, TokenVerifier, hash_secret
 from tollhouse.gateway.admin import AdminState, admin_app, apply_loaded
+from tollhouse.gateway.guards import OriginGuard
 from tollhouse.gateway.handlers import McpHandlers
 from tollhouse.gateway.mcp_endpoint import McpEndpoint
 from tollhouse.gateway.pipeline import build_pipeline
@@ -90,9 +91,7 @@ def create_app(
             return ToolsetView(name) if name in pool.snapshot.toolsets else None
         return aggregate
 
-    endpoint = McpEndpoint(
-        handlers, sessions, settings.limits, f"{public.scheme}://{public.netloc}", resolve_view
-    )
+    endpoint = McpEndpoint(handlers, sessions, settings.limits, resolve_view)
     admin_state = AdminState(store=store, pool=pool, keys=keys, public_url=settings.public_url)
 
     async def on_snapshot(old: Snapshot, new: Snapshot) -> None:
@@ -133,7 +132,9 @@ def create_app(
             {"status": "ready", "snapshot_version": snapshot.version, "live": sorted(snapshot.live)}
         )
 
-    mcp = BearerAuthMiddleware(endpoint, verifier=verifier)
+    mcp = OriginGuard(
+        BearerAuthMiddleware(endpoint, verifier=verifier), public_origin=f"{public.scheme}://{public.netloc}"
+    )
     return Starlette(
         routes=[
             Route("/mcp", mcp),

@@ -87,9 +87,11 @@ async def _demo(port: int) -> int:
     sock = _listen_socket("127.0.0.1", port)
     bound = sock.getsockname()[1]
     base = f"http://127.0.0.1:{bound}"
+    # Everything explicit: a TOLLHOUSE_DATABASE_URL in the environment must not point the demo at it.
     settings = Settings(
         public_url=base,
         data_dir=str(data_dir),
+        database_url=None,
         admin_token=SecretStr(admin_token),
         port=bound,
         log_level="warning",
@@ -174,7 +176,7 @@ def _banner(base: str, admin_token: str, urls: dict[str, str], key: str, transcr
         "MCP client configuration (paste into your MCP client):",
         json.dumps(client_config(mcp_url, key), indent=2),
         "",
-        "Try it:",
+        f"Try it (export KEY={key}):",
         f"  curl -s {mcp_url} -H 'Content-Type: application/json' \\",
         "    -H 'Accept: application/json, text/event-stream' -H 'MCP-Protocol-Version: 2026-07-28' \\",
         "    -H 'Mcp-Method: tools/list' -H \"Authorization: Bearer $KEY\" \\",

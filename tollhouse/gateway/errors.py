@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "CODE_TABLE",
     "INTERNAL_ERROR",
     "INVALID_PARAMS",
     "INVALID_REQUEST",
@@ -21,6 +20,7 @@ __all__ = [
     "PARSE_ERROR",
     "GatewayError",
     "InvalidArguments",
+    "MethodNotFound",
     "UnknownPrompt",
     "UnknownResource",
     "UnknownTool",
@@ -28,6 +28,7 @@ __all__ = [
     "UpstreamRpcError",
     "UpstreamTimeout",
     "UpstreamUnavailable",
+    "http_status",
 ]
 
 PARSE_ERROR = -32700
@@ -143,15 +144,28 @@ class UpstreamRpcError(GatewayError):
         return err
 
 
-# class -> (JSON-RPC code, HTTP status for a 2026-07-28 single-exchange request).
-# Session-era requests always answer 200 with the JSON-RPC error.
-CODE_TABLE: dict[type[GatewayError], tuple[int, int]] = {
-    UnknownTool: (INVALID_PARAMS, 200),
-    UnknownPrompt: (INVALID_PARAMS, 200),
-    UnknownResource: (INVALID_PARAMS, 200),
-    InvalidArguments: (INVALID_PARAMS, 200),
-    UpstreamUnavailable: (UPSTREAM_UNAVAILABLE, 200),
-    UpstreamTimeout: (UPSTREAM_TIMEOUT, 200),
-    UpstreamProtocolError: (UPSTREAM_PROTOCOL_ERROR, 200),
-    UpstreamRpcError: (INTERNAL_ERROR, 200),
-}
+class MethodNotFound(GatewayError):
+    """The method is not served on this endpoint."""
+
+    code = METHOD_NOT_FOUND
+
+    def __init__(self, method: str) -> None:
+        super().__init__("Method not found", None)
+        self.method = method
+
+    def to_error(self) -> dict[str, Any]:
+        # `data` is the bare method name, as the MCP SDK servers send it.
+        return {"code": self.code, "message": self.message, "data": self.method}
+
+
+def http_status(error: GatewayError, *, modern: bool) -> int:
+    """The HTTP status that carries `error` (the one table of channel 1 vs channel 2).
+
+    A well-formed request that cannot be served is answered with HTTP 200 and the JSON-RPC
+    error, in both eras, so every MCP client reads it; the exception is an unknown method on
+    2026-07-28, which the transport answers with 404 (basic/transports: the body tells it
+    apart from a wrong URL).
+    """
+    if modern and isinstance(error, MethodNotFound):
+        return 404
+    return 200

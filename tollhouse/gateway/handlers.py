@@ -15,10 +15,11 @@ from typing import Any
 from tollhouse import __version__
 from tollhouse.auth.principal import Principal
 from tollhouse.gateway.errors import (
-    GatewayError,
     InvalidArguments,
+    MethodNotFound,
     UnknownPrompt,
     UnknownResource,
+    UpstreamProtocolError,
     UpstreamUnavailable,
 )
 from tollhouse.gateway.pipeline import CallContext, Pipeline
@@ -27,7 +28,7 @@ from tollhouse.gateway.upstream import ProgressCallback
 from tollhouse.gateway.views import AggregateView, View
 from tollhouse.registry.models import JSONObject
 
-__all__ = ["MODERN_VERSION", "SESSION_VERSIONS", "McpHandlers", "MethodNotFound", "RequestContext"]
+__all__ = ["MODERN_VERSION", "SESSION_VERSIONS", "McpHandlers", "RequestContext"]
 
 MODERN_VERSION = "2026-07-28"
 SESSION_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
@@ -38,15 +39,6 @@ _INSTRUCTIONS = (
     "tollhouse aggregates several MCP servers. Tool and prompt names are '<server>__<name>'; "
     "resource URIs are 'tollhouse://<server>/<original uri>'."
 )
-
-
-class MethodNotFound(GatewayError):
-    """The method is not served on this endpoint (JSON-RPC -32601)."""
-
-    code = -32601
-
-    def __init__(self, method: str) -> None:
-        super().__init__("Method not found", {"method": method})
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +89,11 @@ class McpHandlers:
     # -- handshake and discovery ------------------------------------------------------------
 
     def capabilities(self, *, modern: bool) -> JSONObject:
-        """What tollhouse offers; list_changed needs a stream, which legacy sessions have."""
+        """What tollhouse offers; list changes reach legacy GET streams and 2026-07-28 listen streams."""
         return {
-            "tools": {"listChanged": not modern},
-            "resources": {"listChanged": not modern},
-            "prompts": {"listChanged": not modern},
+            "tools": {"listChanged": True},
+            "resources": {"listChanged": True},
+            "prompts": {"listChanged": True},
             "completions": {},
         }
 
@@ -241,10 +233,12 @@ class McpHandlers:
     async def _routed(self, server: str, method: str, params: JSONObject, rc: RequestContext) -> JSONObject:
         connector = self._pool.connector(server)
         try:
-            return await connector.request(method, params, session_key=rc.session_key)
-        except UpstreamUnavailable as exc:
-            await self._pool.mark_down(server, exc)
+            result = await connector.request(method, params, session_key=rc.session_key)
+        except (UpstreamUnavailable, UpstreamProtocolError) as exc:
+            await self._pool.report_failure(server, exc)
             raise
+        self._pool.report_success(server)
+        return result
 
 
 def _own_result(result: JSONObject, rc: RequestContext) -> JSONObject:

@@ -26,10 +26,11 @@ from tollhouse.gateway.errors import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
-    METHOD_NOT_FOUND,
     PARSE_ERROR,
     UNSUPPORTED_PROTOCOL_VERSION,
     GatewayError,
+    MethodNotFound,
+    http_status,
 )
 from tollhouse.gateway.handlers import MODERN_VERSION, SESSION_VERSIONS, McpHandlers, RequestContext
 from tollhouse.gateway.sessions import DownstreamSession, SessionManager, TooManySessions
@@ -37,7 +38,7 @@ from tollhouse.gateway.settings import LimitsSettings
 from tollhouse.gateway.views import View
 from tollhouse.registry.models import JSONObject
 
-__all__ = ["VIEW_KEY", "McpEndpoint", "allowed_origin"]
+__all__ = ["VIEW_KEY", "McpEndpoint"]
 
 VIEW_KEY = "tollhouse.view"
 
@@ -46,13 +47,19 @@ logger = logging.getLogger("tollhouse.mcp")
 _PV_KEY = "io.modelcontextprotocol/protocolVersion"
 _CAPS_KEY = "io.modelcontextprotocol/clientCapabilities"
 _NAMED = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+_SUBSCRIPTION_KEY = "io.modelcontextprotocol/subscriptionId"
+_ACKNOWLEDGED = "notifications/subscriptions/acknowledged"
+_LISTEN_KINDS = {
+    "toolsListChanged": "notifications/tools/list_changed",
+    "promptsListChanged": "notifications/prompts/list_changed",
+    "resourcesListChanged": "notifications/resources/list_changed",
+}
 _JSON = (b"content-type", b"application/json")
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream"),
     (b"cache-control", b"no-cache, no-transform"),
     (b"x-accel-buffering", b"no"),
 ]
-_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]"}
 
 
 class _Reject(Exception):
@@ -71,17 +78,6 @@ class _Reject(Exception):
         )
 
 
-def allowed_origin(origin: str, public_origin: str) -> bool:
-    """Origin check (MCP transports: servers MUST validate Origin): public or loopback origins."""
-    if origin == public_origin:
-        return True
-    scheme, sep, rest = origin.partition("://")
-    if not sep or scheme not in ("http", "https"):
-        return False
-    host = rest.rsplit(":", 1)[0] if not rest.endswith("]") else rest
-    return host in _LOOPBACK_HOSTS
-
-
 class McpEndpoint:
     """The ASGI app behind `/mcp`: one aggregate MCP server, both protocol eras."""
 
@@ -90,7 +86,6 @@ class McpEndpoint:
         handlers: McpHandlers,
         sessions: SessionManager,
         limits: LimitsSettings,
-        public_origin: str,
         resolve_view: Callable[[Scope], View | None],
     ) -> None:
         self._handlers = handlers
@@ -98,16 +93,11 @@ class McpEndpoint:
         self._sessions = sessions
         self._max_body = limits.max_body_bytes
         self._receive_timeout = limits.receive_timeout_seconds
-        self._public_origin = public_origin
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        origin = headers.get("origin")
-        if origin is not None and not allowed_origin(origin, self._public_origin):
-            await _plain(send, 403, b"Forbidden: origin not allowed")
-            return
         view = self._resolve_view(scope)
         if view is None:
             await _plain(send, 404, b"Not Found: no such server or toolset")
@@ -252,10 +242,15 @@ class McpEndpoint:
         if rpc_method == "server/discover":
             await _result_response(send, request_id, self._handlers.discover())
             return
+        if rpc_method == "subscriptions/listen":
+            await self._listen(receive, send, request_id, params)
+            return
         try:
             handler = self._handlers.handler(rpc_method)
-        except GatewayError:
-            raise _Reject(404, METHOD_NOT_FOUND, "Method not found", rpc_method, request_id) from None
+        except MethodNotFound as exc:
+            raise _Reject(
+                http_status(exc, modern=True), exc.code, exc.message, rpc_method, request_id
+            ) from None
         progress_token = meta.get("progressToken")
         stream = _Stream(send, request_id, progress_token)
         rc = RequestContext(
@@ -272,6 +267,48 @@ class McpEndpoint:
             tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
             await stream.answer(handler, params, rc)
             tg.cancel_scope.cancel()
+
+    async def _listen(self, receive: Receive, send: Send, request_id: Any, params: JSONObject) -> None:
+        """`subscriptions/listen` (2026-07-28): the response is a stream of the chosen list changes."""
+        wanted = params.get("notifications")
+        if not isinstance(wanted, dict):
+            raise _Reject(
+                400, INVALID_PARAMS, "subscriptions/listen needs 'notifications'", request_id=request_id
+            )
+        # resourceSubscriptions (resources/updated) is not honoured yet: omitted from the ack.
+        honoured = {key: True for key in _LISTEN_KINDS if wanted.get(key) is True}
+        tag = {_SUBSCRIPTION_KEY: request_id}
+        with self._sessions.listen(frozenset(_LISTEN_KINDS[k] for k in honoured)) as notifications:
+            await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+            ack = {"notifications": honoured, "_meta": tag}
+            await _sse_event(
+                send, {"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged", "params": ack}
+            )
+            ended_by_client = False
+            async with anyio.create_task_group() as tg:
+
+                async def until_disconnect() -> None:
+                    nonlocal ended_by_client
+                    await _wait_disconnect(receive)
+                    ended_by_client = True
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(until_disconnect)
+                async for notification in notifications:
+                    event = {**notification, "params": {**notification.get("params", {}), "_meta": tag}}
+                    await _sse_event(send, event)
+                tg.cancel_scope.cancel()
+            if not ended_by_client:
+                # The gateway is shutting down: end the subscription gracefully (a result for its id).
+                final = {
+                    "jsonrpc": "2.0",
+                    "id": request_id,
+                    "result": {"resultType": "complete", "_meta": tag},
+                }
+                await _sse_event(send, final, more=False)
+                return
+        with anyio.CancelScope(shield=True):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     # -- session era --------------------------------------------------------------------------
 
@@ -323,8 +360,10 @@ class McpEndpoint:
             return
         try:
             handler = self._handlers.handler(rpc_method)
-        except GatewayError:
-            raise _Reject(200, METHOD_NOT_FOUND, "Method not found", rpc_method, request_id) from None
+        except MethodNotFound as exc:
+            raise _Reject(
+                http_status(exc, modern=False), exc.code, exc.message, rpc_method, request_id
+            ) from None
         meta = params.get("_meta")
         progress_token = meta.get("progressToken") if isinstance(meta, dict) else None
         stream = _Stream(send, request_id, progress_token, session.id, legacy=True)
@@ -478,6 +517,16 @@ async def _serve_session_stream(session: DownstreamSession, receive: Receive, se
         session.stream_attached = False
         if session.closed:
             session.outbox_receive.close()
+
+
+async def _sse_event(send: Send, payload: JSONObject, *, more: bool = True) -> None:
+    data = b"event: message\ndata: " + orjson.dumps(payload) + b"\n\n"
+    await send({"type": "http.response.body", "body": data, "more_body": more})
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tollhouse.auth.principal import Principal
-from tollhouse.gateway.errors import UnknownTool, UpstreamUnavailable
+from tollhouse.gateway.errors import UnknownTool, UpstreamProtocolError, UpstreamUnavailable
 from tollhouse.gateway.pool import UpstreamPool
 from tollhouse.gateway.snapshot import ExposedItem
 from tollhouse.gateway.upstream import ProgressCallback
@@ -80,15 +80,17 @@ class UpstreamStage:
         assert tool is not None, "ResolveStage runs first"
         connector = self._pool.connector(tool.server)
         try:
-            return await connector.request(
+            result = await connector.request(
                 "tools/call",
                 {"name": tool.name, "arguments": ctx.arguments},
                 session_key=ctx.session_key,
                 on_progress=ctx.on_progress,
             )
-        except UpstreamUnavailable as exc:
-            await self._pool.mark_down(tool.server, exc)
+        except (UpstreamUnavailable, UpstreamProtocolError) as exc:
+            await self._pool.report_failure(tool.server, exc)
             raise
+        self._pool.report_success(tool.server)
+        return result
 
 
 class Pipeline:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import anyio
 from anyio.abc import TaskGroup
 
-from tollhouse.gateway.errors import GatewayError, UpstreamUnavailable
+from tollhouse.gateway.errors import GatewayError, UpstreamRpcError, UpstreamUnavailable
 from tollhouse.gateway.settings import UpstreamDefaults
 from tollhouse.gateway.snapshot import Snapshot, build_snapshot
 from tollhouse.gateway.upstream import ServerDescription, UpstreamConnector
@@ -82,6 +82,8 @@ class UpstreamPool:
         self._scopes: dict[str, anyio.CancelScope] = {}
         self._reconnecting: set[str] = set()
         self._toolsets: dict[str, Toolset] = {}
+        self._failures: dict[str, int] = {}
+        self._probing: set[str] = set()
         self._version = 0
         self._snapshot = build_snapshot(0, {}, ())
         self._listeners: list[SnapshotListener] = []
@@ -207,11 +209,54 @@ class UpstreamPool:
         self._toolsets = {t.name: t for t in toolsets}
         await self._rebuild()
 
+    def report_success(self, name: str) -> None:
+        """A call to `name` worked: close the breaker's count and clear a degraded state."""
+        if name in self._failures:
+            del self._failures[name]
+            if self._health.get(name, Health()).status == "degraded":
+                self._health[name] = Health("healthy", None, datetime.now(UTC))
+
+    async def report_failure(self, name: str, error: GatewayError) -> None:
+        """A call to `name` failed at the transport: probe it, and take it down if the probe fails.
+
+        One broken stream is not an outage: when the probe answers, the upstream stays live
+        as "degraded". After `breaker_threshold` consecutive failures the breaker opens
+        (down) whatever the probe says; the reconnect loop is its half-open probe.
+        """
+        if name not in self._live or name in self._probing:
+            return
+        count = self._failures.get(name, 0) + 1
+        self._failures[name] = count
+        if count >= self._defaults.breaker_threshold:
+            await self.mark_down(name, error)
+            return
+        self._probing.add(name)
+        try:
+            connector = self._connectors.get(name)
+            description = self._descriptions.get(name)
+            if connector is None or description is None:
+                return
+            method = next(
+                (m for cap, m, _, _ in _LIST_METHODS if cap in description.capabilities), "tools/list"
+            )
+            upstream = self._upstreams[name]
+            try:
+                with anyio.fail_after(upstream.connect_timeout_seconds):
+                    await connector.request(method, {}, timeout_seconds=upstream.connect_timeout_seconds)
+            except (GatewayError, TimeoutError) as probe_error:
+                if not isinstance(probe_error, UpstreamRpcError):  # an answer, even an error, is alive
+                    await self.mark_down(name, error)
+                    return
+            await self._set_health(name, "degraded", error.message)
+        finally:
+            self._probing.discard(name)
+
     async def mark_down(self, name: str, error: BaseException | str) -> None:
         """Take an upstream out of the snapshot and start reconnecting in the background."""
         if name not in self._live:
             return
         self._live.discard(name)
+        self._failures.pop(name, None)
         await self._set_health(name, "down", _describe(error))
         await self._rebuild()
         if self._tg is not None and name in self._upstreams:

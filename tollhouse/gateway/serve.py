@@ -12,7 +12,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import uvicorn
+from pydantic import ValidationError
 
+from tollhouse.gateway.admin import SUPPORTED_TRANSPORTS
 from tollhouse.gateway.app import create_app
 from tollhouse.gateway.settings import Settings
 from tollhouse.registry.config import ConfigError, LoadedConfig, load_config_file
@@ -33,7 +35,12 @@ def load_settings(
         update["host"] = host
     if port is not None:
         update["port"] = port
-    return settings.model_copy(update=update) if update else settings
+    if "public_url" not in settings.model_fields_set and "public_url" not in update:
+        # Unset: the gateway's own address, so origins and resource URIs match what clients use.
+        shown = update.get("host", settings.host)
+        shown = "127.0.0.1" if shown in ("0.0.0.0", "::") else shown  # noqa: S104 - a comparison
+        update["public_url"] = f"http://{shown}:{update.get('port', settings.port)}"
+    return settings.model_copy(update=update)
 
 
 def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
@@ -49,7 +56,6 @@ def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
         log_level=settings.log_level,
         server_header=False,
         timeout_keep_alive=30,
-        h11_max_incomplete_event_size=settings.limits.max_header_bytes,
     )
 
 
@@ -72,7 +78,6 @@ class GatewayServer(uvicorn.Server):
 
 def serve_main(config: str | None = None, host: str | None = None, port: int | None = None) -> int:
     """Run the gateway until interrupted; with a config file, apply it first."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     loaded = None
     if config is not None:
         try:
@@ -82,7 +87,24 @@ def serve_main(config: str | None = None, host: str | None = None, port: int | N
             return 1
         for warning in loaded.warnings:
             print(f"tollhouse: warning: {warning}", file=sys.stderr)
-    settings = load_settings(loaded, host=host, port=port)
+    try:
+        settings = load_settings(loaded, host=host, port=port)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        print(f"tollhouse: error: invalid settings: {problems}", file=sys.stderr)
+        return 2
+    servers = loaded.servers if loaded else ()
+    unsupported = ", ".join(u.name for u in servers if u.transport not in SUPPORTED_TRANSPORTS)
+    if unsupported:
+        supported = ", ".join(SUPPORTED_TRANSPORTS)
+        print(
+            f"tollhouse: error: servers {unsupported} use a transport this version lacks ({supported})",
+            file=sys.stderr,
+        )
+        return 1
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     app = create_app(settings, apply_config=loaded)
     GatewayServer(uvicorn_config(app, settings)).run()
     return 0

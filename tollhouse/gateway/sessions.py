@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +59,7 @@ class SessionManager:
     """Creates, finds, expires and closes downstream sessions."""
 
     def __init__(self, *, idle_seconds: float, max_sessions: int, on_close: OnClose) -> None:
+        self._listeners: dict[MemoryObjectSendStream[JSONObject], frozenset[str]] = {}
         self._sessions: dict[str, DownstreamSession] = {}
         self._idle = idle_seconds
         self._max = max_sessions
@@ -126,9 +127,32 @@ class SessionManager:
             await self._on_close(session_id)
 
     def broadcast(self, message: JSONObject) -> None:
-        """Queue a notification on every session's GET stream."""
+        """Queue a notification on every session's GET stream and every listen stream that wants it."""
         for session in list(self._sessions.values()):
             session.notify(message)
+        method = message.get("method")
+        for stream, methods in list(self._listeners.items()):
+            if method in methods:
+                try:
+                    stream.send_nowait(message)
+                except anyio.WouldBlock:
+                    # A listener that does not read loses its stream, not our memory (it re-listens).
+                    self._listeners.pop(stream, None)
+                    stream.close()
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    self._listeners.pop(stream, None)
+
+    @contextlib.contextmanager
+    def listen(self, methods: frozenset[str]) -> Iterator[MemoryObjectReceiveStream[JSONObject]]:
+        """Receive the broadcast notifications named in `methods` (a 2026-07-28 listen stream)."""
+        send, receive = anyio.create_memory_object_stream[JSONObject](100)
+        self._listeners[send] = methods
+        try:
+            with receive:
+                yield receive
+        finally:
+            self._listeners.pop(send, None)
+            send.close()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Expire idle sessions until cancelled; close every session on the way out."""
@@ -141,6 +165,8 @@ class SessionManager:
                     if session.last_seen < cutoff and not session.inflight and not session.stream_attached:
                         await self.close(session.id)
         finally:
+            for stream in list(self._listeners):
+                stream.close()  # listen streams end gracefully
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 for session_id in list(self._sessions):
                     await self.close(session_id)

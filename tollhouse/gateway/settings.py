@@ -5,6 +5,8 @@ Only `serve.py` builds Settings from the environment; library code receives them
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -17,7 +19,6 @@ class LimitsSettings(BaseModel):
     model_config = {"frozen": True}
 
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
-    max_header_bytes: int = Field(default=16 * 1024, gt=0)
     receive_timeout_seconds: float = Field(default=30.0, gt=0)
     page_size: int = Field(default=100, gt=0, le=10_000)
     session_idle_seconds: float = Field(default=1800.0, gt=0)
@@ -33,6 +34,7 @@ class UpstreamDefaults(BaseModel):
     retry_min_seconds: float = Field(default=0.5, gt=0)
     retry_max_seconds: float = Field(default=30.0, gt=0)
     max_response_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    breaker_threshold: int = Field(default=3, gt=0)
 
 
 class Settings(BaseSettings):
@@ -48,6 +50,6 @@ class Settings(BaseSettings):
     data_dir: str = "./.tollhouse"
     database_url: str | None = None
     admin_token: SecretStr | None = None
-    log_level: str = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     limits: LimitsSettings = LimitsSettings()
     upstreams: UpstreamDefaults = UpstreamDefaults()

@@ -2,7 +2,7 @@
 
 Pure module: no I/O except `load_config_file` reading the one file it is given. The admin API
 receives the same shape as JSON (`config_from_dict`). The sections this version implements
-(`gateway`, `servers`, `clients`) are validated strictly: an unknown key or a wrong type is a
+(`gateway`, `servers`, `toolsets`, `clients`) are validated strictly: an unknown key or a wrong type is a
 `ConfigError` naming its path, with list indexes counted from 0 (`servers[1].urll: unknown key`).
 Sections of the contract that later versions implement, and sections this version has never heard
 of, are ignored with a warning, so a file written for a newer version still loads (DESIGN.md,
@@ -26,8 +26,12 @@ from urllib.parse import urlsplit
 import yaml
 
 from tollhouse.registry.models import (
+    MAX_EXPOSED_NAME,
     RESERVED_NAMES,
+    SEPARATOR,
+    UPSTREAM_NAME_RE,
     ClientRecord,
+    Toolset,
     Transport,
     Upstream,
     UpstreamAuth,
@@ -51,10 +55,15 @@ __all__ = [
     "render_yaml",
     "server_from_dict",
     "server_to_dict",
+    "toolset_from_dict",
+    "toolset_to_dict",
+    "valid_exposed_name",
+    "valid_tool_name",
+    "valid_tool_pattern",
 ]
 
-IMPLEMENTED_SECTIONS = ("gateway", "servers", "clients")
-PLANNED_SECTIONS = ("toolsets", "agents", "teams", "policies", "limits", "prices")
+IMPLEMENTED_SECTIONS = ("gateway", "servers", "toolsets", "clients")
+PLANNED_SECTIONS = ("agents", "teams", "policies", "limits", "prices")
 
 _GATEWAY_KEYS = ("public_url",)
 _SERVER_KEYS = (
@@ -75,6 +84,7 @@ _SERVER_KEYS = (
 _AUTH_KEYS = ("type", "token_env", "header", "value_env")
 _TIMEOUT_KEYS = {"connect_seconds": "connect_timeout_seconds", "call_seconds": "call_timeout_seconds"}
 _CLIENT_KEYS = ("name", "team")
+_TOOLSET_KEYS = ("name", "description", "tools", "aliases")
 # Keys that would put a credential's value into the file; each maps to the reference to use instead.
 _LITERAL_SECRET_KEYS = {"token": "token_env", "value": "value_env", "secret": "token_env"}
 
@@ -84,6 +94,14 @@ _AuthType = Literal["none", "bearer", "header"]
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token
 CLIENT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# MCP tool names (2025-11-25 "Tool names"): 1-128 of A-Z, a-z, 0-9, '_', '-', '.'.
+_TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+_TOOL_PART_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+# fnmatch syntax restricted to '*', '?' and closed bracket sets ('[abc]', '[a-z]', '[!x]') over
+# the characters of tool names; no other character is special, so nothing else is accepted.
+_GLOB_RE = re.compile(r"^(?:[A-Za-z0-9_.*?-]|\[!?[A-Za-z0-9_.-]+\])+$")
+_GLOB_CHARS = frozenset("*?[")
+MAX_PATTERN_LENGTH = 256
 _DEFAULTS = Upstream(name="defaults")
 
 
@@ -124,6 +142,7 @@ class LoadedConfig:
     servers: tuple[Upstream, ...] = ()
     clients: tuple[ClientSpec, ...] = ()
     warnings: tuple[str, ...] = ()
+    toolsets: tuple[Toolset, ...] = ()
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -210,9 +229,15 @@ def _config(data: Any) -> LoadedConfig:
         server_from_dict(item, path=f"servers[{i}]") for i, item in enumerate(_list(data, "servers", ""))
     )
     _no_duplicates([s.name for s in servers], "servers")
+    toolsets = tuple(
+        toolset_from_dict(item, path=f"toolsets[{i}]") for i, item in enumerate(_list(data, "toolsets", ""))
+    )
+    _no_duplicates([t.name for t in toolsets], "toolsets")
     clients = tuple(_client(item, f"clients[{i}]") for i, item in enumerate(_list(data, "clients", "")))
     _no_duplicates([c.name for c in clients], "clients")
-    return LoadedConfig(gateway, servers, clients, tuple(warnings))
+    return LoadedConfig(
+        gateway=gateway, servers=servers, clients=clients, warnings=tuple(warnings), toolsets=toolsets
+    )
 
 
 def _gateway(value: Any) -> GatewayConfig:
@@ -397,6 +422,97 @@ def _client(value: Any, path: str) -> ClientSpec:
     return ClientSpec(name=name, team=team)
 
 
+def valid_tool_name(name: str) -> bool:
+    """True when `name` is a valid MCP tool name: 1-128 of A-Z, a-z, 0-9, '_', '-' and '.'."""
+    return bool(_TOOL_NAME_RE.match(name))
+
+
+def valid_exposed_name(name: str) -> bool:
+    """True when `name` has the shape of an exposed tool name, `{server}__{tool}`, within 128 characters."""
+    server, sep, tool = name.partition(SEPARATOR)
+    return (
+        bool(sep)
+        and len(name) <= MAX_EXPOSED_NAME
+        and bool(UPSTREAM_NAME_RE.match(server))
+        and bool(_TOOL_PART_RE.match(tool))
+    )
+
+
+def valid_tool_pattern(pattern: str) -> bool:
+    """True for an exposed name, or a glob over exposed names using only `*`, `?` and `[...]`."""
+    if not any(c in _GLOB_CHARS for c in pattern):
+        return valid_exposed_name(pattern)
+    return len(pattern) <= MAX_PATTERN_LENGTH and bool(_GLOB_RE.match(pattern))
+
+
+def toolset_from_dict(data: Any, *, path: str = "") -> Toolset:
+    """Validate one toolset entry (a `toolsets:` item, or the body of `PUT /toolsets/{name}` plus its name).
+
+    `tools` lists exposed names (`calc__add`) and globs over them (`files__read_*`; only `*`, `?`
+    and `[...]`). `aliases` maps a name to show (a valid MCP tool name that is not itself shaped
+    like an exposed name, so it can never hide one) to the one exposed name it stands for; a tool
+    has at most one alias. A toolset names at least one tool, in `tools` or `aliases`.
+
+    Raises:
+        ConfigError: the entry is invalid; its path is prefixed with `path`.
+    """
+    entry = _mapping(data, path, _TOOLSET_KEYS)
+    name = _name(entry, path)
+    description = _str(entry, "description", path)
+    tools = _str_list(entry, "tools", path) or []
+    where = _join(path, "tools")
+    first_at: dict[str, int] = {}
+    for i, pattern in enumerate(tools):
+        item = f"{where}[{i}]"
+        if not pattern:
+            raise ConfigError(item, "must not be empty")
+        if not valid_tool_pattern(pattern):
+            raise ConfigError(
+                item,
+                f"{pattern!r} is not an exposed tool name (server__tool) or a glob over them "
+                "(use only letters, digits, '_', '-', '.', and the wildcards '*', '?' and '[...]')",
+            )
+        if pattern in first_at:
+            raise ConfigError(item, f"duplicate '{pattern}' (also {where}[{first_at[pattern]}])")
+        first_at[pattern] = i
+    aliases = _aliases(entry.get("aliases"), _join(path, "aliases"))
+    if not tools and not aliases:
+        raise ConfigError(path, "a toolset needs at least one entry in 'tools' or 'aliases'")
+    return Toolset(name=name, tools=tuple(tools), aliases=aliases, description=description)
+
+
+def _aliases(value: Any, path: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    data = _mapping(value, path, None)
+    alias_of: dict[str, str] = {}
+    out: dict[str, str] = {}
+    for alias, target in data.items():
+        where = _join(path, alias)
+        if not valid_tool_name(alias):
+            raise ConfigError(
+                where, f"{alias!r} is not a valid tool name: use 1-128 letters, digits, '_', '-' and '.'"
+            )
+        if valid_exposed_name(alias):
+            raise ConfigError(
+                where,
+                f"'{alias}' is shaped like an exposed name (server__tool) and could hide one; "
+                "choose an alias without a '__' after a server-like prefix",
+            )
+        if not isinstance(target, str):
+            raise ConfigError(where, f"expected a string, got {_kind(target)}")
+        if not valid_exposed_name(target):
+            raise ConfigError(
+                where,
+                f"{target!r} is not an exposed tool name (server__tool); an alias names exactly one tool",
+            )
+        if target in alias_of:
+            raise ConfigError(where, f"'{target}' already has the alias '{alias_of[target]}'")
+        alias_of[target] = alias
+        out[alias] = target
+    return out
+
+
 # --- typed access with paths -----------------------------------------------------------------
 
 
@@ -534,10 +650,23 @@ def server_to_dict(upstream: Upstream) -> dict[str, Any]:
     return out
 
 
+def toolset_to_dict(toolset: Toolset) -> dict[str, Any]:
+    """One toolset as a configuration entry; empty keys omitted."""
+    out: dict[str, Any] = {"name": toolset.name}
+    if toolset.description is not None:
+        out["description"] = toolset.description
+    if toolset.tools:
+        out["tools"] = list(toolset.tools)
+    if toolset.aliases:
+        out["aliases"] = dict(toolset.aliases)
+    return out
+
+
 def config_to_dict(
     gateway: GatewayConfig | None,
     servers: Sequence[Upstream],
     clients: Sequence[ClientRecord | ClientSpec],
+    toolsets: Sequence[Toolset] = (),
 ) -> dict[str, Any]:
     """The configuration as a plain mapping in the file's shape; empty sections are omitted.
 
@@ -548,6 +677,8 @@ def config_to_dict(
         out["gateway"] = {"public_url": gateway.public_url}
     if servers:
         out["servers"] = [server_to_dict(s) for s in servers]
+    if toolsets:
+        out["toolsets"] = [toolset_to_dict(t) for t in toolsets]
     entries: list[dict[str, Any]] = []
     for client in clients:
         if isinstance(client, ClientRecord) and not client.active:
@@ -610,6 +741,7 @@ def dump_config(
     gateway: GatewayConfig | None,
     servers: Sequence[Upstream],
     clients: Sequence[ClientRecord | ClientSpec],
+    toolsets: Sequence[Toolset] = (),
 ) -> str:
     """Render the configuration as YAML that `load_config` reads back to equal values."""
-    return render_yaml(config_to_dict(gateway, servers, clients))
+    return render_yaml(config_to_dict(gateway, servers, clients, toolsets))

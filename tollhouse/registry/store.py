@@ -22,11 +22,13 @@ from tollhouse.registry.models import CatalogEntry, ClientRecord, Health, Toolse
 from tollhouse.registry.tables import (
     CATALOG_ENTRIES,
     CLIENTS,
+    TOOLSETS,
     UPSTREAM_META,
     UPSTREAMS,
     CatalogEntryRow,
     ClientRow,
     SettingRow,
+    ToolsetRow,
     UpstreamMetaRow,
     UpstreamRow,
     catalog_of,
@@ -381,6 +383,52 @@ class SqlRegistryStore:
             if row.revoked_at is None:
                 row.revoked_at = self._now()
             return row.to_client()
+
+        return await self._run(work, write=True)
+
+    async def list_toolsets(self) -> list[Toolset]:
+        """All toolsets, ordered by name."""
+
+        def work(session: Session) -> list[Toolset]:
+            rows = session.scalars(sa.select(ToolsetRow).order_by(TOOLSETS.c.name))
+            return [row.to_toolset() for row in rows]
+
+        return await self._run(work)
+
+    async def get_toolset(self, name: str) -> Toolset | None:
+        """One toolset by name, or None."""
+
+        def work(session: Session) -> Toolset | None:
+            row = session.get(ToolsetRow, name)
+            return None if row is None else row.to_toolset()
+
+        return await self._run(work)
+
+    async def upsert_toolset(self, toolset: Toolset) -> Toolset:
+        """Insert or replace a toolset by name; returns it with timestamps set (created_at kept)."""
+
+        def work(session: Session) -> Toolset:
+            now = self._now()
+            row = session.get(ToolsetRow, toolset.name, with_for_update=True)
+            if row is None:
+                row = ToolsetRow.of(toolset, toolset.created_at or now, now)
+                session.add(row)
+            else:
+                row.assign(toolset, now)
+            session.flush()
+            return row.to_toolset()
+
+        return await self._run(work, write=True, retry=True)
+
+    async def delete_toolset(self, name: str) -> bool:
+        """Delete a toolset; False if it did not exist."""
+
+        def work(session: Session) -> bool:
+            row = session.get(ToolsetRow, name, with_for_update=True)
+            if row is None:
+                return False
+            session.delete(row)
+            return True
 
         return await self._run(work, write=True)
 

@@ -21,6 +21,7 @@ from tollhouse.registry.models import (
     ClientRecord,
     Health,
     JSONObject,
+    Toolset,
     Upstream,
     UpstreamAuth,
     UpstreamCatalog,
@@ -29,11 +30,13 @@ from tollhouse.registry.models import (
 __all__ = [
     "CATALOG_ENTRIES",
     "CLIENTS",
+    "TOOLSETS",
     "UPSTREAMS",
     "UPSTREAM_META",
     "CatalogEntryRow",
     "ClientRow",
     "SettingRow",
+    "ToolsetRow",
     "UTCDateTime",
     "UpstreamMetaRow",
     "UpstreamRow",
@@ -259,6 +262,49 @@ class SettingRow(SQLModel, table=True):
     value: str = Field(sa_type=sa.Text)
 
 
+class ToolsetRow(SQLModel, table=True):
+    """A toolset: exposed names and glob patterns, and aliases (shown name -> exposed name)."""
+
+    __tablename__ = "toolsets"
+
+    name: str = Field(primary_key=True)
+    tools: list[str] = Field(default_factory=list, sa_type=sa.JSON)
+    aliases: dict[str, str] = Field(default_factory=dict, sa_type=sa.JSON)
+    description: str | None = Field(default=None, sa_type=sa.Text)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+
+    @classmethod
+    def of(cls, toolset: Toolset, created_at: datetime, updated_at: datetime) -> ToolsetRow:
+        """A new row for `toolset`."""
+        return cls(
+            name=toolset.name,
+            tools=list(toolset.tools),
+            aliases=dict(toolset.aliases),
+            description=toolset.description,
+            created_at=utc(created_at),
+            updated_at=utc(updated_at),
+        )
+
+    def assign(self, toolset: Toolset, updated_at: datetime) -> None:
+        """Copy the definition of `toolset` onto this row, keeping created_at."""
+        self.tools = list(toolset.tools)
+        self.aliases = dict(toolset.aliases)
+        self.description = toolset.description
+        self.updated_at = utc(updated_at)
+
+    def to_toolset(self) -> Toolset:
+        """The frozen record."""
+        return Toolset(
+            name=self.name,
+            tools=tuple(self.tools),
+            aliases=dict(self.aliases),
+            description=self.description,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+        )
+
+
 def catalog_of(meta: UpstreamMetaRow, rows: list[CatalogEntryRow]) -> UpstreamCatalog:
     """The frozen catalog of one upstream from its meta row and its entry rows in position order."""
     by_kind: dict[str, list[JSONObject]] = {"tool": [], "resource": [], "resource_template": [], "prompt": []}
@@ -283,3 +329,4 @@ UPSTREAMS = metadata.tables["upstreams"]
 UPSTREAM_META = metadata.tables["upstream_meta"]
 CATALOG_ENTRIES = metadata.tables["catalog_entries"]
 CLIENTS = metadata.tables["clients"]
+TOOLSETS = metadata.tables["toolsets"]
