@@ -78,9 +78,15 @@ STEP_DELAY = 0.05
 
 @dataclass
 class EverythingState:
-    """What the server observed, so an in-process test can see what reached it."""
+    """What the server observed, so an in-process test can see what reached it.
+
+    `subscriptions` holds the URIs currently subscribed to; the counters count every
+    `resources/subscribe` and `resources/unsubscribe` request.
+    """
 
     subscriptions: set[str] = field(default_factory=set)
+    subscribe_count: int = 0
+    unsubscribe_count: int = 0
     log_level: str | None = None
 
 
@@ -399,10 +405,12 @@ def build_server(state: EverythingState | None = None, *, name: str = "everythin
 
     async def subscribe(ctx: ServerRequestContext, params: SubscribeRequestParams) -> EmptyResult:
         state.subscriptions.add(str(params.uri))
+        state.subscribe_count += 1
         return EmptyResult()
 
     async def unsubscribe(ctx: ServerRequestContext, params: UnsubscribeRequestParams) -> EmptyResult:
         state.subscriptions.discard(str(params.uri))
+        state.unsubscribe_count += 1
         return EmptyResult()
 
     lowlevel = server._lowlevel_server

@@ -19,8 +19,10 @@ from tollhouse.registry.config import (
     load_config,
     load_config_file,
     server_from_dict,
+    toolset_from_dict,
+    valid_tool_pattern,
 )
-from tollhouse.registry.models import ClientRecord, Upstream, UpstreamAuth
+from tollhouse.registry.models import ClientRecord, Toolset, Upstream, UpstreamAuth
 
 # The example of DESIGN.md, "Declarative configuration", verbatim.
 DESIGN_EXAMPLE = """\
@@ -74,6 +76,13 @@ servers:
     cwd: /srv/files
     auth: {type: bearer, token_env: FILES_TOKEN}
     call_timeout_seconds: 120
+toolsets:
+  - name: support
+    description: "What the support agent may use."
+    tools: ["calc__add", "files__read_*", "legacy__[a-c]?t*"]
+    aliases: {plus: calc__add, list_files: files__list}
+  - name: only-aliases
+    aliases: {Search.v2: search__query}
 clients:
   - name: ci-bot
     team: platform
@@ -106,12 +115,13 @@ def test_design_example_loads_and_warns_about_sections_of_later_versions() -> No
             env={"ROOT": "./data"},
         ),
     )
+    assert config.toolsets == (Toolset(name="support", tools=("calc__add", "files__read_*")),)
     assert config.clients == (ClientSpec(name="ci-bot", team="platform"),)
     assert config.warnings == tuple(
         f"section '{name}' is not supported by this version yet and was ignored"
-        for name in ("toolsets", "agents", "teams", "policies", "limits", "prices")
+        for name in ("agents", "teams", "policies", "limits", "prices")
     )
-    assert set(PLANNED_SECTIONS) == {"toolsets", "agents", "teams", "policies", "limits", "prices"}
+    assert set(PLANNED_SECTIONS) == {"agents", "teams", "policies", "limits", "prices"}
 
 
 def test_every_field_is_read() -> None:
@@ -127,16 +137,27 @@ def test_every_field_is_read() -> None:
     assert files.cwd == "/srv/files"
     assert files.call_timeout_seconds == 120.0
     assert config.clients == (ClientSpec("ci-bot", "platform"), ClientSpec("nightly", None))
+    assert config.toolsets == (
+        Toolset(
+            name="support",
+            tools=("calc__add", "files__read_*", "legacy__[a-c]?t*"),
+            aliases={"plus": "calc__add", "list_files": "files__list"},
+            description="What the support agent may use.",
+        ),
+        Toolset(name="only-aliases", aliases={"Search.v2": "search__query"}),
+    )
     assert config.warnings == ()
 
 
 def test_dump_round_trips_to_equal_values() -> None:
     config = load_config(FULL)
 
-    text = dump_config(config.gateway, config.servers, config.clients)
+    text = dump_config(config.gateway, config.servers, config.clients, config.toolsets)
 
     assert load_config(text) == config
-    assert config_from_dict(config_to_dict(config.gateway, config.servers, config.clients)) == config
+    data = config_to_dict(config.gateway, config.servers, config.clients, config.toolsets)
+    assert config_from_dict(data) == config
+    assert list(data["toolsets"][0]["aliases"]) == ["plus", "list_files"]
 
 
 def test_dump_omits_defaults_and_writes_secrets_as_references() -> None:
@@ -168,19 +189,21 @@ def test_dump_takes_registry_records_drops_timestamps_and_revoked_clients() -> N
         ClientRecord("c_1", "ci-bot", "platform", "hash", created_at=moment),
         ClientRecord("c_2", "old-bot", None, "hash", created_at=moment, revoked_at=moment),
     ]
+    toolset = Toolset(name="support", tools=("calc__*",), created_at=moment, updated_at=moment)
 
-    config = load_config(dump_config(None, [server], clients))
+    config = load_config(dump_config(None, [server], clients, [toolset]))
 
     assert config == LoadedConfig(
         servers=(Upstream(name="calc", url="http://127.0.0.1:9001/mcp"),),
         clients=(ClientSpec("ci-bot", "platform"),),
+        toolsets=(Toolset(name="support", tools=("calc__*",)),),
     )
 
 
 def test_dump_layout_matches_the_documentation() -> None:
     config = load_config(DESIGN_EXAMPLE)
 
-    text = dump_config(config.gateway, config.servers, config.clients)
+    text = dump_config(config.gateway, config.servers, config.clients, config.toolsets)
 
     assert text == (
         "gateway: {public_url: 'https://gw.example'}\n"
@@ -191,6 +214,9 @@ def test_dump_layout_matches_the_documentation() -> None:
         "  - name: files\n"
         "    command: [python, examples/servers/files.py]\n"
         "    env: {ROOT: ./data}\n"
+        "toolsets:\n"
+        "  - name: support\n"
+        "    tools: [calc__add, files__read_*]\n"
         "clients:\n"
         "  - name: ci-bot\n"
         "    team: platform\n"
@@ -324,6 +350,37 @@ def test_unknown_top_level_section_is_ignored_with_a_warning_naming_it() -> None
         ("clients: [{name: ci-bot, team: 'a/b'}]", "clients[0].team", "not a valid team"),
         ("clients: [{name: x}, {name: x}]", "clients[1].name", "duplicate name"),
         ("clients: ci-bot", "clients", "expected a list"),
+        ("toolsets: {name: s}", "toolsets", "expected a list"),
+        ("toolsets: [{tools: ['a__b']}]", "toolsets[0].name", "required"),
+        ("toolsets: [{name: S, tools: ['a__b']}]", "toolsets[0].name", "not a valid name"),
+        ("toolsets: [{name: tollhouse, tools: ['a__b']}]", "toolsets[0].name", "'tollhouse' is reserved"),
+        ("toolsets: [{name: s, tool: ['a__b']}]", "toolsets[0].tool", "unknown key (did you mean 'tools'?)"),
+        ("toolsets: [{name: s}]", "toolsets[0]", "at least one entry in 'tools' or 'aliases'"),
+        ("toolsets: [{name: s, tools: []}]", "toolsets[0]", "at least one entry"),
+        ("toolsets: [{name: s, tools: 'a__*'}]", "toolsets[0].tools", "expected a list of strings"),
+        ("toolsets: [{name: s, tools: [a__b, 3]}]", "toolsets[0].tools[1]", "expected a string"),
+        ("toolsets: [{name: s, tools: [a__b, '']}]", "toolsets[0].tools[1]", "must not be empty"),
+        ("toolsets: [{name: s, tools: [add]}]", "toolsets[0].tools[0]", "not an exposed tool name"),
+        ("toolsets: [{name: s, tools: ['a__{b,c}']}]", "toolsets[0].tools[0]", "wildcards"),
+        ("toolsets: [{name: s, tools: ['a__[bc']}]", "toolsets[0].tools[0]", "wildcards"),
+        ("toolsets: [{name: s, tools: ['a__*', 'b__c', 'a__*']}]", "toolsets[0].tools[2]", "(also"),
+        ("toolsets: [{name: s, tools: ['a__b'], description: 3}]", "toolsets[0].description", "a string"),
+        ("toolsets: [{name: s, aliases: [a__b]}]", "toolsets[0].aliases", "expected a mapping"),
+        ("toolsets: [{name: s, aliases: {'a b': c__d}}]", "toolsets[0].aliases.a b", "not a valid tool name"),
+        ("toolsets: [{name: s, aliases: {x__y: c__d}}]", "toolsets[0].aliases.x__y", "could hide one"),
+        ("toolsets: [{name: s, aliases: {add: 'c__*'}}]", "toolsets[0].aliases.add", "exactly one tool"),
+        ("toolsets: [{name: s, aliases: {add: add}}]", "toolsets[0].aliases.add", "not an exposed tool"),
+        ("toolsets: [{name: s, aliases: {add: 7}}]", "toolsets[0].aliases.add", "expected a string"),
+        (
+            "toolsets: [{name: s, aliases: {one: c__d, two: c__d}}]",
+            "toolsets[0].aliases.two",
+            "'c__d' already has the alias 'one'",
+        ),
+        (
+            "toolsets: [{name: s, tools: ['*']}, {name: s, tools: ['*']}]",
+            "toolsets[1].name",
+            "duplicate name 's' (also toolsets[0])",
+        ),
     ],
 )
 def test_every_error_names_its_key_path(text: str, path: str, fragment: str) -> None:
@@ -361,6 +418,49 @@ def test_the_name_tollhouse_is_reserved() -> None:
 @pytest.mark.parametrize("name", ["a", "0", "a" * 32, "calc-2"])
 def test_valid_server_names_load(name: str) -> None:
     assert load_config(f"servers: [{{name: '{name}', url: 'http://x'}}]").servers[0].name == name
+
+
+@pytest.mark.parametrize(
+    ("pattern", "valid"),
+    [
+        ("calc__add", True),
+        ("my-server__Tool.v2_x", True),
+        ("files__read_*", True),
+        ("*", True),
+        ("*__search", True),
+        ("calc__?dd", True),
+        ("calc__[as]*", True),
+        ("calc__[!a-c]*", True),
+        ("calc" + "__" + "x" * 122, True),
+        ("calc" + "__" + "x" * 123, False),  # 129 characters: never an exposed name
+        ("add", False),
+        ("Calc__add", False),
+        ("calc__", False),
+        ("__add", False),
+        ("calc__add tool", False),
+        ("calc__a/b", False),
+        ("calc__**/x", False),
+        ("calc__[]", False),
+        ("calc__[a", False),
+        ("calc__a]", False),
+        ("calc__{a,b}", False),
+        ("calc__a\\*", False),
+        ("calc__" + "*" * 251, False),
+    ],
+)
+def test_tool_patterns_are_exposed_names_or_simple_globs(pattern: str, valid: bool) -> None:
+    assert valid_tool_pattern(pattern) is valid
+
+
+def test_a_toolset_entry_validates_on_its_own_for_the_admin_api() -> None:
+    body = {"name": "support", "tools": ["calc__*"], "aliases": {"plus": "calc__add"}, "description": "d"}
+
+    assert toolset_from_dict(body) == Toolset(
+        name="support", tools=("calc__*",), aliases={"plus": "calc__add"}, description="d"
+    )
+    with pytest.raises(ConfigError) as info:
+        toolset_from_dict({"name": "support", "tools": ["calc"]})
+    assert str(info.value).startswith("tools[0]: 'calc' is not an exposed tool name (server__tool)")
 
 
 def test_url_and_command_are_mutually_exclusive() -> None:

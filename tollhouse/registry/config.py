@@ -496,8 +496,8 @@ def _aliases(value: Any, path: str) -> dict[str, str]:
         if valid_exposed_name(alias):
             raise ConfigError(
                 where,
-                f"'{alias}' is shaped like an exposed name (server__tool) and could hide one; "
-                "choose an alias without a '__' after a server-like prefix",
+                f"'{alias}' has the shape of an exposed name (server__tool) and could hide one; "
+                "choose another alias",
             )
         if not isinstance(target, str):
             raise ConfigError(where, f"expected a string, got {_kind(target)}")

@@ -1,0 +1,125 @@
+"""The official MCP conformance server suite against examples/servers/everything.py.
+
+The slow tests run the whole active server suite of the pinned
+`@modelcontextprotocol/conformance`, at its default spec versions and at 2026-07-28,
+against the everything server served in-process, and allow no failure beyond
+tests/conformance_baseline.yaml. They need `tools/conformance/install.sh`: without the
+tools they skip, except in CI (`TOLLHOUSE_TEST_REQUIRE_SERVICES=1`), where they fail.
+
+The fast tests pin down how the harness judges results, with no suite involved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from examples.servers.everything import EverythingState, build_app
+from tests.conformance import (
+    ACTIVE_SERVER_SCENARIOS,
+    BASELINE,
+    Check,
+    ScenarioResult,
+    collect,
+    judge,
+    load_baseline,
+    missing_tools,
+    run_conformance,
+)
+from tests.servers import serve
+
+SPEC_VERSIONS = [pytest.param(None, id="default"), pytest.param("2026-07-28", id="2026-07-28")]
+
+
+@pytest.fixture
+def conformance_tools() -> None:
+    """Skip without the pinned tools; in CI their absence is a failure."""
+    reason = missing_tools()
+    if reason is None:
+        return
+    if os.environ.get("TOLLHOUSE_TEST_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{reason}; CI must install them (make conformance-tools)")
+    pytest.skip(reason)
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+@pytest.mark.parametrize("spec_version", SPEC_VERSIONS)
+async def test_everything_passes_the_active_server_suite(
+    conformance_tools: None, spec_version: str | None, tmp_path: Path
+) -> None:
+    state = EverythingState()
+    async with serve(build_app(state), path="/mcp") as url:
+        result = await run_conformance(
+            url, spec_version=spec_version, out_dir=tmp_path / "results", expected_failures=BASELINE
+        )
+    print(result.summary())
+    assert result.ok, result.report()
+    assert set(result.scenarios) == ACTIVE_SERVER_SCENARIOS[spec_version]
+    assert all(scenario.passed for scenario in result.scenarios.values()), result.report()
+    if spec_version is None:
+        # The 2025-era utilities reached the fixture, not just some default handler.
+        assert state.log_level is not None
+        assert state.subscribe_count >= 1
+        assert state.unsubscribe_count >= 1
+
+
+# ----- the harness's judgement (fast) ------------------------------------------------
+
+
+def _scenario(name: str, *statuses: tuple[str, str]) -> ScenarioResult:
+    return ScenarioResult(name, tuple(Check(check_id, status) for check_id, status in statuses))
+
+
+def test_judge_follows_the_suites_baseline_rules() -> None:
+    scenarios = {
+        "clean": _scenario("clean", ("a", "SUCCESS"), ("b", "INFO")),
+        "warned": _scenario("warned", ("a", "SUCCESS"), ("b", "WARNING")),
+        "broken": _scenario("broken", ("a", "FAILURE"), ("b", "FAILURE")),
+        "partly": _scenario("partly", ("a", "FAILURE"), ("b", "FAILURE")),
+        "fixed": _scenario("fixed", ("a", "SUCCESS")),
+        "fixed-check": _scenario("fixed-check", ("a", "SUCCESS"), ("b", "SKIPPED")),
+    }
+    baseline = ["broken", "partly:a", "fixed", "fixed-check:a", "fixed-check:b", "not-run"]
+    unexpected, expected, stale = judge(scenarios, baseline)
+    assert unexpected == ("partly:b", "warned")
+    assert expected == ("broken", "partly:a")
+    # A baselined check that was skipped (or absent) is tolerated, not stale.
+    assert stale == ("fixed", "fixed-check:a")
+    assert judge(scenarios, []) == (("broken", "partly", "warned"), (), ())
+
+
+def test_baseline_is_empty_and_in_the_suites_format(tmp_path: Path) -> None:
+    assert load_baseline(BASELINE) == ()
+    assert load_baseline(None) == ()
+    good = tmp_path / "good.yaml"
+    good.write_text("server:\n  - tools-call-error\n  - ping:ping\n")
+    assert load_baseline(good) == ("tools-call-error", "ping:ping")
+    for text in (
+        "server:\n  - ping: ping\n",  # a mapping, not "scenario:check"
+        "server: ping\n",
+        "tools: []\n",
+        "server:\n  - ping\n  - ping:ping\n",  # wholesale and per-check at once
+    ):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        with pytest.raises(ValueError):
+            load_baseline(bad)
+
+
+def test_collect_reads_checks_and_reports_scenarios_without_results(tmp_path: Path) -> None:
+    older = tmp_path / "server-tools-list-2026-01-01T00-00-00-000Z"
+    newer = tmp_path / "server-tools-list-2026-01-01T00-00-01-000Z"
+    for folder, status in ((older, "FAILURE"), (newer, "SUCCESS")):
+        folder.mkdir()
+        checks = [{"id": "tools-list", "status": status, "description": "lists tools"}]
+        (folder / "checks.json").write_text(json.dumps(checks))
+    (tmp_path / "output.txt").write_text("not a scenario")
+    scenarios = collect(tmp_path, ["tools-list", "ping"])
+    assert scenarios["tools-list"].passed
+    assert scenarios["tools-list"].checks == (Check("tools-list", "SUCCESS", "lists tools"),)
+    assert not scenarios["ping"].passed
+    assert scenarios["ping"].failing_checks[0].error_message is not None
