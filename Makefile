@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint bench venv clean lock
+.PHONY: demo test test-slow lint bench venv clean lock conformance-tools
 
 # Dependencies come from the hash-locked requirements.lock; the project itself is editable.
 $(STAMP): pyproject.toml requirements.lock
@@ -22,8 +22,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -m "not slow" -q
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) conformance-tools
 	$(BIN)/python -m pytest -m slow -q
+
+# The official MCP conformance suite and the Node 22 it needs, pinned in tools/conformance/.
+conformance-tools:
+	bash tools/conformance/install.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

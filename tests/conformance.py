@@ -5,15 +5,18 @@ The suite (`@modelcontextprotocol/conformance`) and the Node 22 it needs are pin
 `tools/conformance/node_modules` (not part of the repository). `run_conformance()` runs
 its `server` command as a subprocess:
 
-    node dist/index.js server --url URL [--spec-version V] -o OUT_DIR [--expected-failures F]
+    node dist/index.js server --url URL --suite active --output-dir OUT_DIR \
+        --expected-failures BASELINE [--spec-version V]
 
-The suite writes one `server-<scenario>-<timestamp>/checks.json` per scenario into
-OUT_DIR; each check has an `id` and a `status` of SUCCESS, FAILURE, WARNING, INFO or
-SKIPPED. The verdict here mirrors the suite's own baseline rules (README, "Expected
-Failures"): a check fails on FAILURE or WARNING; a baseline entry is either a whole
-scenario (`- tools-call-error`) or one check (`- tools-call-error:tools-call-error`);
-a failure not in the baseline is unexpected, and an entry whose scenario or check now
-passes is stale. Both fail the run, exactly as the suite's own exit code does.
+and exits 0 only if every failure is baselined and no baseline entry is stale (it is
+always given a baseline, an empty one if the caller has none). It writes one
+`server-<scenario>-<timestamp>/checks.json` per scenario into OUT_DIR; each check has
+an `id` and a `status` of SUCCESS, FAILURE, WARNING, INFO or SKIPPED. The verdict here
+mirrors the suite's own baseline rules (README, "Expected Failures"): a check fails on
+FAILURE or WARNING; a baseline entry is either a whole scenario (`- tools-call-error`)
+or one check (`- tools-call-error:tools-call-error`); a failure not in the baseline is
+unexpected, and an entry whose scenario or check now passes is stale. Both fail the
+run, exactly as the suite's own exit code does.
 """
 
 from __future__ import annotations
@@ -150,6 +153,7 @@ class ConformanceResult:
 
     url: str
     spec_version: str | None
+    out_dir: Path
     command: tuple[str, ...]
     exit_code: int
     output: str
@@ -188,8 +192,8 @@ class ConformanceResult:
         lines += [f"stale baseline entry (now passing, remove it): {entry}" for entry in self.stale_entries]
         lines += [f"expected failure (baselined): {entry}" for entry in self.expected_failures]
         if not self.ok:
-            tail = _ANSI.sub("", self.output)[-4000:]
-            lines += ["--- tail of the suite's output ---", tail]
+            tail = _ANSI.sub("", self.output)[-2000:]
+            lines += [f"--- tail of the suite's output (all of it: {self.out_dir / 'output.txt'}) ---", tail]
         return "\n".join(lines)
 
 
@@ -205,7 +209,8 @@ def missing_tools() -> str | None:
     for package, manifest in installed.items():
         version = json.loads(manifest.read_text()).get("version")
         if version != wanted[package]:
-            return f"{package} {version} is installed, {wanted[package]} is pinned (run tools/conformance/install.sh)"
+            pinned = wanted[package]
+            return f"{package} {version} is installed, {pinned} is pinned (run tools/conformance/install.sh)"
     return None
 
 
@@ -246,8 +251,8 @@ def judge(
     per_check: dict[str, set[str]] = {}
     for entry in baseline:
         if ":" in entry:
-            scenario, _, check_id = entry.partition(":")
-            per_check.setdefault(scenario, set()).add(check_id)
+            scenario_name, _, check_id = entry.partition(":")
+            per_check.setdefault(scenario_name, set()).add(check_id)
     unexpected: list[str] = []
     expected: list[str] = []
     stale: list[str] = []
@@ -300,56 +305,32 @@ def collect(out_dir: Path, ran: Iterable[str]) -> dict[str, ScenarioResult]:
     return scenarios
 
 
-async def run_conformance(
-    url: str,
-    *,
-    spec_version: str | None,
-    out_dir: Path,
-    expected_failures: Path | None,
-    suite: str = "active",
-    timeout: float = 300,
-) -> ConformanceResult:
-    """Run the pinned server suite against `url` and judge it against `expected_failures`.
-
-    `out_dir` (created if missing, and required to be empty) receives the suite's
-    per-scenario results plus `output.txt`, the suite's console output. The run is
-    bounded by `timeout` seconds; on expiry the suite process is killed and
-    `TimeoutError` raised.
-
-    Raises:
-        RuntimeError: The tools are not installed (see `missing_tools()`).
-        ValueError: `out_dir` is not empty, or the baseline is malformed.
-        TimeoutError: The suite did not finish within `timeout`.
-    """
-    reason = missing_tools()
-    if reason is not None:
-        raise RuntimeError(reason)
-    baseline = load_baseline(expected_failures)
+def _prepare(out_dir: Path, expected_failures: Path | None) -> Path:
+    """Create the empty `out_dir`; return the baseline to pass (an empty one for None)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if any(out_dir.iterdir()):
         raise ValueError(f"{out_dir} is not empty; results of another run would be mixed in")
-    if expected_failures is None:
-        # Always judge in baseline mode (where WARNING fails too), so the suite's exit
-        # code and this module's verdict follow the same rules.
-        expected_failures = out_dir / "no-expected-failures.yaml"
-        expected_failures.write_text("server: []\n")
-    command = [str(NODE), str(CLI), "server", "--url", url, "--suite", suite, "--output-dir", str(out_dir)]
-    command += ["--expected-failures", str(expected_failures)]
-    if spec_version is not None:
-        command += ["--spec-version", spec_version]
-    # The suite talks to loopback only: no proxy variables, no inherited Node options.
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key.upper() not in {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "NODE_OPTIONS"}
-    }
-    with anyio.fail_after(timeout):
-        completed = await anyio.run_process(
-            command, cwd=out_dir, env=env, check=False, stderr=subprocess.STDOUT
-        )
+    if expected_failures is not None:
+        return expected_failures
+    # Always judge in baseline mode (where WARNING fails too), so the suite's exit code
+    # and this module's verdict follow the same rules.
+    empty = out_dir / "no-expected-failures.yaml"
+    empty.write_text("server: []\n")
+    return empty
+
+
+def _conclude(
+    command: Sequence[str],
+    completed: subprocess.CompletedProcess[bytes],
+    *,
+    url: str,
+    spec_version: str | None,
+    suite: str,
+    out_dir: Path,
+    baseline: Sequence[str],
+) -> ConformanceResult:
     output = completed.stdout.decode(errors="replace")
     (out_dir / "output.txt").write_text(output)
-
     ran = [match["scenario"] for match in _RUNNING.finditer(_ANSI.sub("", output))]
     scenarios = collect(out_dir, ran)
     unexpected, expected, stale = judge(scenarios, baseline)
@@ -369,6 +350,7 @@ async def run_conformance(
     return ConformanceResult(
         url=url,
         spec_version=spec_version,
+        out_dir=out_dir,
         command=tuple(command),
         exit_code=completed.returncode,
         output=output,
@@ -377,4 +359,57 @@ async def run_conformance(
         expected_failures=expected,
         stale_entries=stale,
         problems=tuple(problems),
+    )
+
+
+async def run_conformance(
+    url: str,
+    *,
+    spec_version: str | None,
+    out_dir: Path,
+    expected_failures: Path | None,
+    suite: str = "active",
+    time_limit: float = 300,
+) -> ConformanceResult:
+    """Run the pinned server suite against `url` and judge it against `expected_failures`.
+
+    `spec_version` is passed as `--spec-version` (None: each scenario at the suite's
+    default wire); `expected_failures` is a baseline in the suite's YAML format (None:
+    no failure is expected). `out_dir` (created if missing, and required to be empty)
+    receives the suite's per-scenario results plus `output.txt`, its console output.
+    The run is bounded by `time_limit` seconds; on expiry the suite process is killed
+    and `TimeoutError` raised.
+
+    Raises:
+        RuntimeError: The tools are not installed (see `missing_tools()`).
+        ValueError: `out_dir` is not empty, or the baseline is malformed.
+        TimeoutError: The suite did not finish within `time_limit`.
+    """
+    reason = missing_tools()
+    if reason is not None:
+        raise RuntimeError(reason)
+    baseline = load_baseline(expected_failures)
+    baseline_path = _prepare(out_dir, expected_failures)
+    command = [str(NODE), str(CLI), "server", "--url", url, "--suite", suite, "--output-dir", str(out_dir)]
+    command += ["--expected-failures", str(baseline_path)]
+    if spec_version is not None:
+        command += ["--spec-version", spec_version]
+    # The suite talks to loopback only: no proxy variables, no inherited Node options.
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key.upper() not in {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "NODE_OPTIONS"}
+    }
+    with anyio.fail_after(time_limit):
+        completed = await anyio.run_process(
+            command, cwd=out_dir, env=env, check=False, stderr=subprocess.STDOUT
+        )
+    return _conclude(
+        command,
+        completed,
+        url=url,
+        spec_version=spec_version,
+        suite=suite,
+        out_dir=out_dir,
+        baseline=baseline,
     )

@@ -22,14 +22,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tollhouse.gateway.snapshot import build_snapshot
+from tollhouse.gateway.views import toolset_members
 from tollhouse.registry.config import (
     ConfigError,
     GatewayConfig,
     config_from_dict,
     config_to_dict,
     server_from_dict,
+    toolset_from_dict,
 )
-from tollhouse.registry.models import ClientRecord, Upstream, definition_sha256
+from tollhouse.registry.models import ClientRecord, Toolset, Upstream, UpstreamCatalog, definition_sha256
 
 __all__ = ["FakeAdminApi"]
 
@@ -72,6 +75,7 @@ class FakeAdminApi:
     servers: dict[str, Upstream] = field(default_factory=dict)
     tools: dict[str, list[JSONObject]] = field(default_factory=dict)
     clients: list[ClientRecord] = field(default_factory=list)
+    toolsets: dict[str, Toolset] = field(default_factory=dict)
     snapshot_version: int = 0
     requests: list[tuple[str, str]] = field(default_factory=list)
     bodies: list[Any] = field(default_factory=list)
@@ -87,6 +91,10 @@ class FakeAdminApi:
             Route("/servers/{name}/refresh", self._guard(self._refresh_server), methods=["POST"]),
             Route("/tools", self._guard(self._list_tools), methods=["GET"]),
             Route("/tools/{name}", self._guard(self._show_tool), methods=["GET"]),
+            Route("/toolsets", self._guard(self._list_toolsets), methods=["GET"]),
+            Route("/toolsets/{name}", self._guard(self._show_toolset), methods=["GET"]),
+            Route("/toolsets/{name}", self._guard(self._put_toolset), methods=["PUT"]),
+            Route("/toolsets/{name}", self._guard(self._delete_toolset), methods=["DELETE"]),
             Route("/clients", self._guard(self._list_clients), methods=["GET"]),
             Route("/clients", self._guard(self._create_client), methods=["POST"]),
             Route("/clients/{ref}/revoke", self._guard(self._revoke_client), methods=["POST"]),
@@ -259,6 +267,59 @@ class FakeAdminApi:
             }
         )
 
+    # --- toolsets ---
+
+    def _save_toolset(self, toolset: Toolset) -> Toolset:
+        previous = self.toolsets.get(toolset.name)
+        created = previous.created_at if previous is not None else self.now()
+        stored = replace(toolset, created_at=created, updated_at=self.now())
+        self.toolsets[toolset.name] = stored
+        return stored
+
+    def _toolset_out(self, t: Toolset) -> JSONObject:
+        catalogs = {
+            name: UpstreamCatalog(server=name, tools=tuple(tools)) for name, tools in self.tools.items()
+        }
+        snapshot = build_snapshot(self.snapshot_version, catalogs, self.servers, self.toolsets.values())
+        return {
+            "name": t.name,
+            "description": t.description,
+            "tools": list(t.tools),
+            "aliases": dict(t.aliases),
+            "members": [shown for shown, _ in toolset_members(t, snapshot)],
+            "created_at": _iso(t.created_at),
+            "updated_at": _iso(t.updated_at),
+        }
+
+    def _known_toolset(self, name: str) -> Toolset:
+        if name not in self.toolsets:
+            raise _Problem(404, "Not Found", f"no toolset named '{name}'")
+        return self.toolsets[name]
+
+    async def _list_toolsets(self, request: Request) -> Response:
+        return JSONResponse({"items": [self._toolset_out(self.toolsets[n]) for n in sorted(self.toolsets)]})
+
+    async def _show_toolset(self, request: Request) -> Response:
+        return JSONResponse(self._toolset_out(self._known_toolset(request.path_params["name"])))
+
+    async def _put_toolset(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        body = await self._body(request)
+        if "name" in body and body["name"] != name:
+            raise _Problem(400, "Invalid toolset", f"the body names '{body['name']}' but the path '{name}'")
+        try:
+            toolset = toolset_from_dict({**body, "name": name})
+        except ConfigError as exc:
+            raise _Problem(400, "Invalid toolset", str(exc)) from None
+        existed = name in self.toolsets
+        return JSONResponse(
+            self._toolset_out(self._save_toolset(toolset)), status_code=200 if existed else 201
+        )
+
+    async def _delete_toolset(self, request: Request) -> Response:
+        del self.toolsets[self._known_toolset(request.path_params["name"]).name]
+        return Response(status_code=204)
+
     # --- clients ---
 
     async def _list_clients(self, request: Request) -> Response:
@@ -301,6 +362,13 @@ class FakeAdminApi:
                 continue
             self._store(upstream)
             changes["updated" if existing else "created"].append(f"server/{upstream.name}")
+        for toolset in loaded.toolsets:
+            known = self.toolsets.get(toolset.name)
+            if known is not None and replace(known, created_at=None, updated_at=None) == toolset:
+                changes["unchanged"].append(f"toolset/{toolset.name}")
+                continue
+            self._save_toolset(toolset)
+            changes["updated" if known else "created"].append(f"toolset/{toolset.name}")
         for spec in loaded.clients:
             if any(c.name == spec.name for c in self.clients):
                 changes["unchanged"].append(f"client/{spec.name}")
@@ -316,9 +384,13 @@ class FakeAdminApi:
                 del self.servers[name]
                 self.tools.pop(name, None)
                 changes["deleted"].append(f"server/{name}")
+            for name in sorted(set(self.toolsets) - {t.name for t in loaded.toolsets}):
+                del self.toolsets[name]
+                changes["deleted"].append(f"toolset/{name}")
         return JSONResponse({**changes, "warnings": list(loaded.warnings), "clients": new_keys})
 
     async def _export(self, request: Request) -> Response:
         gateway = GatewayConfig(public_url=self.public_url)
         servers = [self.servers[n] for n in sorted(self.servers)]
-        return JSONResponse(config_to_dict(gateway, servers, self.clients))
+        toolsets = [self.toolsets[n] for n in sorted(self.toolsets)]
+        return JSONResponse(config_to_dict(gateway, servers, self.clients, toolsets))

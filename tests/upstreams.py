@@ -8,18 +8,27 @@ Each factory returns a fresh server (an SDK app can be run only once), to be ser
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import orjson
 from mcp.server import Server, ServerRequestContext
 from mcp.server.context import CallNext, HandlerResult
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import Context, Elicit, MCPServer, Resolve, Sample
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.session import ServerSession
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata
-from mcp.types import EmptyResult, ListToolsResult, PaginatedRequestParams, PingRequest, Tool
+from mcp.types import (
+    CreateMessageResult,
+    EmptyResult,
+    ListToolsResult,
+    PaginatedRequestParams,
+    PingRequest,
+    SamplingMessage,
+    TextContent,
+    Tool,
+)
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -57,6 +66,17 @@ class Confirm(BaseModel):
     """What `ask_client` elicits."""
 
     ok: bool
+
+
+async def ask_confirm(path: str) -> Elicit[Confirm]:
+    """Resolver of `confirm_delete`: ask the client to confirm (module level: annotations resolve here)."""
+    return Elicit(f"Really delete {path}?", Confirm)
+
+
+async def ask_model(text: str) -> Sample:
+    """Resolver of `summarize`: ask the client's model."""
+    prompt = SamplingMessage(role="user", content=TextContent(type="text", text=f"Summarize: {text}"))
+    return Sample([prompt], max_tokens=50)
 
 
 def echo_upstream(name: str = "echo-upstream", *, subscriptions: bool = True) -> tuple[MCPServer, Probe]:
@@ -147,6 +167,17 @@ def echo_upstream(name: str = "echo-upstream", *, subscriptions: bool = True) ->
         except MCPError as exc:
             return f"pong; elicitation refused with {exc.code}"
         return "pong; elicitation answered"
+
+    @mcp.tool()
+    async def confirm_delete(path: str, confirm: Annotated[Confirm, Resolve(ask_confirm)]) -> str:
+        """Dual-era elicitation: MRTR input_required on 2026-07-28, elicitation/create in a session."""
+        return f"deleted {path}" if confirm.ok else f"kept {path}"
+
+    @mcp.tool()
+    async def summarize(text: str, sampled: Annotated[CreateMessageResult, Resolve(ask_model)]) -> str:
+        """Dual-era sampling through a resolver."""
+        content = sampled.content
+        return f"{sampled.model}: {content.text if isinstance(content, TextContent) else '?'}"
 
     @mcp.resource("note://café/menu")
     def menu() -> str:

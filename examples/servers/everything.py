@@ -21,7 +21,7 @@ import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import anyio
 from mcp.server import ServerRequestContext
@@ -115,13 +115,17 @@ _VALUES = Literal["value1", "value2", "value3"]
 
 
 class EnumChoices(BaseModel):
-    """SEP-1330: the five enum shapes, each rendered exactly as the suite expects."""
+    """SEP-1330: the five enum shapes, each rendered exactly as the suite expects.
 
-    untitledSingle: Annotated[  # noqa: N815 - the suite's field names
+    The camelCase field names are the suite's; `WithJsonSchema` pins each rendering
+    while the `Literal` types still validate the answer.
+    """
+
+    untitledSingle: Annotated[
         _OPTIONS,
         WithJsonSchema({"type": "string", "enum": ["option1", "option2", "option3"]}),
     ] = Field(default="option1", description="Select one option")
-    titledSingle: Annotated[  # noqa: N815
+    titledSingle: Annotated[
         _VALUES,
         WithJsonSchema(
             {
@@ -134,7 +138,7 @@ class EnumChoices(BaseModel):
             }
         ),
     ] = Field(default="value1", description="Select one option with titles")
-    legacyEnum: Annotated[  # noqa: N815
+    legacyEnum: Annotated[
         Literal["opt1", "opt2", "opt3"],
         WithJsonSchema(
             {
@@ -144,7 +148,7 @@ class EnumChoices(BaseModel):
             }
         ),
     ] = Field(default="opt1", description="Select one option (legacy)")
-    untitledMulti: Annotated[  # noqa: N815
+    untitledMulti: Annotated[
         list[_OPTIONS],
         WithJsonSchema(
             {
@@ -154,8 +158,8 @@ class EnumChoices(BaseModel):
                 "items": {"type": "string", "enum": ["option1", "option2", "option3"]},
             }
         ),
-    ] = Field(default_factory=lambda: ["option1"], description="Select multiple options")
-    titledMulti: Annotated[  # noqa: N815
+    ] = Field(default=["option1"], description="Select multiple options")
+    titledMulti: Annotated[
         list[_VALUES],
         WithJsonSchema(
             {
@@ -171,7 +175,7 @@ class EnumChoices(BaseModel):
                 },
             }
         ),
-    ] = Field(default_factory=lambda: ["value1"], description="Select multiple options with titles")
+    ] = Field(default=["value1"], description="Select multiple options with titles")
 
 
 # ----- resolvers: dual-era server->client requests ----------------------------------
@@ -195,7 +199,10 @@ async def _ask_choices() -> Elicit[EnumChoices]:
     return Elicit("Please select options from the enum fields", EnumChoices)
 
 
-def _describe(outcome: ElicitationResult[ContactDetails] | ElicitationResult[ProfileDefaults]) -> str:
+_Answer = TypeVar("_Answer", bound=BaseModel)
+
+
+def _describe(outcome: ElicitationResult[_Answer]) -> str:
     content = outcome.data.model_dump_json() if outcome.action == "accept" else "{}"
     return f"action={outcome.action}, content={content}"
 
@@ -314,8 +321,7 @@ def build_server(state: EverythingState | None = None, *, name: str = "everythin
         outcome: Annotated[ElicitationResult[EnumChoices], Resolve(_ask_choices)],
     ) -> str:
         """Tests elicitation with the enum schema variants of SEP-1330."""
-        content = outcome.data.model_dump_json() if outcome.action == "accept" else "{}"
-        return f"Elicitation completed: action={outcome.action}, content={content}"
+        return f"Elicitation completed: {_describe(outcome)}"
 
     # ----- resources ------------------------------------------------------------------
 
@@ -334,7 +340,7 @@ def build_server(state: EverythingState | None = None, *, name: str = "everythin
         return base64.b64decode(IMAGE_PNG_BASE64)
 
     @server.resource(TEMPLATE_URI, name="template", title="Resource Template", mime_type="application/json")
-    def template(id: str) -> str:  # noqa: A002 - the template variable is named id
+    def template(id: str) -> str:
         """A resource template with parameter substitution."""
         return json.dumps({"id": id, "templateTest": True, "data": f"Data for ID: {id}"})
 
@@ -360,7 +366,7 @@ def build_server(state: EverythingState | None = None, *, name: str = "everythin
 
     @server.prompt(title="Prompt With Embedded Resource")
     def test_prompt_with_embedded_resource(
-        resourceUri: Annotated[str, Field(description="URI of the resource to embed")],  # noqa: N803
+        resourceUri: Annotated[str, Field(description="URI of the resource to embed")],
     ) -> list[Message]:
         """A prompt that includes an embedded resource."""
         embedded = TextResourceContents(

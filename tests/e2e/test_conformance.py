@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from examples.servers.everything import EverythingState, build_app
+from examples.servers.studio import build_app as studio_app
 from tests.conformance import (
     ACTIVE_SERVER_SCENARIOS,
     BASELINE,
@@ -65,6 +66,22 @@ async def test_everything_passes_the_active_server_suite(
         assert state.log_level is not None
         assert state.subscribe_count >= 1
         assert state.unsubscribe_count >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_harness_reports_a_server_without_the_fixtures(conformance_tools: None, tmp_path: Path) -> None:
+    # studio has none of the suite's fixtures: the run must fail, and say why.
+    async with serve(studio_app(), path="/mcp") as url:
+        result = await run_conformance(
+            url, spec_version="2026-07-28", out_dir=tmp_path / "results", expected_failures=BASELINE
+        )
+    assert not result.ok
+    assert result.exit_code == 1
+    assert not result.problems, result.report()  # the suite's exit code agrees with the parsed checks
+    assert "tools-call-image" in result.unexpected_failures
+    assert "No image content found" in result.report()
+    assert result.scenarios["tools-list"].passed
 
 
 # ----- the harness's judgement (fast) ------------------------------------------------

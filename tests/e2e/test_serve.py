@@ -135,6 +135,8 @@ async def test_the_openapi_document_lists_every_admin_route(tmp_path: Path) -> N
             "/servers/{name}/refresh",
             "/tools",
             "/tools/{name}",
+            "/toolsets",
+            "/toolsets/{name}",
             "/clients",
             "/clients/{ref}/revoke",
             "/config/apply",

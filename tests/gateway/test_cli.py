@@ -97,6 +97,11 @@ COMMANDS = [
     ["tools"],
     ["tools", "list"],
     ["tools", "show"],
+    ["toolsets"],
+    ["toolsets", "list"],
+    ["toolsets", "show"],
+    ["toolsets", "set"],
+    ["toolsets", "remove"],
     ["clients"],
     ["clients", "create"],
     ["clients", "list"],
@@ -113,7 +118,7 @@ def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixtur
 
 @pytest.mark.parametrize(
     "command",
-    [c for c in COMMANDS if c[-1:] in (["list"], ["show"], ["create"], ["add"], ["refresh"])],
+    [c for c in COMMANDS if c[-1:] in (["list"], ["show"], ["create"], ["add"], ["refresh"], ["set"])],
     ids=" ".join,
 )
 def test_list_show_and_create_commands_take_json(
@@ -152,6 +157,12 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         (["servers", "add", "calc", "--url", "http://x", "--approval", "never"], "invalid choice"),
         (["serve", "--port", "70000"], "expected a port number"),
         (["tools", "frobnicate"], "invalid choice"),
+        (["toolsets", "set", "support"], "give at least one --tool or --alias"),
+        (["toolsets", "set", "support", "--alias", "plus"], "expected ALIAS=SERVER__TOOL"),
+        (
+            ["toolsets", "set", "support", "--alias", "plus=calc__add", "--alias", "plus=calc__sub"],
+            "--alias plus: given twice",
+        ),
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -463,6 +474,96 @@ async def test_upstream_text_cannot_drive_the_terminal(capsys: pytest.CaptureFix
             assert "\r" not in out
 
 
+# --- toolsets --------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_toolsets_set_list_show_and_remove(capsys: pytest.CaptureFixture[str]) -> None:
+    async with admin_api() as (fake, conn):
+        await tollhouse(*conn, "servers", "add", "calc", "--url", "http://x")
+        capsys.readouterr()
+
+        argv = ["toolsets", "set", "support", "--tool", "calc__s*", "--alias", "plus=calc__add"]
+        assert await tollhouse(*conn, *argv, "--description", "Support\tdesk") == 0
+        assert capsys.readouterr().out == (
+            "created toolset support: 2 live tools\n  calc__sub\n  plus -> calc__add\n"
+        )
+        assert fake.bodies[-1] == {
+            "tools": ["calc__s*"],
+            "aliases": {"plus": "calc__add"},
+            "description": "Support\tdesk",
+        }
+        assert fake.requests[-1] == ("PUT", "/admin/api/v1/toolsets/support")
+
+        assert await tollhouse(*conn, "toolsets", "set", "empty", "--tool", "other__*") == 0
+        assert capsys.readouterr().out == "created toolset empty: 0 live tools\n"
+
+        assert await tollhouse(*conn, "toolsets", "list") == 0
+        assert capsys.readouterr().out.splitlines() == [
+            "NAME     MEMBERS  TOOLS                    DESCRIPTION",
+            "empty    0        other__*                 -",
+            "support  2        calc__s* plus=calc__add  Support desk",
+        ]
+
+        assert await tollhouse(*conn, "toolsets", "show", "support") == 0
+        assert capsys.readouterr().out == (
+            "name:        support\n"
+            "description: Support desk\n"
+            "tools:       calc__s*\n"
+            "aliases:     plus=calc__add\n"
+            "created:     2026-11-03 10:22 UTC\n"
+            "updated:     2026-11-03 10:22 UTC\n"
+            "members:     2\n"
+            "  calc__sub\n"
+            "  plus -> calc__add\n"
+        )
+
+        # `set` replaces the whole definition: the alias and the description are gone.
+        assert await tollhouse(*conn, "toolsets", "set", "support", "--tool", "calc__*", "--json") == 0
+        replaced = json.loads(capsys.readouterr().out)
+        assert replaced == {
+            "name": "support",
+            "description": None,
+            "tools": ["calc__*"],
+            "aliases": {},
+            "members": ["calc__add", "calc__sub"],
+            "created_at": "2026-11-03T10:22:00+00:00",
+            "updated_at": "2026-11-03T10:22:00+00:00",
+        }
+        assert await tollhouse(*conn, "toolsets", "set", "support", "--tool", "calc__add") == 0
+        assert capsys.readouterr().out.startswith("updated toolset support: 1 live tool\n")
+
+        assert await tollhouse(*conn, "toolsets", "show", "support", "--json") == 0
+        assert json.loads(capsys.readouterr().out)["members"] == ["calc__add"]
+        assert await tollhouse(*conn, "toolsets", "list", "--json") == 0
+        assert [t["name"] for t in json.loads(capsys.readouterr().out)["items"]] == ["empty", "support"]
+
+        assert await tollhouse(*conn, "toolsets", "remove", "support") == 0
+        assert capsys.readouterr().out == "removed toolset support\n"
+        assert await tollhouse(*conn, "toolsets", "remove", "empty") == 0
+        capsys.readouterr()
+        assert await tollhouse(*conn, "toolsets", "list") == 0
+        assert capsys.readouterr().out == "no toolsets\n"
+
+
+@pytest.mark.anyio
+async def test_toolsets_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    async with admin_api() as (_, conn):
+        assert await tollhouse(*conn, "toolsets", "show", "nope") == 1
+        assert capsys.readouterr().err == "tollhouse: error: no toolset named 'nope'\n"
+        assert await tollhouse(*conn, "toolsets", "remove", "nope") == 1
+        assert capsys.readouterr().err == "tollhouse: error: no toolset named 'nope'\n"
+
+        assert await tollhouse(*conn, "toolsets", "set", "support", "--tool", "add") == 1
+        assert capsys.readouterr().err.startswith(
+            "tollhouse: error: tools[0]: 'add' is not an exposed tool name (server__tool)"
+        )
+        assert await tollhouse(*conn, "toolsets", "set", "Support", "--tool", "calc__add") == 1
+        assert capsys.readouterr().err.startswith("tollhouse: error: name: 'Support' is not a valid name")
+        assert await tollhouse(*conn, "toolsets", "set", "s", "--alias", "plus=calc__*") == 1
+        assert "an alias names exactly one tool" in capsys.readouterr().err
+
+
 # --- clients ---------------------------------------------------------------------------------
 
 
@@ -540,21 +641,22 @@ async def test_apply_creates_then_is_idempotent_and_prints_new_keys_once(
         second = capsys.readouterr()
 
     lines = first.out.splitlines()
-    assert lines[:4] == [
+    assert lines[:5] == [
         "created   server/calc",
         "created   server/files",
+        "created   toolset/support",
         "created   client/ci-bot",
-        f"applied {path}: 3 created, 0 updated, 0 deleted, 0 unchanged",
+        f"applied {path}: 4 created, 0 updated, 0 deleted, 0 unchanged",
     ]
-    assert lines[4] == "client ci-bot (id c_0001):"
-    assert lines[5].startswith("  API key: thk_")
-    assert lines[6] == "Store the credentials now: they are not shown again."
-    warning = "section 'toolsets' is not supported by this version yet and was ignored"
-    assert first.err == f"tollhouse: warning: {path}: {warning}\n"
-    assert second.out == f"applied {path}: 0 created, 0 updated, 0 deleted, 3 unchanged\n"
+    assert lines[5] == "client ci-bot (id c_0001):"
+    assert lines[6].startswith("  API key: thk_")
+    assert lines[7] == "Store the credentials now: they are not shown again."
+    assert first.err == ""
+    assert second.out == f"applied {path}: 0 created, 0 updated, 0 deleted, 4 unchanged\n"
     assert fake.bodies[0]["prune"] is False
     assert fake.bodies[0]["config"]["toolsets"] == [{"name": "support", "tools": ["calc__add"]}]
     assert fake.servers["files"].env == {"ROOT": "./data"}
+    assert fake.toolsets["support"].tools == ("calc__add",)
 
 
 @pytest.mark.anyio
@@ -600,6 +702,7 @@ async def test_export_writes_yaml_that_loads_back_to_the_same_configuration(
     assert again.gateway.public_url == "https://gw.example"
     assert again.servers == original.servers
     assert again.clients == original.clients
+    assert again.toolsets == original.toolsets
     assert again.servers[0] == Upstream(
         name="calc", url="http://127.0.0.1:9001/mcp", auth=UpstreamAuth(type="bearer", token_env="CALC_TOKEN")
     )

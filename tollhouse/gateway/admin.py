@@ -1,4 +1,4 @@
-"""Admin API v1 (`/admin/api/v1`): servers, tools, clients, declarative config. JSON in and out.
+"""Admin API v1 (`/admin/api/v1`): servers, tools, toolsets, clients, declarative config. JSON in and out.
 
 Only the admin credential reaches it (a client API key gets 403, anything else 401).
 Errors are `application/problem+json` (RFC 9457); MCP endpoints never use that type.
@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -23,18 +24,20 @@ from tollhouse import __version__
 from tollhouse.auth.verifiers import API_KEY_PREFIX, ApiKeyVerifier, hash_secret, new_api_key
 from tollhouse.gateway.errors import GatewayError
 from tollhouse.gateway.pool import SyncResult, UpstreamPool
-from tollhouse.gateway.snapshot import split_exposed_name
+from tollhouse.gateway.snapshot import Snapshot, split_exposed_name
+from tollhouse.gateway.views import toolset_members
 from tollhouse.registry.config import (
     CLIENT_NAME_RE,
     ConfigError,
     config_from_dict,
     config_to_dict,
     server_from_dict,
+    toolset_from_dict,
 )
-from tollhouse.registry.models import ClientRecord, Upstream
+from tollhouse.registry.models import ClientRecord, Toolset, Upstream
 from tollhouse.registry.store import RegistryStore, StoreConflictError
 
-__all__ = ["SUPPORTED_TRANSPORTS", "AdminState", "admin_app", "apply_loaded"]
+__all__ = ["SUPPORTED_TRANSPORTS", "AdminState", "admin_app", "apply_loaded", "publish_toolsets"]
 
 # stdio and legacy HTTP+SSE upstreams come with their connectors (docs/compatibility.md).
 SUPPORTED_TRANSPORTS = ("http",)
@@ -49,6 +52,8 @@ class AdminState:
     keys: ApiKeyVerifier
     admin_token_hash: str | None = None
     public_url: str = ""
+    # Serialises "read the toolsets, swap them into the pool" so the last swap saw every write.
+    toolsets_lock: anyio.Lock = field(default_factory=anyio.Lock)
 
 
 class _Problem(Exception):
@@ -195,6 +200,36 @@ def admin_app(state: AdminState) -> Starlette:
         state.keys.upsert(revoked)
         return _json(_client_out(revoked))
 
+    async def list_toolsets(request: Request) -> Response:
+        snapshot = state.pool.snapshot
+        return _json({"items": [_toolset_out(t, snapshot) for t in await state.store.list_toolsets()]})
+
+    async def show_toolset(request: Request) -> Response:
+        return _json(
+            _toolset_out(await _known_toolset(state, request.path_params["name"]), state.pool.snapshot)
+        )
+
+    async def put_toolset(request: Request) -> Response:
+        name = request.path_params["name"]
+        body = await _body(request)
+        if "name" in body and body["name"] != name:
+            raise _Problem(400, "Invalid toolset", f"the body names '{body['name']}' but the path '{name}'")
+        try:
+            toolset = toolset_from_dict({**body, "name": name})
+        except ConfigError as exc:
+            raise _Problem(400, "Invalid toolset", str(exc)) from None
+        existing = await state.store.get_toolset(name)
+        stored = await state.store.upsert_toolset(toolset)
+        await publish_toolsets(state)
+        return _json(_toolset_out(stored, state.pool.snapshot), 200 if existing else 201)
+
+    async def delete_toolset(request: Request) -> Response:
+        name = request.path_params["name"]
+        if not await state.store.delete_toolset(name):
+            raise _Problem(404, "Not Found", f"no toolset named '{name}'")
+        await publish_toolsets(state)
+        return Response(status_code=204)
+
     async def apply_config(request: Request) -> Response:
         body = await _body(request)
         raw = body.get("config", {})
@@ -205,11 +240,16 @@ def admin_app(state: AdminState) -> Starlette:
             loaded = config_from_dict(raw)
         except ConfigError as exc:
             raise _Problem(400, "Invalid configuration", str(exc)) from None
-        return _json(await apply_loaded(state, loaded.servers, loaded.clients, list(loaded.warnings), prune))
+        return _json(
+            await apply_loaded(
+                state, loaded.servers, loaded.clients, list(loaded.warnings), prune, toolsets=loaded.toolsets
+            )
+        )
 
     async def export_config(request: Request) -> Response:
         clients = [c for c in await state.store.list_clients() if c.active]
-        return _json(config_to_dict(None, state.pool.upstreams(), clients))
+        toolsets = await state.store.list_toolsets()
+        return _json(config_to_dict(None, state.pool.upstreams(), clients, toolsets))
 
     async def openapi(request: Request) -> Response:
         return _json(_openapi())
@@ -222,6 +262,10 @@ def admin_app(state: AdminState) -> Starlette:
         Route("/servers/{name}/refresh", guarded(refresh_server), methods=["POST"]),
         Route("/tools", guarded(list_tools), methods=["GET"]),
         Route("/tools/{name}", guarded(show_tool), methods=["GET"]),
+        Route("/toolsets", guarded(list_toolsets), methods=["GET"]),
+        Route("/toolsets/{name}", guarded(show_toolset), methods=["GET"]),
+        Route("/toolsets/{name}", guarded(put_toolset), methods=["PUT"]),
+        Route("/toolsets/{name}", guarded(delete_toolset), methods=["DELETE"]),
         Route("/clients", guarded(list_clients), methods=["GET"]),
         Route("/clients", guarded(create_client), methods=["POST"]),
         Route("/clients/{ref}/revoke", guarded(revoke_client), methods=["POST"]),
@@ -232,10 +276,25 @@ def admin_app(state: AdminState) -> Starlette:
     return Starlette(routes=routes)
 
 
+async def publish_toolsets(state: AdminState) -> None:
+    """Swap the stored toolsets into the pool's snapshot (after any toolset change)."""
+    async with state.toolsets_lock:
+        await state.pool.set_toolsets(await state.store.list_toolsets())
+
+
 async def apply_loaded(
-    state: AdminState, servers: Any, clients: Any, warnings: list[str], prune: bool
+    state: AdminState,
+    servers: Any,
+    clients: Any,
+    warnings: list[str],
+    prune: bool,
+    *,
+    toolsets: Sequence[Toolset] = (),
 ) -> dict[str, Any]:
-    """Upsert what a config names (servers, clients); with `prune`, delete servers it omits."""
+    """Upsert what a config names (servers, toolsets, clients).
+
+    With `prune`, also delete the servers and toolsets it omits; clients are never deleted (revoke them).
+    """
     for upstream in servers:
         _check_transport(upstream)
     created: list[str] = []
@@ -251,6 +310,15 @@ async def apply_loaded(
         stored = await state.store.upsert_upstream(upstream)
         (updated if existing else created).append(f"server/{upstream.name}")
         await state.pool.add(stored)
+    toolsets_changed = False
+    for toolset in toolsets:
+        known = await state.store.get_toolset(toolset.name)
+        if known is not None and _same_toolset(known, toolset):
+            unchanged.append(f"toolset/{toolset.name}")
+            continue
+        await state.store.upsert_toolset(toolset)
+        (updated if known else created).append(f"toolset/{toolset.name}")
+        toolsets_changed = True
     for spec in clients:
         existing_client = await state.store.get_client_by_name(spec.name)
         if existing_client is not None:
@@ -268,6 +336,14 @@ async def apply_loaded(
                 await state.pool.remove(upstream.name)
                 await state.store.delete_upstream(upstream.name)
                 deleted.append(f"server/{upstream.name}")
+        kept = {t.name for t in toolsets}
+        for toolset in await state.store.list_toolsets():
+            if toolset.name not in kept:
+                await state.store.delete_toolset(toolset.name)
+                deleted.append(f"toolset/{toolset.name}")
+                toolsets_changed = True
+    if toolsets_changed:
+        await publish_toolsets(state)
     return {
         "created": created,
         "updated": updated,
@@ -282,6 +358,29 @@ def _same(a: Upstream, b: Upstream) -> bool:
     keep = ("created_at", "updated_at")
     return {k: v for k, v in vars(a).items() if k not in keep} == {
         k: v for k, v in vars(b).items() if k not in keep
+    }
+
+
+def _same_toolset(a: Toolset, b: Toolset) -> bool:
+    return (a.tools, dict(a.aliases), a.description) == (b.tools, dict(b.aliases), b.description)
+
+
+async def _known_toolset(state: AdminState, name: str) -> Toolset:
+    toolset = await state.store.get_toolset(name)
+    if toolset is None:
+        raise _Problem(404, "Not Found", f"no toolset named '{name}'")
+    return toolset
+
+
+def _toolset_out(t: Toolset, snapshot: Snapshot) -> dict[str, Any]:
+    return {
+        "name": t.name,
+        "description": t.description,
+        "tools": list(t.tools),
+        "aliases": dict(t.aliases),
+        "members": [shown for shown, _ in toolset_members(t, snapshot)],
+        "created_at": _iso(t.created_at),
+        "updated_at": _iso(t.updated_at),
     }
 
 
@@ -438,6 +537,13 @@ def _openapi() -> dict[str, Any]:
             "/servers/{name}/refresh": {"parameters": name, "post": op("Sync a server's catalog now")},
             "/tools": {"get": op("List exposed tools")},
             "/tools/{name}": {"parameters": name, "get": op("Show a tool")},
+            "/toolsets": {"get": op("List toolsets with their live members")},
+            "/toolsets/{name}": {
+                "parameters": name,
+                "get": op("Show a toolset"),
+                "put": op("Create or replace a toolset (201 when created)"),
+                "delete": op("Remove a toolset", "204"),
+            },
             "/clients": {"get": op("List clients"), "post": op("Create a client and its API key", "201")},
             "/clients/{ref}/revoke": {
                 "parameters": [{"name": "ref", "in": "path", "required": True, "schema": {"type": "string"}}],

@@ -29,6 +29,7 @@ from tollhouse.gateway.handlers import McpHandlers
 from tollhouse.gateway.mcp_endpoint import McpEndpoint
 from tollhouse.gateway.pipeline import build_pipeline
 from tollhouse.gateway.pool import ConnectorFactory, UpstreamPool
+from tollhouse.gateway.sealing import Sealer, load_or_create_key
 from tollhouse.gateway.sessions import SessionManager
 from tollhouse.gateway.settings import Settings
 from tollhouse.gateway.snapshot import Snapshot
@@ -78,7 +79,8 @@ def create_app(
         max_sessions=settings.limits.max_sessions,
         on_close=pool.end_session,
     )
-    handlers = McpHandlers(pool, build_pipeline(pool), page_size=settings.limits.page_size)
+    sealer = Sealer(load_or_create_key(settings.data_dir, "request-state"))
+    handlers = McpHandlers(pool, build_pipeline(pool, sealer), page_size=settings.limits.page_size)
     public = urlsplit(settings.public_url)
     aggregate = AggregateView()
 

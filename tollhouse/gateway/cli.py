@@ -60,6 +60,7 @@ class AdminClient:
             raise CliError(f"invalid gateway URL {url!r}: expected http://HOST[:PORT] or https://HOST[:PORT]")
         self.url = url.rstrip("/")
         self.token = token
+        self.last_status: int | None = None  # HTTP status of the last successful answer
         headers = {"Accept": "application/json", "User-Agent": f"tollhouse-cli/{__version__}"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -103,6 +104,7 @@ class AdminClient:
             raise CliError(
                 f"the gateway at {self.url} redirects to {where}; pass the address it names with --url"
             )
+        self.last_status = response.status_code
         if response.status_code == 204:
             return {}
         try:
@@ -419,6 +421,101 @@ def _tools_show(args: argparse.Namespace) -> int:
     if upstream is not None and upstream != tool.get("definition"):
         print("upstream definition:")
         print(json.dumps(upstream, indent=2))
+    return 0
+
+
+# --- toolsets --------------------------------------------------------------------------------
+
+
+def _strings(document: dict[str, Any], key: str) -> list[str]:
+    return [_clean(v) for v in _list(document, key)]
+
+
+def _toolset_entries(toolset: dict[str, Any]) -> str:
+    """Patterns and aliases of a toolset on one line: `calc__* plus=calc__add`."""
+    aliases = [f"{_clean(a)}={_clean(t)}" for a, t in _sub(toolset, "aliases").items()]
+    return " ".join(_strings(toolset, "tools") + aliases) or "-"
+
+
+def _print_members(toolset: dict[str, Any]) -> None:
+    aliases = _sub(toolset, "aliases")
+    for member in _list(toolset, "members"):
+        target = aliases.get(member) if isinstance(member, str) else None
+        print(f"  {_clean(member)}" + (f" -> {_clean(target)}" if target else ""))
+
+
+def _toolsets_list(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        data = api.request("GET", "/toolsets")
+    if args.json:
+        _print_json(data)
+        return 0
+    toolsets = _items(data)
+    if not toolsets:
+        print("no toolsets")
+        return 0
+    _table(
+        ("NAME", "MEMBERS", "TOOLS", "DESCRIPTION"),
+        (
+            (t.get("name"), len(_list(t, "members")), _toolset_entries(t), _short(t.get("description"), 40))
+            for t in toolsets
+        ),
+    )
+    return 0
+
+
+def _toolsets_show(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        toolset = api.request("GET", f"/toolsets/{_seg(args.name)}")
+    if args.json:
+        _print_json(toolset)
+        return 0
+    aliases = _sub(toolset, "aliases")
+    _fields(
+        [
+            ("name", _clean(toolset.get("name"))),
+            ("description", _clean(toolset.get("description"))),
+            ("tools", " ".join(_strings(toolset, "tools")) or "-"),
+            ("aliases", " ".join(f"{_clean(a)}={_clean(t)}" for a, t in aliases.items()) or "-"),
+            ("created", _when(toolset.get("created_at"))),
+            ("updated", _when(toolset.get("updated_at"))),
+            ("members", str(len(_list(toolset, "members")))),
+        ]
+    )
+    _print_members(toolset)
+    return 0
+
+
+def _toolsets_set(args: argparse.Namespace) -> int:
+    if not args.tool and not args.alias:
+        raise UsageError("give at least one --tool or --alias")
+    aliases: dict[str, str] = {}
+    for alias, target in args.alias or []:
+        if alias in aliases:
+            raise UsageError(f"--alias {alias}: given twice")
+        aliases[alias] = target
+    body: dict[str, Any] = {"tools": list(args.tool or []), "aliases": aliases}
+    if args.description is not None:
+        body["description"] = args.description
+    with _client(args) as api:
+        toolset = api.request("PUT", f"/toolsets/{_seg(args.name)}", body=body)
+        created = api.last_status == 201
+    if args.json:
+        _print_json(toolset)
+        return 0
+    count = len(_list(toolset, "members"))
+    print(
+        f"{'created' if created else 'updated'} toolset {_clean(toolset.get('name'))}: "
+        f"{count} live tool{'' if count == 1 else 's'}"
+    )
+    _print_members(toolset)
+    return 0
+
+
+def _toolsets_remove(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        api.request("DELETE", f"/toolsets/{_seg(args.name)}")
+    print(f"removed toolset {_clean(args.name)}")
     return 0
 
 
@@ -753,6 +850,39 @@ def build_parser() -> argparse.ArgumentParser:
     tools_list.add_argument("--server", metavar="NAME", help="only this server's tools")
     tools_show = leaf(tools, "show", _tools_show, "show one tool's definition", with_json=True)
     tools_show.add_argument("name", metavar="NAME", help="exposed name, e.g. calc__add")
+
+    # toolsets
+    toolsets = branch("toolsets", "named subsets of the tools, each served at /mcp/NAME")
+    leaf(toolsets, "list", _toolsets_list, "list toolsets and their live members", with_json=True)
+    toolsets_show = leaf(
+        toolsets, "show", _toolsets_show, "show one toolset and its live members", with_json=True
+    )
+    toolsets_show.add_argument("name", metavar="NAME")
+    toolsets_set = leaf(
+        toolsets,
+        "set",
+        _toolsets_set,
+        "create or replace a toolset (the options given are its whole definition)",
+        with_json=True,
+    )
+    toolsets_set.add_argument("name", metavar="NAME", help="toolset name: 1-32 of a-z, 0-9 and '-'")
+    toolsets_set.add_argument(
+        "--tool",
+        action="append",
+        metavar="PATTERN",
+        help="an exposed tool name (calc__add) or a glob over them (files__read_*; only *, ? and [...]) "
+        "(repeatable)",
+    )
+    toolsets_set.add_argument(
+        "--alias",
+        action="append",
+        type=_pair("ALIAS", "SERVER__TOOL"),
+        metavar="ALIAS=SERVER__TOOL",
+        help="show the tool SERVER__TOOL in this toolset as ALIAS (repeatable)",
+    )
+    toolsets_set.add_argument("--description", metavar="TEXT", help="what the toolset is for")
+    toolsets_remove = leaf(toolsets, "remove", _toolsets_remove, "remove a toolset")
+    toolsets_remove.add_argument("name", metavar="NAME")
 
     # clients
     clients = branch("clients", "API clients (agents, scripts) and their credentials")

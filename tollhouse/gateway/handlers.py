@@ -24,6 +24,7 @@ from tollhouse.gateway.errors import (
 )
 from tollhouse.gateway.pipeline import CallContext, Pipeline
 from tollhouse.gateway.pool import UpstreamPool
+from tollhouse.gateway.relay import Ask
 from tollhouse.gateway.upstream import ProgressCallback
 from tollhouse.gateway.views import AggregateView, View
 from tollhouse.registry.models import JSONObject
@@ -52,6 +53,8 @@ class RequestContext:
     request_id: Any = None
     session_key: str | None = None
     on_progress: ProgressCallback | None = None
+    client_capabilities: JSONObject | None = None
+    ask: Ask | None = None
 
 
 Handler = Callable[[JSONObject, RequestContext], Awaitable[JSONObject]]
@@ -173,6 +176,11 @@ class McpHandlers:
             request_id=rc.request_id,
             session_key=rc.session_key,
             on_progress=rc.on_progress,
+            modern=rc.modern,
+            client_capabilities=rc.client_capabilities,
+            ask=rc.ask,
+            input_responses=_object_or_none(params.get("inputResponses")),
+            request_state=params.get("requestState"),
         )
         return _own_result(await self._pipeline(ctx), rc)
 
@@ -254,6 +262,10 @@ def _own_result(result: JSONObject, rc: RequestContext) -> JSONObject:
     elif "resultType" in result:
         result = {k: v for k, v in result.items() if k != "resultType"}
     return result
+
+
+def _object_or_none(value: Any) -> JSONObject | None:
+    return value if isinstance(value, dict) else None
 
 
 def _list_result(key: str, items: list[JSONObject], cursor: str | None, rc: RequestContext) -> JSONObject:

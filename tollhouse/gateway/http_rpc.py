@@ -24,9 +24,14 @@ import orjson
 from anyio.abc import TaskStatus
 from yarl import URL
 
-from tollhouse.gateway.errors import UpstreamProtocolError, UpstreamRpcError, UpstreamUnavailable
+from tollhouse.gateway.errors import (
+    GatewayError,
+    UpstreamProtocolError,
+    UpstreamRpcError,
+    UpstreamUnavailable,
+)
 from tollhouse.gateway.sse import SseError, SseParser
-from tollhouse.gateway.upstream import NotificationCallback, ProgressCallback
+from tollhouse.gateway.upstream import NotificationCallback, ProgressCallback, ServerRequestHandler
 from tollhouse.registry.models import JSONObject
 
 __all__ = [
@@ -141,6 +146,7 @@ class HttpRpc:
         request_id: int,
         session: Session | None = None,
         on_progress: ProgressCallback | None = None,
+        on_request: ServerRequestHandler | None = None,
     ) -> JSONObject:
         """POST one request and return its result; cancelling the caller cancels it upstream.
 
@@ -151,7 +157,7 @@ class HttpRpc:
         try:
             response = await self.post(body, headers)
             try:
-                result = await self.read_reply(response, request_id, session, on_progress)
+                result = await self.read_reply(response, request_id, session, on_progress, on_request)
             except (UpstreamRpcError, SessionExpired):
                 response.release()  # a complete answer: the connection may be reused
                 raise
@@ -234,6 +240,7 @@ class HttpRpc:
         request_id: int,
         session: Session | None = None,
         on_progress: ProgressCallback | None = None,
+        on_request: ServerRequestHandler | None = None,
     ) -> JSONObject:
         """The result of the response to `request_id`, from a JSON body or an event stream."""
         status = response.status
@@ -245,7 +252,7 @@ class HttpRpc:
         if content_type == JSON:
             return self.unwrap(self._decode(await self._read_body(response)), request_id, status)
         if content_type == EVENT_STREAM and status == 200:
-            return await self._read_stream(response, request_id, session, on_progress)
+            return await self._read_stream(response, request_id, session, on_progress, on_request)
         raise UpstreamProtocolError(self.name)
 
     async def read_json(self, response: aiohttp.ClientResponse) -> JSONObject | None:
@@ -330,6 +337,7 @@ class HttpRpc:
         request_id: int,
         session: Session | None,
         on_progress: ProgressCallback | None,
+        on_request: ServerRequestHandler | None = None,
     ) -> JSONObject:
         """Read an SSE reply up to the response to `request_id`, handling what comes before it."""
         parser = SseParser(self._max_bytes)
@@ -351,7 +359,7 @@ class HttpRpc:
                             return self.unwrap(message, request_id, 200)
                         continue  # a late reply to an abandoned request of ours
                     if "id" in message:
-                        await self._answer_server_request(session, message)
+                        await self._answer_server_request(session, message, on_request)
                     elif method == "notifications/progress" and on_progress is not None:
                         last_progress = await _relay_progress(
                             message.get("params"), request_id, last_progress, on_progress
@@ -362,15 +370,24 @@ class HttpRpc:
             raise UpstreamUnavailable(self.name) from exc
         raise UpstreamUnavailable(self.name)  # §1.5: a broken stream loses the request
 
-    async def _answer_server_request(self, session: Session | None, message: JSONObject) -> None:
-        """Answer a legacy server→client request on its session: `ping` → {}, else -32601."""
+    async def _answer_server_request(
+        self, session: Session | None, message: JSONObject, on_request: ServerRequestHandler | None = None
+    ) -> None:
+        """Answer a legacy server→client request on its session: `ping` → {}; others are relayed
+        through `on_request` when the call has one (§1.10), else refused with -32601."""
         if session is None:
             return  # 2026-07-28 has no server→client requests (§1.5): nowhere to answer
         reply: JSONObject = {"jsonrpc": "2.0", "id": message["id"]}
-        if message.get("method") == "ping":
+        method = message.get("method")
+        params = message.get("params")
+        if method == "ping":
             reply["result"] = {}
+        elif on_request is not None and isinstance(method, str):
+            try:
+                reply["result"] = await on_request(method, params if isinstance(params, dict) else {})
+            except GatewayError as exc:
+                reply["error"] = exc.to_error()
         else:
-            # Relaying sampling/elicitation/roots to the downstream comes later (§1.10).
             reply["error"] = {"code": -32601, "message": "Method not found"}
         await self.send(orjson.dumps(reply), session.headers)
 

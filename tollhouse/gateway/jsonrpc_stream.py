@@ -21,7 +21,7 @@ import logging
 import math
 import re
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NamedTuple
 
 import anyio
@@ -62,7 +62,9 @@ _MAX_QUEUED_NOTIFICATIONS = 1024
 _MAX_PAGES = 1000
 # The head of an oversized response as the SDKs serialise it; enough to fail the one
 # request it answers instead of leaving that caller to time out.
-_RESPONSE_HEAD = re.compile(rb'\s*\{\s*"jsonrpc"\s*:\s*"2\.0"\s*,\s*"id"\s*:\s*(\d{1,18})\s*,\s*"(?:result|error)"')
+_RESPONSE_HEAD = re.compile(
+    rb'\s*\{\s*"jsonrpc"\s*:\s*"2\.0"\s*,\s*"id"\s*:\s*(\d{1,18})\s*,\s*"(?:result|error)"'
+)
 
 
 class Truncated(NamedTuple):
@@ -111,7 +113,12 @@ class JsonRpcStream:
     """
 
     def __init__(
-        self, name: str, send: Send, receive: Receive, *, drain: Callable[[], Awaitable[None]] | None = None
+        self,
+        name: str,
+        send: Send,
+        receive: Receive,
+        *,
+        drain: Callable[[], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.name = name
         self._send = send
@@ -162,7 +169,9 @@ class JsonRpcStream:
         try:
             with anyio.fail_after(timeout_seconds) as scope:
                 try:
-                    await self._send(encode_request(request_id, method, params, envelope, on_progress is not None))
+                    await self._send(
+                        encode_request(request_id, method, params, envelope, on_progress is not None)
+                    )
                     return await self._response(request_id, slot, on_progress, on_notification)
                 except anyio.get_cancelled_exc_class():
                     await self._cancel_upstream(request_id)
@@ -350,14 +359,16 @@ class JsonRpcStream:
         try:
             message = orjson.loads(incoming)
         except orjson.JSONDecodeError:
-            logger.warning("upstream %s: skipped a message that is not JSON (%d bytes)", self.name, len(incoming))
+            logger.warning(
+                "upstream %s: skipped a message that is not JSON (%d bytes)", self.name, len(incoming)
+            )
             return
         if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
             logger.warning("upstream %s: skipped a message that is not JSON-RPC 2.0", self.name)
             return
         method = message.get("method")
         if method is None:
-            if (slot := self._pending.get(_request_id(message.get("id")))) is not None:
+            if (slot := self._slot(message.get("id"))) is not None:
                 slot.put(message)
             return  # else a late answer to a request we gave up on
         if not isinstance(method, str):
@@ -368,15 +379,19 @@ class JsonRpcStream:
         params = _params(message)
         target: _Slot | None
         if method == "notifications/progress":
-            target = self._pending.get(_request_id(params.get("progressToken")))
+            target = self._slot(params.get("progressToken"))
         elif method == "notifications/cancelled":
-            target = self._pending.get(_request_id(params.get("requestId")))
+            target = self._slot(params.get("requestId"))
         else:
             meta = params.get("_meta")
             subscription = meta.get(SUBSCRIPTION_ID_KEY) if isinstance(meta, dict) else None
-            target = self._pending.get(_request_id(subscription)) or self._watcher
+            target = self._slot(subscription) or self._watcher
         if target is not None and not target.put_notification(message) and target.dropped == 1:
             logger.warning("upstream %s: notifications are not consumed; dropping", self.name)
+
+    def _slot(self, request_id: Any) -> _Slot | None:
+        """The pending request `request_id` names; ours are ints, and a bool is not one."""
+        return self._pending.get(request_id) if type(request_id) is int else None
 
     async def _answer(self, message: JSONObject) -> None:
         """Answer a server→client request: `ping` → {}, anything else -32601 (relaying is §1.10's)."""
@@ -389,11 +404,6 @@ class JsonRpcStream:
             await self._send(orjson.dumps(reply))
         except GatewayError:
             logger.info("upstream %s: could not answer a server request", self.name)
-
-
-def _request_id(value: Any) -> int | None:
-    """Our ids are ints; a bool is not one even though Python says so."""
-    return value if type(value) is int else None
 
 
 def _params(message: JSONObject) -> JSONObject:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import secrets
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,14 +27,16 @@ from tollhouse.gateway.errors import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
+    METHOD_NOT_FOUND,
     PARSE_ERROR,
     UNSUPPORTED_PROTOCOL_VERSION,
     GatewayError,
     MethodNotFound,
+    UpstreamRpcError,
     http_status,
 )
 from tollhouse.gateway.handlers import MODERN_VERSION, SESSION_VERSIONS, McpHandlers, RequestContext
-from tollhouse.gateway.sessions import DownstreamSession, SessionManager, TooManySessions
+from tollhouse.gateway.sessions import DownstreamSession, Pending, SessionManager, TooManySessions
 from tollhouse.gateway.settings import LimitsSettings
 from tollhouse.gateway.views import View
 from tollhouse.registry.models import JSONObject
@@ -47,6 +50,11 @@ logger = logging.getLogger("tollhouse.mcp")
 _PV_KEY = "io.modelcontextprotocol/protocolVersion"
 _CAPS_KEY = "io.modelcontextprotocol/clientCapabilities"
 _NAMED = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+_CAPABILITY_OF = {
+    "sampling/createMessage": "sampling",
+    "elicitation/create": "elicitation",
+    "roots/list": "roots",
+}
 _SUBSCRIPTION_KEY = "io.modelcontextprotocol/subscriptionId"
 _ACKNOWLEDGED = "notifications/subscriptions/acknowledged"
 _LISTEN_KINDS = {
@@ -144,7 +152,7 @@ class McpEndpoint:
         rpc_method = message.get("method")
         if rpc_method is None:
             if "id" in message and ("result" in message or "error" in message):
-                await _accepted(send)  # a response to a server->client request
+                await self._client_answer(scope, send, headers, message)
                 return
             raise _Reject(400, INVALID_REQUEST, "Invalid Request: no method", request_id=request_id)
         if not isinstance(rpc_method, str):
@@ -176,6 +184,19 @@ class McpEndpoint:
             )
         else:
             raise _Reject(400, INVALID_REQUEST, "Bad Request: Missing session ID", request_id=request_id)
+
+    async def _client_answer(
+        self, scope: Scope, send: Send, headers: dict[str, str], message: JSONObject
+    ) -> None:
+        """The client's answer to one of our server->client requests (a relay): wake the asker."""
+        session_id = headers.get("mcp-session-id")
+        if session_id is not None:
+            session = self._sessions.get(session_id, principal_of(scope), scope[VIEW_KEY].key)
+            pending = session.pending.pop(message.get("id"), None) if session is not None else None
+            if pending is not None:
+                pending.message = message
+                pending.done.set()
+        await _accepted(send)
 
     async def _read_body(self, receive: Receive, headers: dict[str, str]) -> bytes:
         length = headers.get("content-length")
@@ -259,6 +280,7 @@ class McpEndpoint:
             modern=True,
             view=scope[VIEW_KEY],
             request_id=request_id,
+            client_capabilities=meta[_CAPS_KEY],
             session_key=f"principal:{principal.key}",
             on_progress=stream.progress if progress_token is not None else None,
         )
@@ -366,13 +388,15 @@ class McpEndpoint:
             ) from None
         meta = params.get("_meta")
         progress_token = meta.get("progressToken") if isinstance(meta, dict) else None
-        stream = _Stream(send, request_id, progress_token, session.id, legacy=True)
+        stream = _Stream(send, request_id, progress_token, session.id, legacy=True, session=session)
         rc = RequestContext(
             principal=principal,
             protocol_version=session.protocol_version,
             modern=False,
             view=scope[VIEW_KEY],
             request_id=request_id,
+            client_capabilities=session.client_capabilities,
+            ask=stream.ask,
             session_key=session.id,
             on_progress=stream.progress if progress_token is not None else None,
         )
@@ -426,7 +450,9 @@ class _Stream:
         session_id: str | None = None,
         *,
         legacy: bool = False,
+        session: DownstreamSession | None = None,
     ) -> None:
+        self._session = session
         self._send = send
         self._id = request_id
         self._token = progress_token
@@ -462,6 +488,39 @@ class _Stream:
         if message is not None:
             params["message"] = message
         await self._event({"jsonrpc": "2.0", "method": "notifications/progress", "params": params})
+
+    async def ask(self, method: str, params: JSONObject) -> JSONObject:
+        """Send a server->client request on this request's stream and wait for the client's answer.
+
+        Raises:
+            UpstreamRpcError: the client lacks the capability, or answered with an error.
+        """
+        session = self._session
+        assert session is not None, "only session-era streams carry server->client requests"
+        capability = _CAPABILITY_OF.get(method)
+        if capability is None or capability not in session.client_capabilities:
+            raise UpstreamRpcError(METHOD_NOT_FOUND, f"The client does not support {method}")
+        outgoing_id = f"tollhouse-{secrets.token_hex(8)}"
+        pending = Pending()
+        session.pending[outgoing_id] = pending
+        try:
+            await self._start_sse()
+            # Related to the call being answered, so it goes on that call's stream (§1.10).
+            await self._event({"jsonrpc": "2.0", "id": outgoing_id, "method": method, "params": params})
+            await pending.done.wait()
+        finally:
+            session.pending.pop(outgoing_id, None)
+        answer = pending.message or {}
+        error = answer.get("error")
+        if isinstance(error, dict):
+            code = error.get("code")
+            raise UpstreamRpcError(
+                code if isinstance(code, int) else INTERNAL_ERROR,
+                str(error.get("message")),
+                error.get("data"),
+            )
+        result = answer.get("result")
+        return result if isinstance(result, dict) else {}
 
     async def answer(self, handler: Any, params: JSONObject, rc: RequestContext) -> None:
         """Run the handler and send its result or error (status per era, see errors.CODE_TABLE)."""

@@ -16,6 +16,14 @@ from typing import Any, Protocol
 from tollhouse.auth.principal import Principal
 from tollhouse.gateway.errors import UnknownTool, UpstreamProtocolError, UpstreamUnavailable
 from tollhouse.gateway.pool import UpstreamPool
+from tollhouse.gateway.relay import (
+    MAX_INPUT_ROUNDS,
+    Ask,
+    answer_input_requests,
+    open_request_state,
+    seal_request_state,
+)
+from tollhouse.gateway.sealing import Sealer
 from tollhouse.gateway.snapshot import ExposedItem
 from tollhouse.gateway.upstream import ProgressCallback
 from tollhouse.registry.models import JSONObject
@@ -36,6 +44,11 @@ class CallContext:
     request_id: Any = None
     session_key: str | None = None
     on_progress: ProgressCallback | None = None
+    modern: bool = True
+    client_capabilities: JSONObject | None = None
+    ask: Ask | None = None
+    input_responses: JSONObject | None = None
+    request_state: Any = None
     tool: ExposedItem | None = None
     snapshot_version: int = 0
 
@@ -70,21 +83,58 @@ class ResolveStage:
 
 
 class UpstreamStage:
-    """The terminal stage: call the tool on its upstream."""
+    """The terminal stage: call the tool on its upstream, relaying input requests (relay.py)."""
 
-    def __init__(self, pool: UpstreamPool) -> None:
+    def __init__(self, pool: UpstreamPool, sealer: Sealer) -> None:
         self._pool = pool
+        self._sealer = sealer
 
     async def __call__(self, ctx: CallContext, call_next: Next) -> JSONObject:
         tool = ctx.tool
         assert tool is not None, "ResolveStage runs first"
+        params: JSONObject = {"name": tool.name, "arguments": ctx.arguments}
+        if ctx.request_state is not None or ctx.input_responses is not None:
+            # A 2026-07-28 retry: only our own sealed state, for this principal and tool, goes on.
+            if ctx.request_state is not None:
+                upstream_state = open_request_state(
+                    self._sealer, ctx.request_state, principal=ctx.principal.key, tool=tool.exposed
+                )
+                if upstream_state is not None:
+                    params["requestState"] = upstream_state
+            if ctx.input_responses is not None:
+                params["inputResponses"] = ctx.input_responses
+        for _round in range(MAX_INPUT_ROUNDS):
+            result = await self._call(ctx, tool, params)
+            if result.get("resultType") != "input_required":
+                return result
+            if ctx.modern:
+                if "requestState" in result or "inputRequests" in result:
+                    sealed = seal_request_state(
+                        self._sealer,
+                        principal=ctx.principal.key,
+                        tool=tool.exposed,
+                        upstream_state=result.get("requestState"),
+                    )
+                    result = {**result, "requestState": sealed}
+                return result
+            if ctx.ask is None:
+                raise UpstreamProtocolError(tool.server)
+            answers = await answer_input_requests(result, ctx.ask)
+            params = {"name": tool.name, "arguments": ctx.arguments, "inputResponses": answers}
+            if "requestState" in result:
+                params["requestState"] = result["requestState"]
+        raise UpstreamProtocolError(tool.server)  # an upstream that never stops asking
+
+    async def _call(self, ctx: CallContext, tool: ExposedItem, params: JSONObject) -> JSONObject:
         connector = self._pool.connector(tool.server)
         try:
             result = await connector.request(
                 "tools/call",
-                {"name": tool.name, "arguments": ctx.arguments},
+                params,
                 session_key=ctx.session_key,
                 on_progress=ctx.on_progress,
+                on_request=ctx.ask,
+                client_capabilities=ctx.client_capabilities,
             )
         except (UpstreamUnavailable, UpstreamProtocolError) as exc:
             await self._pool.report_failure(tool.server, exc)
@@ -114,6 +164,6 @@ async def _end(ctx: CallContext) -> JSONObject:
     raise RuntimeError("the last stage must not call call_next")
 
 
-def build_pipeline(pool: UpstreamPool) -> Pipeline:
+def build_pipeline(pool: UpstreamPool, sealer: Sealer) -> Pipeline:
     """The default chain for tools/call."""
-    return Pipeline([ResolveStage(pool), UpstreamStage(pool)])
+    return Pipeline([ResolveStage(pool), UpstreamStage(pool, sealer)])

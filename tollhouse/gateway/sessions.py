@@ -21,13 +21,21 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from tollhouse.auth.principal import Principal
 from tollhouse.registry.models import JSONObject
 
-__all__ = ["DownstreamSession", "SessionManager", "TooManySessions"]
+__all__ = ["DownstreamSession", "Pending", "SessionManager", "TooManySessions"]
 
 OnClose = Callable[[str], Awaitable[None]]
 
 
 class TooManySessions(Exception):
     """The gateway holds its maximum number of sessions."""
+
+
+@dataclass
+class Pending:
+    """A server->client request waiting for the client's answer."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    message: JSONObject | None = None
 
 
 @dataclass
@@ -46,6 +54,8 @@ class DownstreamSession:
     stream_attached: bool = False
     log_level: str | None = None
     closed: bool = False
+    # answers the client owes to our server->client requests, by request id
+    pending: dict[Any, Pending] = field(default_factory=dict)
 
     def notify(self, message: JSONObject) -> None:
         """Queue a notification for the GET stream; dropped when the client reads none."""

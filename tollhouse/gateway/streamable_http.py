@@ -39,11 +39,20 @@ from tollhouse.gateway.http_rpc import (
     encode_header_value,
     encode_request,
 )
-from tollhouse.gateway.upstream import Era, NotificationCallback, ProgressCallback, ServerDescription
+from tollhouse.gateway.upstream import (
+    Era,
+    NotificationCallback,
+    ProgressCallback,
+    ServerDescription,
+    ServerRequestHandler,
+)
 from tollhouse.registry.models import JSONObject, Upstream
 
 __all__ = ["LEGACY_PROTOCOL_VERSION", "MODERN_PROTOCOL_VERSION", "HttpUpstream", "encode_header_value"]
 
+_CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
+# What a legacy upstream session may ask the downstream for through the gateway (§1.10).
+RELAY_CAPABILITIES: JSONObject = {"elicitation": {"form": {}, "url": {}}, "sampling": {}, "roots": {}}
 logger = logging.getLogger(__name__)
 
 MODERN_PROTOCOL_VERSION = "2026-07-28"
@@ -104,7 +113,7 @@ class HttpUpstream:
         self._client_info = {"name": client_name, "version": client_version}
         self._envelope: JSONObject = {
             "io.modelcontextprotocol/protocolVersion": MODERN_PROTOCOL_VERSION,
-            "io.modelcontextprotocol/clientCapabilities": {},
+            _CAPABILITIES_KEY: {},
             "io.modelcontextprotocol/clientInfo": self._client_info,
         }
         self._ids = itertools.count(1)
@@ -206,6 +215,8 @@ class HttpUpstream:
         session_key: str | None = None,
         on_progress: ProgressCallback | None = None,
         timeout_seconds: float | None = None,
+        on_request: ServerRequestHandler | None = None,
+        client_capabilities: JSONObject | None = None,
     ) -> JSONObject:
         """Send one request and return its `result`; cancelling the caller cancels it upstream.
 
@@ -220,10 +231,13 @@ class HttpUpstream:
             with anyio.fail_after(timeout) as scope:
                 if self._era == "modern":
                     request_id = next(self._ids)
-                    body = encode_request(request_id, method, params, self._envelope, on_progress is not None)
+                    envelope = self._envelope
+                    if client_capabilities is not None:
+                        envelope = {**envelope, _CAPABILITIES_KEY: client_capabilities}
+                    body = encode_request(request_id, method, params, envelope, on_progress is not None)
                     headers = self._modern_headers(method, params)
                     return await rpc.call(body, headers, request_id, None, on_progress)
-                return await self._legacy_request(rpc, method, params, session_key, on_progress)
+                return await self._legacy_request(rpc, method, params, session_key, on_progress, on_request)
         except TimeoutError as exc:
             if not scope.cancelled_caught:
                 raise
@@ -262,13 +276,14 @@ class HttpUpstream:
         params: JSONObject,
         session_key: str | None,
         on_progress: ProgressCallback | None,
+        on_request: ServerRequestHandler | None = None,
     ) -> JSONObject:
         for _attempt in range(2):
             session = await self._legacy_session(rpc, session_key)
             request_id = next(self._ids)
             body = encode_request(request_id, method, params, None, on_progress is not None)
             try:
-                return await rpc.call(body, session.headers, request_id, session, on_progress)
+                return await rpc.call(body, session.headers, request_id, session, on_progress, on_request)
             except SessionExpired:
                 # §1.6: a 404 means the session is gone and the request was not processed,
                 # so re-initialise once and send it again.
@@ -384,7 +399,9 @@ class HttpUpstream:
         request_id = next(self._ids)
         params = {
             "protocolVersion": LEGACY_PROTOCOL_VERSION,
-            "capabilities": {},
+            # Declared so the upstream may ask; a downstream without the capability gets the
+            # request refused by the gateway (relay), not silently dropped.
+            "capabilities": RELAY_CAPABILITIES,
             "clientInfo": self._client_info,
         }
         body = orjson.dumps({"jsonrpc": "2.0", "id": request_id, "method": "initialize", "params": params})

@@ -17,6 +17,7 @@ __all__ = [
     "NotificationCallback",
     "ProgressCallback",
     "ServerDescription",
+    "ServerRequestHandler",
     "UpstreamConnector",
 ]
 
@@ -24,6 +25,9 @@ Era = Literal["modern", "legacy"]
 ProgressCallback = Callable[[float, float | None, str | None], Awaitable[None]]
 # (method, params) of a notification the upstream sent outside any request
 NotificationCallback = Callable[[str, JSONObject], Awaitable[None]]
+# (method, params) of a server->client request made during a call -> its result; raising a
+# GatewayError answers the upstream with that error (sampling, elicitation, roots relays)
+ServerRequestHandler = Callable[[str, JSONObject], Awaitable[JSONObject]]
 
 
 @dataclass(frozen=True)
@@ -58,8 +62,14 @@ class UpstreamConnector(Protocol):
         session_key: str | None = None,
         on_progress: ProgressCallback | None = None,
         timeout_seconds: float | None = None,
+        on_request: ServerRequestHandler | None = None,
+        client_capabilities: JSONObject | None = None,
     ) -> JSONObject:
         """Send one request and return its `result`.
+
+        `on_request` answers server->client requests the upstream makes during this call
+        (without it they get -32601); `client_capabilities` is declared on 2026-07-28 requests
+        in place of the connector's own (so the upstream asks only for what the caller has).
 
         `session_key` selects the upstream session on stateful (legacy) upstreams, so one
         downstream session maps to one upstream session; modern upstreams ignore it.

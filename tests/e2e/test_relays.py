@@ -1,0 +1,166 @@
+"""Server->client interactions relayed through the gateway, in every era combination it supports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from mcp import MCPError
+from mcp.client.context import ClientRequestContext
+from mcp.types import (
+    CallToolResult,
+    CreateMessageRequestParams,
+    CreateMessageResult,
+    ElicitRequestParams,
+    ElicitResult,
+    TextContent,
+)
+
+from tests.harness import Mode, running_gateway
+from tests.servers import serve
+from tests.upstreams import echo_upstream, legacy_only
+from tollhouse.gateway.errors import INVALID_PARAMS, METHOD_NOT_FOUND
+
+pytestmark = pytest.mark.anyio
+
+COMBINATIONS = [
+    ("legacy", "legacy"),  # session downstream, session upstream: relayed request on the call's stream
+    ("2026-07-28", "modern"),  # MRTR input_required passed through with a sealed requestState
+    ("legacy", "modern"),  # the gateway answers input_required by asking the session downstream
+]
+
+
+def _text(result: CallToolResult) -> str:
+    return "".join(c.text for c in result.content if isinstance(c, TextContent))
+
+
+class Human:
+    """The downstream's callbacks: records what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def elicit(self, ctx: ClientRequestContext, params: ElicitRequestParams) -> ElicitResult:
+        self.asked.append(params.message)
+        return ElicitResult(action="accept", content={"ok": True})
+
+    async def sample(
+        self, ctx: ClientRequestContext, params: CreateMessageRequestParams
+    ) -> CreateMessageResult:
+        first = params.messages[0].content
+        self.asked.append(first.text if isinstance(first, TextContent) else "?")
+        return CreateMessageResult(
+            role="assistant", content=TextContent(type="text", text="short"), model="downstream-model"
+        )
+
+
+@pytest.mark.parametrize(("mode", "upstream_era"), COMBINATIONS)
+async def test_elicitation_and_sampling_reach_the_downstream_and_the_answers_go_back(
+    tmp_path: Path, mode: Mode, upstream_era: str
+) -> None:
+    server, _ = echo_upstream()
+    app = server.streamable_http_app()
+    async with (
+        serve(legacy_only(app) if upstream_era == "legacy" else app, path="/mcp") as url,
+        running_gateway(tmp_path) as gw,
+    ):
+        assert (await gw.add_server("up", url))["era"] == upstream_era
+        key = await gw.create_client("agent")
+        human = Human()
+        async with gw.client(
+            key, mode, elicitation_callback=human.elicit, sampling_callback=human.sample
+        ) as client:
+            assert _text(await client.call_tool("up__confirm_delete", {"path": "/tmp/a"})) == "deleted /tmp/a"
+            assert (
+                _text(await client.call_tool("up__summarize", {"text": "long"})) == "downstream-model: short"
+            )
+        assert human.asked == ["Really delete /tmp/a?", "Summarize: long"]
+
+
+async def test_a_session_downstream_without_the_capability_is_not_asked(tmp_path: Path) -> None:
+    server, _ = echo_upstream()
+    async with (
+        serve(legacy_only(server.streamable_http_app()), path="/mcp") as url,
+        running_gateway(tmp_path) as gw,
+    ):
+        await gw.add_server("up", url)
+        key = await gw.create_client("agent")
+        async with gw.client(key, "legacy") as client:  # declares no elicitation capability
+            # The gateway refuses the upstream's elicitation itself; the upstream fails the call.
+            with pytest.raises(MCPError) as caught:
+                await client.call_tool("up__confirm_delete", {"path": "/tmp/a"})
+            assert caught.value.code == METHOD_NOT_FOUND
+
+
+async def _input_required(http: httpx2.AsyncClient, url: str, key: str) -> dict[str, Any]:
+    response = await http.post(url, json=_call(None), headers=_headers(key))
+    result: dict[str, Any] = response.json()["result"]
+    assert result["resultType"] == "input_required"
+    return result
+
+
+def _call(state: Any, responses: dict[str, Any] | None = None) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "name": "up__confirm_delete",
+        "arguments": {"path": "/tmp/b"},
+        "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {"elicitation": {"form": {}}},
+        },
+    }
+    if state is not None:
+        params["requestState"] = state
+        params["inputResponses"] = responses or {}
+    return {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}
+
+
+def _headers(key: str) -> dict[str, str]:
+    return {
+        "Authorization": f"Bearer {key}",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": "up__confirm_delete",
+    }
+
+
+async def test_a_sealed_request_state_works_only_unaltered_and_for_its_own_principal(tmp_path: Path) -> None:
+    server, _ = echo_upstream()
+    async with serve(server.streamable_http_app(), path="/mcp") as url, running_gateway(tmp_path) as gw:
+        await gw.add_server("up", url)
+        alice = await gw.create_client("alice")
+        mallory = await gw.create_client("mallory")
+        async with httpx2.AsyncClient(trust_env=False) as http:
+            first = await _input_required(http, gw.mcp_url, alice)
+            state = first["requestState"]
+            assert state.startswith("th1.")
+            (request_key,) = first["inputRequests"]
+            answers = {request_key: {"action": "accept", "content": {"ok": True}}}
+
+            forged = state[:-4] + ("AAAA" if not state.endswith("AAAA") else "BBBB")
+            for key, token in ((alice, forged), (mallory, state), (alice, "v1.not-ours")):
+                response = await http.post(gw.mcp_url, json=_call(token, answers), headers=_headers(key))
+                assert response.json()["error"]["code"] == INVALID_PARAMS
+
+            response = await http.post(gw.mcp_url, json=_call(state, answers), headers=_headers(alice))
+            assert response.json()["result"]["content"][0]["text"] == "deleted /tmp/b"
+
+
+async def test_relayed_errors_from_the_downstream_reach_the_upstream_tool(tmp_path: Path) -> None:
+    server, _ = echo_upstream()
+    async with (
+        serve(legacy_only(server.streamable_http_app()), path="/mcp") as url,
+        running_gateway(tmp_path) as gw,
+    ):
+        await gw.add_server("up", url)
+        key = await gw.create_client("agent")
+
+        async def refuse(ctx: ClientRequestContext, params: ElicitRequestParams) -> Any:
+            raise MCPError(-32000, "the user walked away")
+
+        async with gw.client(key, "legacy", elicitation_callback=refuse) as client:
+            with pytest.raises(MCPError) as caught:
+                await client.call_tool("up__confirm_delete", {"path": "/tmp/c"})
+            assert caught.value.code == -32000  # the downstream's own error, relayed both ways

@@ -1,0 +1,79 @@
+"""Relays of server->client interactions across protocol eras (PROTOCOLS.md §1.10).
+
+- modern downstream, modern upstream: an `input_required` result passes through; the
+  upstream's `requestState` travels inside the gateway's sealed envelope and is unwrapped,
+  checked and forwarded on the retry.
+- legacy downstream, modern upstream: the gateway answers each `inputRequests` entry by
+  asking the downstream (a legacy server->client request on the call's stream), then
+  retries upstream with the answers, for a bounded number of rounds.
+- legacy downstream, legacy upstream: the upstream's own server->client requests reach the
+  downstream through the connector's `on_request` hook (wired in the upstream stage).
+- modern downstream, legacy upstream: not relayed yet; the upstream's request is refused.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from tollhouse.gateway.errors import InvalidArguments, UpstreamProtocolError
+from tollhouse.gateway.sealing import Sealer
+from tollhouse.registry.models import JSONObject
+
+__all__ = [
+    "MAX_INPUT_ROUNDS",
+    "STATE_TTL_SECONDS",
+    "Ask",
+    "answer_input_requests",
+    "open_request_state",
+    "seal_request_state",
+]
+
+Ask = Callable[[str, JSONObject], Awaitable[JSONObject]]
+MAX_INPUT_ROUNDS = 8
+STATE_TTL_SECONDS = 600
+
+
+def seal_request_state(sealer: Sealer, *, principal: str, tool: str, upstream_state: Any) -> str:
+    """The requestState the downstream sees: the upstream's, bound to principal, tool and expiry."""
+    return sealer.seal(
+        {"p": principal, "t": tool, "e": int(time.time()) + STATE_TTL_SECONDS, "s": upstream_state}
+    )
+
+
+def open_request_state(sealer: Sealer, token: Any, *, principal: str, tool: str) -> Any:
+    """The upstream's requestState inside a downstream retry's token.
+
+    Raises:
+        InvalidArguments: the token is not ours, was altered, expired, or belongs to
+            another principal or tool.
+    """
+    state = sealer.open(token) if isinstance(token, str) else None
+    if (
+        not isinstance(state, dict)
+        or state.get("p") != principal
+        or state.get("t") != tool
+        or not isinstance(state.get("e"), int)
+        or state["e"] < time.time()
+    ):
+        raise InvalidArguments("Invalid or expired requestState")
+    return state.get("s")
+
+
+async def answer_input_requests(result: JSONObject, ask: Ask) -> JSONObject:
+    """Answer every entry of an `input_required` result by asking the downstream.
+
+    Raises:
+        UpstreamProtocolError: the result's `inputRequests` are malformed.
+    """
+    requests = result.get("inputRequests") or {}
+    if not isinstance(requests, dict):
+        raise UpstreamProtocolError("input_required")
+    answers: JSONObject = {}
+    for key, request in requests.items():
+        if not isinstance(request, dict) or not isinstance(request.get("method"), str):
+            raise UpstreamProtocolError("input_required")
+        params = request.get("params")
+        answers[key] = await ask(request["method"], params if isinstance(params, dict) else {})
+    return answers
