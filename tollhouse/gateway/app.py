@@ -97,7 +97,7 @@ def create_app(
     admin_state = AdminState(store=store, pool=pool, keys=keys, public_url=settings.public_url)
 
     async def on_snapshot(old: Snapshot, new: Snapshot) -> None:
-        if old.tool_fingerprint() != new.tool_fingerprint():
+        if old.tool_fingerprint() != new.tool_fingerprint() or old.toolsets != new.toolsets:
             sessions.broadcast({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
         if old.prompts != new.prompts:
             sessions.broadcast({"jsonrpc": "2.0", "method": "notifications/prompts/list_changed"})
@@ -168,7 +168,9 @@ async def _admin_token_hash(settings: Settings, store: RegistryStore) -> str:
 
 
 async def _apply_at_start(state: AdminState, config: LoadedConfig) -> None:
-    summary = await apply_loaded(state, config.servers, config.clients, list(config.warnings), prune=False)
+    summary = await apply_loaded(
+        state, config.servers, config.clients, list(config.warnings), prune=False, toolsets=config.toolsets
+    )
     for client in summary["clients"]:
         # New clients' keys exist only now; print them once, never log them.
         print(
