@@ -1,11 +1,14 @@
 """A stdio MCP server for the StdioUpstream tests, run as a child process.
 
-Usage: python tests/stdio_server.py [--legacy-only | --silent-discover]
+Usage: python tests/stdio_server.py [--legacy-only | --silent-discover | --sse]
 
 By default it is the SDK's dual-era server (`mcp.run("stdio")`): the first request picks the
 era. `--legacy-only` serves only the handshake era, refusing `server/discover` with an error,
 as a 2025-era server does; `--silent-discover` never answers `server/discover` at all.
 stdout carries only JSON-RPC; `block` reports on stderr so tests can follow it.
+
+`--sse` serves the same tools over the 2024-11-05 HTTP+SSE transport on a loopback port
+instead (printed on stdout), so a test can kill a whole SSE upstream process.
 """
 
 from __future__ import annotations
@@ -160,10 +163,25 @@ async def serve_legacy_only(mcp: MCPServer, *, silent_discover: bool) -> None:
         )
 
 
+def serve_sse(mcp: MCPServer) -> None:
+    """Serve HTTP+SSE (GET /sse) on 127.0.0.1; print the port once it can take connections."""
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)  # connections queue until uvicorn accepts, so the port is usable at once
+    print(sock.getsockname()[1], flush=True)
+    uvicorn.Server(uvicorn.Config(mcp.sse_app(), log_level="warning")).run(sockets=[sock])
+
+
 def main() -> None:
     """Run the server in the mode the arguments ask for."""
     mcp = build()
-    if "--legacy-only" in sys.argv or "--silent-discover" in sys.argv:
+    if "--sse" in sys.argv:
+        serve_sse(mcp)
+    elif "--legacy-only" in sys.argv or "--silent-discover" in sys.argv:
         anyio.run(lambda: serve_legacy_only(mcp, silent_discover="--silent-discover" in sys.argv))
     else:
         mcp.run("stdio")

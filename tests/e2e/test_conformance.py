@@ -2,8 +2,11 @@
 
 The slow tests run the whole active server suite of the pinned
 `@modelcontextprotocol/conformance`, at its default spec versions and at 2026-07-28,
-against the everything server served in-process, and allow no failure beyond
-tests/conformance_baseline.yaml. They need `tools/conformance/install.sh`: without the
+against the everything server served in-process, directly and through a real tollhouse
+at `/servers/everything/mcp`, and allow no failure beyond tests/conformance_baseline.yaml.
+The suite sends no credentials, so a loopback `BearerProxy` in front of the gateway adds
+a client's key; it forwards Host and Origin as the suite sent them, so the gateway's own
+Origin check is what `dns-rebinding-protection` tests. They need `tools/conformance/install.sh`: without the
 tools they skip, except in CI (`TOLLHOUSE_TEST_REQUIRE_SERVICES=1`), where they fail.
 
 The fast tests pin down how the harness judges results, with no suite involved.
@@ -19,6 +22,7 @@ import pytest
 
 from examples.servers.everything import EverythingState, build_app
 from examples.servers.studio import build_app as studio_app
+from tests.bearer_proxy import BearerProxy
 from tests.conformance import (
     ACTIVE_SERVER_SCENARIOS,
     BASELINE,
@@ -30,6 +34,7 @@ from tests.conformance import (
     missing_tools,
     run_conformance,
 )
+from tests.harness import running_gateway
 from tests.servers import serve
 
 SPEC_VERSIONS = [pytest.param(None, id="default"), pytest.param("2026-07-28", id="2026-07-28")]
@@ -63,6 +68,36 @@ async def test_everything_passes_the_active_server_suite(
     assert all(scenario.passed for scenario in result.scenarios.values()), result.report()
     if spec_version is None:
         # The 2025-era utilities reached the fixture, not just some default handler.
+        assert state.log_level is not None
+        assert state.subscribe_count >= 1
+        assert state.unsubscribe_count >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+@pytest.mark.parametrize("spec_version", SPEC_VERSIONS)
+async def test_everything_through_the_gateway_passes_the_active_server_suite(
+    conformance_tools: None, spec_version: str | None, tmp_path: Path
+) -> None:
+    state = EverythingState()
+    async with (
+        serve(build_app(state), path="/mcp") as everything_url,
+        running_gateway(tmp_path) as gw,
+    ):
+        server = await gw.add_server("everything", everything_url)
+        assert server["health"]["status"] == "healthy", server
+        key = await gw.create_client("conformance")
+        path = "/servers/everything/mcp"
+        async with serve(BearerProxy(gw.base_url, key), path=path) as url:
+            result = await run_conformance(
+                url, spec_version=spec_version, out_dir=tmp_path / "results", expected_failures=BASELINE
+            )
+    print(result.summary())
+    assert result.ok, result.report()
+    assert set(result.scenarios) == ACTIVE_SERVER_SCENARIOS[spec_version]
+    assert all(scenario.passed for scenario in result.scenarios.values()), result.report()
+    if spec_version is None:
+        # The 2025-era utilities went through the gateway to the fixture.
         assert state.log_level is not None
         assert state.subscribe_count >= 1
         assert state.unsubscribe_count >= 1

@@ -164,3 +164,29 @@ async def test_relayed_errors_from_the_downstream_reach_the_upstream_tool(tmp_pa
             with pytest.raises(MCPError) as caught:
                 await client.call_tool("up__confirm_delete", {"path": "/tmp/c"})
             assert caught.value.code == -32000  # the downstream's own error, relayed both ways
+
+
+async def test_log_messages_during_a_call_reach_a_session_at_or_above_its_level(tmp_path: Path) -> None:
+    from mcp.shared.exceptions import MCPDeprecationWarning
+    from mcp.types import LoggingMessageNotificationParams
+
+    from examples.servers import everything
+
+    async with serve(everything.build_app(), path="/mcp") as url, running_gateway(tmp_path) as gw:
+        await gw.add_server("everything", url)
+        key = await gw.create_client("agent")
+        received: list[LoggingMessageNotificationParams] = []
+
+        async def on_log(params: LoggingMessageNotificationParams) -> None:
+            received.append(params)
+
+        async with gw.client(key, "legacy", logging_callback=on_log) as client:
+            with pytest.warns(MCPDeprecationWarning):  # logging is deprecated in 2026-07-28, still served
+                await client.set_logging_level("debug")
+            await client.call_tool("everything__test_tool_with_logging", {})
+            assert len(received) >= 3
+            received.clear()
+            with pytest.warns(MCPDeprecationWarning):
+                await client.set_logging_level("emergency")
+            await client.call_tool("everything__test_tool_with_logging", {})
+            assert received == []

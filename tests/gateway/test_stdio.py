@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, Literal
 
@@ -256,7 +256,9 @@ async def test_concurrent_calls_are_multiplexed_over_one_child(era: EraChoice) -
 
 
 @pytest.mark.parametrize("era", ERAS)
-async def test_cancelling_the_caller_cancels_the_call_in_the_child(era: EraChoice, stderr_log: StderrLog) -> None:
+async def test_cancelling_the_caller_cancels_the_call_in_the_child(
+    era: EraChoice, stderr_log: StderrLog
+) -> None:
     async with running(era=connector_era(era)) as connector, anyio.create_task_group() as watching:
         await watching.start(connector.watch, ignore)  # reads stderr while no call is pending
         async with anyio.create_task_group() as tg:
@@ -284,7 +286,9 @@ async def test_call_timeout_raises_upstream_timeout_and_cancels_in_the_child(
 # -- the child's environment -----------------------------------------------------------
 
 
-async def test_child_sees_only_the_configured_env_and_the_sdk_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_child_sees_only_the_configured_env_and_the_sdk_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("TOLLHOUSE_CANARY_SECRET", "must-not-leak")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "must-not-leak-either")
     async with running(env={"ROOT": "./data"}) as connector:
@@ -311,10 +315,8 @@ async def test_child_that_exits_fails_pending_and_later_calls_and_ends_watch(era
     watch_ended = anyio.Event()
 
     async def watch() -> None:
-        try:
+        with suppress(UpstreamUnavailable):
             await connector.watch(ignore)
-        except UpstreamUnavailable:
-            pass
         watch_ended.set()
 
     async with running(era=connector_era(era)) as connector:
@@ -348,6 +350,7 @@ async def test_killed_child_fails_the_pending_call(stderr_log: StderrLog) -> Non
         assert len(failure) == 1
         with pytest.raises(UpstreamUnavailable):
             await connector.watch(ignore)
+    assert gone(pid)
 
 
 async def test_aclose_stops_and_reaps_the_child() -> None:
@@ -361,7 +364,9 @@ async def test_aclose_stops_and_reaps_the_child() -> None:
         await connector.start()
 
 
-async def test_aclose_escalates_to_sigkill_for_a_child_that_will_not_exit(caplog: pytest.LogCaptureFixture) -> None:
+async def test_aclose_escalates_to_sigkill_for_a_child_that_will_not_exit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     with caplog.at_level(logging.INFO, logger="tollhouse.gateway.stdio"):
         async with running() as connector:
             pid = connector.pid
@@ -411,12 +416,15 @@ async def test_stderr_lines_are_logged_with_the_server_name(
 
 
 @pytest.mark.parametrize("era", ERAS)
-async def test_watch_delivers_tools_list_changed(era: EraChoice) -> None:
+async def test_watch_delivers_tools_list_changed_to_a_callback_that_lists_again(era: EraChoice) -> None:
     received: list[str] = []
+    listed: list[str] = []
     changed = anyio.Event()
 
     async def on_notification(method: str, params: JSONObject) -> None:
+        # As the pool does: the callback itself lists again over the same connection.
         received.append(method)
+        listed.extend(tool["name"] for tool in await connector.list_all("tools/list", "tools"))
         changed.set()
 
     async with running(era=connector_era(era)) as connector:
@@ -426,9 +434,8 @@ async def test_watch_delivers_tools_list_changed(era: EraChoice) -> None:
             with anyio.fail_after(5):
                 await changed.wait()
             tg.cancel_scope.cancel()
-        tools = await connector.list_all("tools/list", "tools")
     assert received == ["notifications/tools/list_changed"]
-    assert "added_1" in [tool["name"] for tool in tools]
+    assert "added_1" in listed
 
 
 async def test_watch_on_a_connector_that_never_started_is_unavailable() -> None:

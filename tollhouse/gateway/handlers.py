@@ -25,7 +25,7 @@ from tollhouse.gateway.errors import (
 from tollhouse.gateway.pipeline import CallContext, Pipeline
 from tollhouse.gateway.pool import UpstreamPool
 from tollhouse.gateway.relay import Ask
-from tollhouse.gateway.upstream import ProgressCallback
+from tollhouse.gateway.upstream import NotificationCallback, ProgressCallback
 from tollhouse.gateway.views import AggregateView, View
 from tollhouse.registry.models import JSONObject
 
@@ -55,6 +55,8 @@ class RequestContext:
     on_progress: ProgressCallback | None = None
     client_capabilities: JSONObject | None = None
     ask: Ask | None = None
+    notify: NotificationCallback | None = None
+    log_level: str | None = None
 
 
 Handler = Callable[[JSONObject, RequestContext], Awaitable[JSONObject]]
@@ -98,6 +100,7 @@ class McpHandlers:
             "resources": {"listChanged": True},
             "prompts": {"listChanged": True},
             "completions": {},
+            "logging": {},
         }
 
     def initialize(self, params: JSONObject) -> JSONObject:
@@ -179,6 +182,8 @@ class McpHandlers:
             modern=rc.modern,
             client_capabilities=rc.client_capabilities,
             ask=rc.ask,
+            notify=rc.notify,
+            log_level=rc.log_level,
             input_responses=_object_or_none(params.get("inputResponses")),
             request_state=params.get("requestState"),
         )
@@ -241,7 +246,14 @@ class McpHandlers:
     async def _routed(self, server: str, method: str, params: JSONObject, rc: RequestContext) -> JSONObject:
         connector = self._pool.connector(server)
         try:
-            result = await connector.request(method, params, session_key=rc.session_key)
+            result = await connector.request(
+                method,
+                params,
+                session_key=rc.session_key,
+                on_progress=rc.on_progress,
+                on_notification=rc.notify,
+                log_level=rc.log_level,
+            )
         except (UpstreamUnavailable, UpstreamProtocolError) as exc:
             await self._pool.report_failure(server, exc)
             raise

@@ -147,6 +147,7 @@ class HttpRpc:
         session: Session | None = None,
         on_progress: ProgressCallback | None = None,
         on_request: ServerRequestHandler | None = None,
+        on_notification: NotificationCallback | None = None,
     ) -> JSONObject:
         """POST one request and return its result; cancelling the caller cancels it upstream.
 
@@ -157,7 +158,9 @@ class HttpRpc:
         try:
             response = await self.post(body, headers)
             try:
-                result = await self.read_reply(response, request_id, session, on_progress, on_request)
+                result = await self.read_reply(
+                    response, request_id, session, on_progress, on_request, on_notification
+                )
             except (UpstreamRpcError, SessionExpired):
                 response.release()  # a complete answer: the connection may be reused
                 raise
@@ -241,6 +244,7 @@ class HttpRpc:
         session: Session | None = None,
         on_progress: ProgressCallback | None = None,
         on_request: ServerRequestHandler | None = None,
+        on_notification: NotificationCallback | None = None,
     ) -> JSONObject:
         """The result of the response to `request_id`, from a JSON body or an event stream."""
         status = response.status
@@ -252,7 +256,9 @@ class HttpRpc:
         if content_type == JSON:
             return self.unwrap(self._decode(await self._read_body(response)), request_id, status)
         if content_type == EVENT_STREAM and status == 200:
-            return await self._read_stream(response, request_id, session, on_progress, on_request)
+            return await self._read_stream(
+                response, request_id, session, on_progress, on_request, on_notification
+            )
         raise UpstreamProtocolError(self.name)
 
     async def read_json(self, response: aiohttp.ClientResponse) -> JSONObject | None:
@@ -338,6 +344,7 @@ class HttpRpc:
         session: Session | None,
         on_progress: ProgressCallback | None,
         on_request: ServerRequestHandler | None = None,
+        on_notification: NotificationCallback | None = None,
     ) -> JSONObject:
         """Read an SSE reply up to the response to `request_id`, handling what comes before it."""
         parser = SseParser(self._max_bytes)
@@ -360,10 +367,14 @@ class HttpRpc:
                         continue  # a late reply to an abandoned request of ours
                     if "id" in message:
                         await self._answer_server_request(session, message, on_request)
-                    elif method == "notifications/progress" and on_progress is not None:
-                        last_progress = await _relay_progress(
-                            message.get("params"), request_id, last_progress, on_progress
-                        )
+                    elif method == "notifications/progress":
+                        if on_progress is not None:
+                            last_progress = await _relay_progress(
+                                message.get("params"), request_id, last_progress, on_progress
+                            )
+                    elif on_notification is not None:
+                        params = message.get("params")
+                        await on_notification(str(method), params if isinstance(params, dict) else {})
         except SseError as exc:
             raise UpstreamProtocolError(self.name) from exc
         except aiohttp.ClientError as exc:

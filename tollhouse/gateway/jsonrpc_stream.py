@@ -79,6 +79,7 @@ Receive = Callable[[], Awaitable[bytes | str | Truncated | None]]
 """Read the next message (None at the end). Must be cancel-safe: a cancelled call loses nothing.
 May raise UpstreamProtocolError or UpstreamUnavailable, which end the channel."""
 
+_Failure = UpstreamUnavailable | UpstreamProtocolError  # how an ended channel fails its waiters
 _TOO_LARGE: JSONObject = {}  # sentinel put in an inbox for a response that was dropped
 
 
@@ -131,7 +132,7 @@ class JsonRpcStream:
         self._reader_scope: anyio.CancelScope | None = None
         self._reader_gone = anyio.Event()
         self._reader_gone.set()
-        self._failure: type[UpstreamUnavailable | UpstreamProtocolError] | None = None
+        self._failure: type[_Failure] | None = None
 
     @property
     def ended(self) -> bool:
@@ -213,7 +214,7 @@ class JsonRpcStream:
 
     def close(self) -> None:
         """End the channel: every waiter fails with UpstreamUnavailable and the reader stops."""
-        self._end(UpstreamUnavailable)
+        self._end(UpstreamUnavailable, closed=True)
         if self._reader_scope is not None:
             self._reader_scope.cancel()
 
@@ -339,11 +340,12 @@ class JsonRpcStream:
                 slot.wake.set()
                 return
 
-    def _end(self, failure: type[UpstreamUnavailable | UpstreamProtocolError]) -> None:
+    def _end(self, failure: type[_Failure], *, closed: bool = False) -> None:
         if self._failure is not None:
             return
         self._failure = failure
-        logger.info("upstream %s: channel ended", self.name)
+        if not closed:
+            logger.info("upstream %s: connection ended (%d requests pending)", self.name, len(self._pending))
         for slot in self._pending.values():
             slot.wake.set()
         if self._watcher is not None:

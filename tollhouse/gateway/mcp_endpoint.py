@@ -49,6 +49,8 @@ logger = logging.getLogger("tollhouse.mcp")
 
 _PV_KEY = "io.modelcontextprotocol/protocolVersion"
 _CAPS_KEY = "io.modelcontextprotocol/clientCapabilities"
+_LOG_LEVEL_KEY = "io.modelcontextprotocol/logLevel"
+_LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 _NAMED = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 _CAPABILITY_OF = {
     "sampling/createMessage": "sampling",
@@ -273,7 +275,7 @@ class McpEndpoint:
                 http_status(exc, modern=True), exc.code, exc.message, rpc_method, request_id
             ) from None
         progress_token = meta.get("progressToken")
-        stream = _Stream(send, request_id, progress_token)
+        stream = _Stream(send, request_id, progress_token, log_level=meta.get(_LOG_LEVEL_KEY))
         rc = RequestContext(
             principal=principal,
             protocol_version=version,
@@ -281,6 +283,8 @@ class McpEndpoint:
             view=scope[VIEW_KEY],
             request_id=request_id,
             client_capabilities=meta[_CAPS_KEY],
+            notify=stream.notify,
+            log_level=_level(meta.get(_LOG_LEVEL_KEY)),
             session_key=f"principal:{principal.key}",
             on_progress=stream.progress if progress_token is not None else None,
         )
@@ -397,6 +401,8 @@ class McpEndpoint:
             request_id=request_id,
             client_capabilities=session.client_capabilities,
             ask=stream.ask,
+            notify=stream.notify,
+            log_level=session.log_level,
             session_key=session.id,
             on_progress=stream.progress if progress_token is not None else None,
         )
@@ -451,8 +457,10 @@ class _Stream:
         *,
         legacy: bool = False,
         session: DownstreamSession | None = None,
+        log_level: Any = None,
     ) -> None:
         self._session = session
+        self._log_level = log_level
         self._send = send
         self._id = request_id
         self._token = progress_token
@@ -488,6 +496,24 @@ class _Stream:
         if message is not None:
             params["message"] = message
         await self._event({"jsonrpc": "2.0", "method": "notifications/progress", "params": params})
+
+    async def notify(self, method: str, params: JSONObject) -> None:
+        """Relay a notification the upstream sent during this call: log messages, by level.
+
+        Session era: filtered by the session's `logging/setLevel`. 2026-07-28: sent only when
+        the request opted in with `_meta` logLevel (basic/utilities/logging).
+        """
+        if method != "notifications/message":
+            return
+        threshold = self._session.log_level if self._session is not None else self._log_level
+        if threshold is None and self._session is None:
+            return  # 2026-07-28 without opt-in
+        level = params.get("level")
+        known = threshold in _LOG_LEVELS and level in _LOG_LEVELS
+        if known and _LOG_LEVELS.index(level) < _LOG_LEVELS.index(threshold):
+            return
+        await self._start_sse()
+        await self._event({"jsonrpc": "2.0", "method": method, "params": params})
 
     async def ask(self, method: str, params: JSONObject) -> JSONObject:
         """Send a server->client request on this request's stream and wait for the client's answer.
@@ -594,6 +620,10 @@ async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> N
         if message["type"] == "http.disconnect":
             scope.cancel()
             return
+
+
+def _level(value: Any) -> str | None:
+    return value if value in _LOG_LEVELS else None
 
 
 def _accepts_both(accept: str) -> bool:

@@ -25,7 +25,7 @@ from tollhouse.gateway.relay import (
 )
 from tollhouse.gateway.sealing import Sealer
 from tollhouse.gateway.snapshot import ExposedItem
-from tollhouse.gateway.upstream import ProgressCallback
+from tollhouse.gateway.upstream import NotificationCallback, ProgressCallback
 from tollhouse.registry.models import JSONObject
 
 __all__ = ["CallContext", "Pipeline", "ResolveStage", "Stage", "UpstreamStage", "build_pipeline"]
@@ -47,6 +47,8 @@ class CallContext:
     modern: bool = True
     client_capabilities: JSONObject | None = None
     ask: Ask | None = None
+    notify: NotificationCallback | None = None
+    log_level: str | None = None
     input_responses: JSONObject | None = None
     request_state: Any = None
     tool: ExposedItem | None = None
@@ -135,6 +137,8 @@ class UpstreamStage:
                 on_progress=ctx.on_progress,
                 on_request=ctx.ask,
                 client_capabilities=ctx.client_capabilities,
+                on_notification=ctx.notify,
+                log_level=ctx.log_level,
             )
         except (UpstreamUnavailable, UpstreamProtocolError) as exc:
             await self._pool.report_failure(tool.server, exc)

@@ -41,6 +41,10 @@ _CLEANUP_SECONDS = 2.0
 _POST_BODY_BYTES = 4096  # an accepted POST's body ("Accepted") is read to reuse the connection
 
 
+class _ForeignEndpoint(UpstreamProtocolError):
+    """The `endpoint` event named a URL off the registered origin, or no URL at all."""
+
+
 class _Events:
     """The events of one SSE response, one at a time; cancel-safe (only the read awaits)."""
 
@@ -146,11 +150,12 @@ class SseUpstream:
         )
         try:
             with anyio.fail_after(self._upstream.connect_timeout_seconds):
-                self._endpoint = await self._open(self._http, {**base, "Accept": EVENT_STREAM})
+                announced = await self._open(self._http, {**base, "Accept": EVENT_STREAM})
+            self._endpoint = self._resolve(announced)
             rpc = self._rpc = JsonRpcStream(self.name, self._post, self._receive)
             with anyio.fail_after(self._upstream.call_timeout_seconds):
                 description = await initialize(rpc, SSE_PROTOCOL_VERSION, self._client_info)
-        except UpstreamProtocolError:
+        except _ForeignEndpoint:
             await self._stop()
             raise
         except (GatewayError, TimeoutError) as exc:
@@ -187,8 +192,8 @@ class SseUpstream:
             if http is not None:
                 await http.close()
 
-    async def _open(self, http: aiohttp.ClientSession, headers: Mapping[str, str]) -> URL:
-        """GET the event stream and read up to its `endpoint` event."""
+    async def _open(self, http: aiohttp.ClientSession, headers: Mapping[str, str]) -> str:
+        """GET the event stream and read up to its `endpoint` event; returns that event's data."""
         try:
             response = await http.get(self._url, headers=headers, allow_redirects=False)
         except aiohttp.ClientError as exc:
@@ -202,7 +207,7 @@ class SseUpstream:
         events = self._events = _Events(self.name, response, self._max_bytes)
         while (event := await events.next()) is not None:
             if event.event == "endpoint":
-                return self._resolve(event.data)
+                return event.data
         raise UpstreamUnavailable(self.name)
 
     def _resolve(self, data: str) -> URL:
@@ -210,7 +215,7 @@ class SseUpstream:
         try:
             endpoint = self._url.join(URL(data.strip())).with_fragment(None).with_user(None)
         except ValueError as exc:
-            raise UpstreamProtocolError(self.name) from exc
+            raise _ForeignEndpoint(self.name) from exc
         if (endpoint.scheme, endpoint.host, endpoint.port) != (
             self._url.scheme,
             self._url.host,
@@ -218,7 +223,7 @@ class SseUpstream:
         ):
             # A peer-supplied URL: following it to another origin would be SSRF (§2.5).
             logger.warning("upstream %s: refused an endpoint on another origin", self.name)
-            raise UpstreamProtocolError(self.name)
+            raise _ForeignEndpoint(self.name)
         return endpoint
 
     # -- requests --------------------------------------------------------------------

@@ -51,6 +51,7 @@ from tollhouse.registry.models import JSONObject, Upstream
 __all__ = ["LEGACY_PROTOCOL_VERSION", "MODERN_PROTOCOL_VERSION", "HttpUpstream", "encode_header_value"]
 
 _CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
+_LOG_LEVEL_KEY = "io.modelcontextprotocol/logLevel"
 # What a legacy upstream session may ask the downstream for through the gateway (§1.10).
 RELAY_CAPABILITIES: JSONObject = {"elicitation": {"form": {}, "url": {}}, "sampling": {}, "roots": {}}
 logger = logging.getLogger(__name__)
@@ -217,6 +218,8 @@ class HttpUpstream:
         timeout_seconds: float | None = None,
         on_request: ServerRequestHandler | None = None,
         client_capabilities: JSONObject | None = None,
+        on_notification: NotificationCallback | None = None,
+        log_level: str | None = None,
     ) -> JSONObject:
         """Send one request and return its `result`; cancelling the caller cancels it upstream.
 
@@ -234,10 +237,14 @@ class HttpUpstream:
                     envelope = self._envelope
                     if client_capabilities is not None:
                         envelope = {**envelope, _CAPABILITIES_KEY: client_capabilities}
+                    if log_level is not None:
+                        envelope = {**envelope, _LOG_LEVEL_KEY: log_level}
                     body = encode_request(request_id, method, params, envelope, on_progress is not None)
                     headers = self._modern_headers(method, params)
-                    return await rpc.call(body, headers, request_id, None, on_progress)
-                return await self._legacy_request(rpc, method, params, session_key, on_progress, on_request)
+                    return await rpc.call(body, headers, request_id, None, on_progress, None, on_notification)
+                return await self._legacy_request(
+                    rpc, method, params, session_key, on_progress, on_request, on_notification
+                )
         except TimeoutError as exc:
             if not scope.cancelled_caught:
                 raise
@@ -277,13 +284,16 @@ class HttpUpstream:
         session_key: str | None,
         on_progress: ProgressCallback | None,
         on_request: ServerRequestHandler | None = None,
+        on_notification: NotificationCallback | None = None,
     ) -> JSONObject:
         for _attempt in range(2):
             session = await self._legacy_session(rpc, session_key)
             request_id = next(self._ids)
             body = encode_request(request_id, method, params, None, on_progress is not None)
             try:
-                return await rpc.call(body, session.headers, request_id, session, on_progress, on_request)
+                return await rpc.call(
+                    body, session.headers, request_id, session, on_progress, on_request, on_notification
+                )
             except SessionExpired:
                 # §1.6: a 404 means the session is gone and the request was not processed,
                 # so re-initialise once and send it again.

@@ -64,12 +64,16 @@ class UpstreamConnector(Protocol):
         timeout_seconds: float | None = None,
         on_request: ServerRequestHandler | None = None,
         client_capabilities: JSONObject | None = None,
+        on_notification: NotificationCallback | None = None,
+        log_level: str | None = None,
     ) -> JSONObject:
         """Send one request and return its `result`.
 
         `on_request` answers server->client requests the upstream makes during this call
         (without it they get -32601); `client_capabilities` is declared on 2026-07-28 requests
-        in place of the connector's own (so the upstream asks only for what the caller has).
+        in place of the connector's own (so the upstream asks only for what the caller has);
+        `on_notification` receives the call's other notifications (log messages), and
+        `log_level` opts a 2026-07-28 request in to them.
 
         `session_key` selects the upstream session on stateful (legacy) upstreams, so one
         downstream session maps to one upstream session; modern upstreams ignore it.
