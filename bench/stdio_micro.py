@@ -15,6 +15,7 @@ import json
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, Literal
 
 import anyio
@@ -71,10 +72,7 @@ async def bench(calls: int) -> dict[str, Any]:
         await connector.start()
         label = connector.era
         try:
-
-            async def one() -> None:
-                await connector.request("tools/call", params)
-
+            one = partial(connector.request, "tools/call", params)
             for concurrency in (1, 16):
                 results[f"{label}_c{concurrency}"] = await measure(one, calls, concurrency)
             async with anyio.create_task_group() as tg:

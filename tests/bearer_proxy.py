@@ -44,6 +44,10 @@ _HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
+# Request: the credential is the proxy's own, and aiohttp sets Content-Length from the body.
+_NOT_FORWARDED = _HOP_BY_HOP | {"authorization", "content-length"}
+# Response: uvicorn adds its own Date and Server to every response.
+_NOT_RETURNED = _HOP_BY_HOP | {"date", "server"}
 # aiohttp adds these when absent; the proxy sends only what the client sent.
 _NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
@@ -94,9 +98,8 @@ class BearerProxy:
             body += message.get("body", b"")
             if not message.get("more_body", False):
                 break
-        dropped = _HOP_BY_HOP | {"authorization", "content-length"}  # aiohttp sets the length
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
-        headers = [(k, v) for k, v in headers if k.lower() not in dropped]
+        headers = [(k, v) for k, v in headers if k.lower() not in _NOT_FORWARDED]
         headers.append(("Authorization", self._authorization))
         path = scope.get("raw_path") or scope["path"].encode()
         query = b"?" + scope["query_string"] if scope["query_string"] else b""
@@ -115,7 +118,7 @@ class BearerProxy:
                     scope["method"], url, headers=headers, data=bytes(body) if body else None
                 ) as response:
                     passed = [
-                        (k, v) for k, v in response.raw_headers if k.decode().lower() not in _HOP_BY_HOP
+                        (k, v) for k, v in response.raw_headers if k.decode().lower() not in _NOT_RETURNED
                     ]
                     await send({"type": "http.response.start", "status": response.status, "headers": passed})
                     started = True
@@ -127,13 +130,7 @@ class BearerProxy:
                 # connection: the client sees the truncation as it happened upstream.
                 if not started:
                     text = f"Bad Gateway: {exc!r}".encode()
-                    length = str(len(text)).encode()
-                    await send(
-                        {
-                            "type": "http.response.start",
-                            "status": 502,
-                            "headers": [(b"content-length", length)],
-                        }
-                    )
+                    plain = [(b"content-type", b"text/plain; charset=utf-8")]
+                    await send({"type": "http.response.start", "status": 502, "headers": plain})
                     await send({"type": "http.response.body", "body": text})
             tg.cancel_scope.cancel()

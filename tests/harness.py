@@ -45,9 +45,10 @@ class Gateway:
         """The aggregate MCP endpoint."""
         return f"{self.base_url}/mcp"
 
-    async def add_server(self, name: str, url: str, **extra: Any) -> dict[str, Any]:
-        """Register an upstream through the admin API; returns the server document."""
-        response = await self.admin.post("/servers", json={"name": name, "url": url, **extra})
+    async def add_server(self, name: str, url: str | None = None, **extra: Any) -> dict[str, Any]:
+        """Register an upstream (a URL, or `command=[...]` for stdio) through the admin API."""
+        body = {"name": name, **({"url": url} if url is not None else {}), **extra}
+        response = await self.admin.post("/servers", json=body)
         assert response.status_code == 201, response.text
         result: dict[str, Any] = response.json()
         return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -257,6 +258,18 @@ async def test_endpoint_on_another_origin_is_refused(endpoint: str) -> None:
         await connector.aclose()
 
 
+async def test_unreachable_upstream_is_unavailable_at_start() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    connector = SseUpstream(sse_upstream(f"http://127.0.0.1:{port}/sse"))
+    with pytest.raises(UpstreamUnavailable):
+        await connector.start()
+    with pytest.raises(UpstreamUnavailable):
+        await connector.request("tools/call", call("echo", text="hi"))
+    await connector.aclose()
+
+
 async def test_stream_without_an_endpoint_event_is_unavailable() -> None:
     async def no_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -284,13 +297,12 @@ async def test_watch_delivers_tools_list_changed_to_a_callback_that_lists_again(
         listed.extend(tool["name"] for tool in await connector.list_all("tools/list", "tools"))
         changed.set()
 
-    async with sse_connection() as (connector, _, _recorder, _url):
-        async with anyio.create_task_group() as tg:
-            await tg.start(connector.watch, on_notification)
-            await connector.request("tools/call", call("add_tool"))
-            with anyio.fail_after(5):
-                await changed.wait()
-            tg.cancel_scope.cancel()
+    async with sse_connection() as (connector, _, _recorder, _url), anyio.create_task_group() as tg:
+        await tg.start(connector.watch, on_notification)
+        await connector.request("tools/call", call("add_tool"))
+        with anyio.fail_after(5):
+            await changed.wait()
+        tg.cancel_scope.cancel()
     assert received == ["notifications/tools/list_changed"]
     assert "added_1" in listed
 

@@ -392,6 +392,24 @@ async def test_child_that_exits_at_once_is_unavailable_at_start() -> None:
     await connector.aclose()
 
 
+async def test_lines_on_stdout_that_are_not_json_rpc_are_logged_and_skipped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A wrapper script that prints before handing stdout to the server.
+    script = f'echo "starting up"; echo "[1, 2]"; exec "{sys.executable}" "{SERVER}"'
+    upstream = Upstream(name="kid", transport="stdio", command=("/bin/sh", "-c", script))
+    connector = StdioUpstream(upstream)
+    with caplog.at_level(logging.WARNING, logger="tollhouse.gateway.jsonrpc_stream"):
+        try:
+            await connector.start()
+            assert await structured(connector, "echo", text="fine") == "fine"
+        finally:
+            await connector.aclose()
+    assert "not JSON (11 bytes)" in caplog.text
+    assert "not JSON-RPC 2.0" in caplog.text
+    assert "starting up" not in caplog.text  # the content itself is not logged
+
+
 # -- stderr ------------------------------------------------------------------------------
 
 
@@ -427,13 +445,12 @@ async def test_watch_delivers_tools_list_changed_to_a_callback_that_lists_again(
         listed.extend(tool["name"] for tool in await connector.list_all("tools/list", "tools"))
         changed.set()
 
-    async with running(era=connector_era(era)) as connector:
-        async with anyio.create_task_group() as tg:
-            await tg.start(connector.watch, on_notification)
-            assert await structured(connector, "add_tool") == "added_1"
-            with anyio.fail_after(5):
-                await changed.wait()
-            tg.cancel_scope.cancel()
+    async with running(era=connector_era(era)) as connector, anyio.create_task_group() as tg:
+        await tg.start(connector.watch, on_notification)
+        assert await structured(connector, "add_tool") == "added_1"
+        with anyio.fail_after(5):
+            await changed.wait()
+        tg.cancel_scope.cancel()
     assert received == ["notifications/tools/list_changed"]
     assert "added_1" in listed
 

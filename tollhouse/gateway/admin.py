@@ -39,8 +39,7 @@ from tollhouse.registry.store import RegistryStore, StoreConflictError
 
 __all__ = ["SUPPORTED_TRANSPORTS", "AdminState", "admin_app", "apply_loaded", "publish_toolsets"]
 
-# stdio and legacy HTTP+SSE upstreams come with their connectors (docs/compatibility.md).
-SUPPORTED_TRANSPORTS = ("http",)
+SUPPORTED_TRANSPORTS = ("http", "sse", "stdio")
 
 
 @dataclass

@@ -33,7 +33,10 @@ from tollhouse.gateway.sealing import Sealer, load_or_create_key
 from tollhouse.gateway.sessions import SessionManager
 from tollhouse.gateway.settings import Settings
 from tollhouse.gateway.snapshot import Snapshot
+from tollhouse.gateway.sse_upstream import SseUpstream
+from tollhouse.gateway.stdio import StdioUpstream
 from tollhouse.gateway.streamable_http import HttpUpstream
+from tollhouse.gateway.upstream import UpstreamConnector
 from tollhouse.gateway.views import AggregateView, ServerView, ToolsetView, View
 from tollhouse.registry.config import LoadedConfig
 from tollhouse.registry.migrate import create_engine_for, database_url_for, upgrade
@@ -56,8 +59,14 @@ class Deps:
 
 
 def _default_connector_factory(settings: Settings) -> ConnectorFactory:
-    def factory(upstream: Upstream) -> HttpUpstream:
-        return HttpUpstream(upstream, max_response_bytes=settings.upstreams.max_response_bytes)
+    limit = settings.upstreams.max_response_bytes
+
+    def factory(upstream: Upstream) -> UpstreamConnector:
+        if upstream.transport == "stdio":
+            return StdioUpstream(upstream, max_message_bytes=limit)
+        if upstream.transport == "sse":
+            return SseUpstream(upstream, max_response_bytes=limit)
+        return HttpUpstream(upstream, max_response_bytes=limit)
 
     return factory
 

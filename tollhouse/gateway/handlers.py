@@ -206,6 +206,8 @@ class McpHandlers:
                 {**c, "uri": rc.view.show_uri(server, c["uri"])} if isinstance(c, dict) and "uri" in c else c
                 for c in contents
             ]
+        if rc.modern:  # 2026-07-28 caching hints: nothing the gateway relays is shared across callers
+            result = {**result, "ttlMs": 0, "cacheScope": "private"}
         return _own_result(result, rc)
 
     async def get_prompt(self, params: JSONObject, rc: RequestContext) -> JSONObject:

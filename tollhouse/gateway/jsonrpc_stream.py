@@ -35,8 +35,8 @@ from tollhouse.gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from tollhouse.gateway.http_rpc import encode_request
-from tollhouse.gateway.upstream import NotificationCallback, ProgressCallback, ServerDescription
+from tollhouse.gateway.http_rpc import _relay_progress, encode_request
+from tollhouse.gateway.upstream import Era, NotificationCallback, ProgressCallback, ServerDescription
 from tollhouse.registry.models import JSONObject
 
 __all__ = [
@@ -86,24 +86,20 @@ _TOO_LARGE: JSONObject = {}  # sentinel put in an inbox for a response that was 
 class _Slot:
     """One waiter: a pending request or the watcher."""
 
-    __slots__ = ("dropped", "inbox", "waiting", "wake")
+    __slots__ = ("inbox", "waiting", "wake")
 
     def __init__(self) -> None:
         self.inbox: deque[JSONObject] = deque()
         self.wake = anyio.Event()
         self.waiting = False
-        self.dropped = 0
 
     def put(self, message: JSONObject) -> None:
         self.inbox.append(message)
         self.wake.set()
 
-    def put_notification(self, message: JSONObject) -> bool:
-        if len(self.inbox) >= _MAX_QUEUED_NOTIFICATIONS:
-            self.dropped += 1
-            return False
-        self.put(message)
-        return True
+    def put_notification(self, message: JSONObject) -> None:
+        if len(self.inbox) < _MAX_QUEUED_NOTIFICATIONS:  # a consumer that stopped reading loses the rest
+            self.put(message)
 
 
 class JsonRpcStream:
@@ -239,7 +235,7 @@ class JsonRpcStream:
             params = _params(message)
             if method == "notifications/progress":
                 if on_progress is not None:
-                    last_progress = await _relay_progress(params, last_progress, on_progress)
+                    last_progress = await _relay_progress(params, request_id, last_progress, on_progress)
             elif method == "notifications/cancelled":
                 # The server abandoned our request (§1.7: also how it ends a listen stream).
                 logger.info("upstream %s: request %d was cancelled upstream", self.name, request_id)
@@ -388,8 +384,8 @@ class JsonRpcStream:
             meta = params.get("_meta")
             subscription = meta.get(SUBSCRIPTION_ID_KEY) if isinstance(meta, dict) else None
             target = self._slot(subscription) or self._watcher
-        if target is not None and not target.put_notification(message) and target.dropped == 1:
-            logger.warning("upstream %s: notifications are not consumed; dropping", self.name)
+        if target is not None:
+            target.put_notification(message)
 
     def _slot(self, request_id: Any) -> _Slot | None:
         """The pending request `request_id` names; ours are ints, and a bool is not one."""
@@ -417,19 +413,15 @@ def _object(value: Any) -> JSONObject:
     return value if isinstance(value, dict) else {}
 
 
-async def _relay_progress(params: JSONObject, last: float, on_progress: ProgressCallback) -> float:
-    """Relay one notifications/progress if it advances (§1.8: progress is monotonic)."""
-    progress = params.get("progress")
-    if not isinstance(progress, int | float) or isinstance(progress, bool) or not progress > last:
-        return last
-    total = params.get("total")
-    message = params.get("message")
-    await on_progress(
-        float(progress),
-        float(total) if isinstance(total, int | float) and not isinstance(total, bool) else None,
-        message if isinstance(message, str) else None,
+def _describe(era: Era, version: str, result: JSONObject, server_info: JSONObject) -> ServerDescription:
+    instructions = result.get("instructions")
+    return ServerDescription(
+        era,
+        version,
+        _object(result.get("capabilities")),
+        server_info,
+        instructions if isinstance(instructions, str) else None,
     )
-    return float(progress)
 
 
 # -- handshakes and lists --------------------------------------------------------------------
@@ -453,14 +445,8 @@ async def discover(
     versions = result.get("supportedVersions")
     if not isinstance(versions, list) or MODERN_PROTOCOL_VERSION not in versions:
         return None
-    instructions = result.get("instructions")
-    return ServerDescription(
-        era="modern",
-        protocol_version=MODERN_PROTOCOL_VERSION,
-        capabilities=_object(result.get("capabilities")),
-        server_info=_object(_object(result.get("_meta")).get(_SERVER_INFO_KEY)),
-        instructions=instructions if isinstance(instructions, str) else None,
-    )
+    server_info = _object(_object(result.get("_meta")).get(_SERVER_INFO_KEY))
+    return _describe("modern", MODERN_PROTOCOL_VERSION, result, server_info)
 
 
 async def initialize(
@@ -479,14 +465,7 @@ async def initialize(
         logger.warning("upstream %s: unusable initialize result (version %r)", rpc.name, version)
         raise UpstreamProtocolError(rpc.name)
     await rpc.notify("notifications/initialized")
-    instructions = result.get("instructions")
-    return ServerDescription(
-        era="legacy",
-        protocol_version=version,
-        capabilities=_object(result.get("capabilities")),
-        server_info=_object(result.get("serverInfo")),
-        instructions=instructions if isinstance(instructions, str) else None,
-    )
+    return _describe("legacy", version, result, _object(result.get("serverInfo")))
 
 
 async def list_all(

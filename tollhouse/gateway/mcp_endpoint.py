@@ -381,7 +381,10 @@ class McpEndpoint:
             await _result_response(send, request_id, {}, session.id)
             return
         if rpc_method == "logging/setLevel":
-            session.log_level = str(params.get("level"))
+            level = _level(params.get("level"))
+            if level is None:
+                raise _Reject(200, INVALID_PARAMS, "Invalid params: unknown log level", request_id=request_id)
+            session.log_level = level
             await _result_response(send, request_id, {}, session.id)
             return
         try:

@@ -28,7 +28,13 @@ from tollhouse.gateway.errors import GatewayError, UpstreamProtocolError, Upstre
 from tollhouse.gateway.http_rpc import EVENT_STREAM, JSON
 from tollhouse.gateway.jsonrpc_stream import JsonRpcStream, initialize, list_all
 from tollhouse.gateway.sse import SseError, SseEvent, SseParser
-from tollhouse.gateway.upstream import Era, NotificationCallback, ProgressCallback, ServerDescription
+from tollhouse.gateway.upstream import (
+    Era,
+    NotificationCallback,
+    ProgressCallback,
+    ServerDescription,
+    ServerRequestHandler,
+)
 from tollhouse.registry.models import JSONObject, Upstream
 
 __all__ = ["SSE_PROTOCOL_VERSION", "SseUpstream"]
@@ -236,10 +242,16 @@ class SseUpstream:
         session_key: str | None = None,
         on_progress: ProgressCallback | None = None,
         timeout_seconds: float | None = None,
+        on_request: ServerRequestHandler | None = None,
+        client_capabilities: JSONObject | None = None,
+        on_notification: NotificationCallback | None = None,
+        log_level: str | None = None,
     ) -> JSONObject:
         """Send one request and return its `result`; cancelling the caller cancels it upstream.
 
-        `session_key` is ignored: every caller shares the one SSE session.
+        `session_key` is ignored: every caller shares the one SSE session, and everything the
+        server sends arrives on one stream with no request correlation, so `on_request` and
+        `on_notification` are not used (server requests are refused with -32601).
 
         Raises:
             UpstreamUnavailable, UpstreamTimeout, UpstreamProtocolError, UpstreamRpcError.

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Literal
@@ -34,7 +35,13 @@ from tollhouse.gateway.errors import (
 )
 from tollhouse.gateway.jsonrpc_stream import JsonRpcStream, Truncated, discover, initialize, list_all
 from tollhouse.gateway.streamable_http import LEGACY_PROTOCOL_VERSION, MODERN_PROTOCOL_VERSION
-from tollhouse.gateway.upstream import Era, NotificationCallback, ProgressCallback, ServerDescription
+from tollhouse.gateway.upstream import (
+    Era,
+    NotificationCallback,
+    ProgressCallback,
+    ServerDescription,
+    ServerRequestHandler,
+)
 from tollhouse.registry.models import JSONObject, Upstream
 
 __all__ = ["StdioUpstream"]
@@ -229,12 +236,10 @@ class StdioUpstream:
                 if process.stdin is not None:
                     with contextlib.suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
                         await process.stdin.aclose()
-                for signum in (None, signal.SIGTERM, signal.SIGKILL):
-                    if signum is not None:
-                        logger.info(
-                            "upstream %s: sending %s to child %d", self.name, signum.name, process.pid
-                        )
-                        _signal_group(process, signum)
+                for step in (None, "SIGTERM", "SIGKILL"):
+                    if step is not None:
+                        logger.info("upstream %s: %s to child %d", self.name, step, process.pid)
+                        _signal_group(process, kill=step == "SIGKILL")
                     with anyio.move_on_after(_STOP_STEP_SECONDS) as waited:
                         await process.wait()
                     if not waited.cancelled_caught:
@@ -257,10 +262,16 @@ class StdioUpstream:
         session_key: str | None = None,
         on_progress: ProgressCallback | None = None,
         timeout_seconds: float | None = None,
+        on_request: ServerRequestHandler | None = None,
+        client_capabilities: JSONObject | None = None,
+        on_notification: NotificationCallback | None = None,
+        log_level: str | None = None,
     ) -> JSONObject:
         """Send one request and return its `result`; cancelling the caller cancels it in the child.
 
-        `session_key` is ignored: every caller shares the one child process.
+        `session_key` is ignored: every caller shares the one child process. stdio carries no
+        request correlation for server->client messages, so `on_request` and `on_notification`
+        are not used (the child's requests are refused with -32601; docs/compatibility.md).
 
         Raises:
             UpstreamUnavailable, UpstreamTimeout, UpstreamProtocolError, UpstreamRpcError.
@@ -271,6 +282,10 @@ class StdioUpstream:
         timeout = self._upstream.call_timeout_seconds if timeout_seconds is None else timeout_seconds
         # §1.7: modern stdio has no headers, so every request carries the whole envelope.
         envelope = self._envelope if self._era == "modern" else None
+        if envelope is not None and client_capabilities is not None:
+            envelope = {**envelope, "io.modelcontextprotocol/clientCapabilities": client_capabilities}
+        if envelope is not None and log_level is not None:
+            envelope = {**envelope, "io.modelcontextprotocol/logLevel": log_level}
         return await rpc.request(
             method, params, envelope=envelope, on_progress=on_progress, timeout_seconds=timeout
         )
@@ -429,11 +444,15 @@ class StdioUpstream:
             stderr_logger.info("%s: %s", self.name, line)
 
 
-def _signal_group(process: Process, signum: signal.Signals) -> None:
-    """Signal the child's process group (it leads one), so its own children stop too."""
+def _signal_group(process: Process, *, kill: bool) -> None:
+    """SIGTERM (or SIGKILL) the child's process group, so the child's own children stop too."""
     try:
-        os.killpg(process.pid, signum)
+        if sys.platform == "win32":  # no process groups: the child alone
+            (process.kill if kill else process.terminate)()
+        else:
+            os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)  # it leads its group
     except ProcessLookupError:
         pass  # already gone
-    except PermissionError:
-        process.send_signal(signum)
+    except PermissionError:  # a group member we may not signal; the child itself we may
+        with contextlib.suppress(ProcessLookupError):
+            (process.kill if kill else process.terminate)()

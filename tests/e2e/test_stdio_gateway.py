@@ -1,0 +1,56 @@
+"""A stdio upstream behind the gateway: its own environment only, restarted after a crash."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+from mcp import MCPError
+from mcp.types import TextContent
+
+from tests.harness import MODES, Mode, running_gateway
+
+pytestmark = pytest.mark.anyio
+
+SERVER = str(Path(__file__).resolve().parents[1] / "stdio_server.py")
+
+
+def _text(result: Any) -> str:
+    return "".join(c.text for c in result.content if isinstance(c, TextContent))
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_stdio_child_sees_only_its_own_env_and_is_restarted_after_a_crash(
+    tmp_path: Path, mode: Mode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOLLHOUSE_CANARY_SECRET", "must-not-leak")  # in the gateway's own environment
+    async with running_gateway(tmp_path) as gw:
+        server = await gw.add_server("kid", command=[sys.executable, SERVER], env={"KID_SETTING": "visible"})
+        assert server["transport"] == "stdio"
+        assert server["health"]["status"] == "healthy"
+        key = await gw.create_client("agent")
+        async with gw.client(key, mode) as client:
+            assert _text(await client.call_tool("kid__env_probe", {"name": "KID_SETTING"})) == "visible"
+            leaked = await client.call_tool("kid__env_probe", {"name": "TOLLHOUSE_CANARY_SECRET"})
+            assert "must-not-leak" not in repr(leaked)
+            first_pid = _text(await client.call_tool("kid__pid", {}))
+
+            with pytest.raises(MCPError):
+                await client.call_tool("kid__crash", {})  # the child exits mid-call
+            with anyio.fail_after(20):
+                await _until_live(gw, "kid")
+            assert _text(await client.call_tool("kid__echo", {"text": "again"})) == "again"
+            assert _text(await client.call_tool("kid__pid", {})) != first_pid
+
+
+async def _until_live(gw: Any, server: str) -> None:
+    async with httpx2.AsyncClient(trust_env=False) as http:
+        while True:
+            ready = (await http.get(f"{gw.base_url}/readyz")).json()
+            status = (await gw.admin.get(f"/servers/{server}")).json()["health"]["status"]
+            if server in ready["live"] and status == "healthy":
+                return
