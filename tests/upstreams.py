@@ -26,8 +26,10 @@ from mcp.types import (
     PaginatedRequestParams,
     PingRequest,
     SamplingMessage,
+    SubscribeRequestParams,
     TextContent,
     Tool,
+    UnsubscribeRequestParams,
 )
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -60,6 +62,10 @@ class Probe:
     # Every initialised legacy session, so a tool can notify them all on their GET streams.
     legacy_sessions: list[ServerSession] = field(default_factory=list)
     added_tools: int = 0
+    # legacy sessions subscribed to each resource URI (resources/subscribe)
+    resource_sessions: dict[str, list[ServerSession]] = field(default_factory=dict)
+    # net resources/subscribe minus resources/unsubscribe per URI
+    subscribed: dict[str, int] = field(default_factory=dict)
 
 
 class Confirm(BaseModel):
@@ -178,6 +184,34 @@ def echo_upstream(name: str = "echo-upstream", *, subscriptions: bool = True) ->
         """Dual-era sampling through a resolver."""
         content = sampled.content
         return f"{sampled.model}: {content.text if isinstance(content, TextContent) else '?'}"
+
+    @mcp.resource("note://watched")
+    def watched() -> str:
+        """A resource clients subscribe to; `touch` announces changes."""
+        return "watched"
+
+    @mcp.tool()
+    async def touch(uri: str, ctx: Context) -> str:
+        """Announce that a resource changed, to listeners of both eras."""
+        await ctx.notify_resource_updated(uri)  # 2026-07-28 subscriptions/listen
+        for session in probe.resource_sessions.get(uri, []):  # resources/subscribe sessions
+            await session.send_resource_updated(uri)
+        return "touched"
+
+    async def subscribe(ctx: ServerRequestContext[Any, Any], params: SubscribeRequestParams) -> EmptyResult:
+        probe.resource_sessions.setdefault(str(params.uri), []).append(ctx.session)
+        probe.subscribed[str(params.uri)] = probe.subscribed.get(str(params.uri), 0) + 1
+        return EmptyResult()
+
+    async def unsubscribe(
+        ctx: ServerRequestContext[Any, Any], params: UnsubscribeRequestParams
+    ) -> EmptyResult:
+        probe.subscribed[str(params.uri)] = probe.subscribed.get(str(params.uri), 0) - 1
+        return EmptyResult()
+
+    # resources/subscribe is session-era only; MCPServer has no decorator for it (as in everything.py).
+    mcp._lowlevel_server.add_request_handler("resources/subscribe", SubscribeRequestParams, subscribe)
+    mcp._lowlevel_server.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, unsubscribe)
 
     @mcp.resource("note://café/menu")
     def menu() -> str:

@@ -190,3 +190,43 @@ async def test_log_messages_during_a_call_reach_a_session_at_or_above_its_level(
                 await client.set_logging_level("emergency")
             await client.call_tool("everything__test_tool_with_logging", {})
             assert received == []
+
+
+@pytest.mark.parametrize("upstream_era", ["modern", "legacy"])
+async def test_a_subscribed_session_hears_when_an_upstream_resource_changes(
+    tmp_path: Path, upstream_era: str
+) -> None:
+    import anyio
+    from mcp.shared.exceptions import MCPDeprecationWarning
+
+    server, probe = echo_upstream()
+    app = server.streamable_http_app()
+    async with (
+        serve(legacy_only(app) if upstream_era == "legacy" else app, path="/mcp") as url,
+        running_gateway(tmp_path) as gw,
+    ):
+        await gw.add_server("up", url)
+        key = await gw.create_client("agent")
+        updated: list[str] = []
+        heard = anyio.Event()
+
+        async def on_message(message: Any) -> None:
+            root = getattr(message, "root", message)
+            if getattr(root, "method", None) == "notifications/resources/updated":
+                updated.append(str(root.params.uri))
+                heard.set()
+
+        async with gw.client(key, "legacy", message_handler=on_message) as client:
+            assert client.server_capabilities.resources is not None
+            assert client.server_capabilities.resources.subscribe is True
+            with pytest.warns(MCPDeprecationWarning):  # session-era method, still served
+                await client.subscribe_resource("tollhouse://up/note://watched")
+            assert _text(await client.call_tool("up__touch", {"uri": "note://watched"})) == "touched"
+            with anyio.fail_after(10):
+                await heard.wait()
+            assert updated == ["tollhouse://up/note://watched"]
+            with pytest.warns(MCPDeprecationWarning):
+                await client.unsubscribe_resource("tollhouse://up/note://watched")
+        if upstream_era == "legacy":
+            # The gateway's watch session subscribed upstream once, and let go on unsubscribe.
+            assert probe.subscribed["note://watched"] == 0

@@ -30,7 +30,7 @@ from tollhouse.gateway.mcp_endpoint import McpEndpoint
 from tollhouse.gateway.pipeline import build_pipeline
 from tollhouse.gateway.pool import ConnectorFactory, UpstreamPool
 from tollhouse.gateway.sealing import Sealer, load_or_create_key
-from tollhouse.gateway.sessions import SessionManager
+from tollhouse.gateway.sessions import DownstreamSession, SessionManager
 from tollhouse.gateway.settings import Settings
 from tollhouse.gateway.snapshot import Snapshot
 from tollhouse.gateway.sse_upstream import SseUpstream
@@ -83,10 +83,20 @@ def create_app(
     pool = UpstreamPool(
         store, deps.connector_factory or _default_connector_factory(settings), settings.upstreams
     )
+
+    async def on_session_close(session: DownstreamSession) -> None:
+        for server, uri in list(session.subscriptions):
+            await pool.unsubscribe_resource(server, uri)
+        await pool.end_session(session.id)
+
+    async def on_resource_updated(server: str, uri: str) -> None:
+        sessions.resource_updated(server, uri)
+
+    pool.on_resource_updated(on_resource_updated)
     sessions = SessionManager(
         idle_seconds=settings.limits.session_idle_seconds,
         max_sessions=settings.limits.max_sessions,
-        on_close=pool.end_session,
+        on_close=on_session_close,
     )
     sealer = Sealer(load_or_create_key(settings.data_dir, "request-state"))
     handlers = McpHandlers(pool, build_pipeline(pool, sealer), page_size=settings.limits.page_size)

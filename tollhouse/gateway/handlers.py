@@ -25,6 +25,7 @@ from tollhouse.gateway.errors import (
 from tollhouse.gateway.pipeline import CallContext, Pipeline
 from tollhouse.gateway.pool import UpstreamPool
 from tollhouse.gateway.relay import Ask
+from tollhouse.gateway.sessions import DownstreamSession
 from tollhouse.gateway.upstream import NotificationCallback, ProgressCallback
 from tollhouse.gateway.views import AggregateView, View
 from tollhouse.registry.models import JSONObject
@@ -57,6 +58,7 @@ class RequestContext:
     ask: Ask | None = None
     notify: NotificationCallback | None = None
     log_level: str | None = None
+    session: DownstreamSession | None = None
 
 
 Handler = Callable[[JSONObject, RequestContext], Awaitable[JSONObject]]
@@ -75,6 +77,8 @@ class McpHandlers:
             "resources/list": self.list_resources,
             "resources/templates/list": self.list_resource_templates,
             "resources/read": self.read_resource,
+            "resources/subscribe": self.subscribe,
+            "resources/unsubscribe": self.unsubscribe,
             "prompts/list": self.list_prompts,
             "prompts/get": self.get_prompt,
             "completion/complete": self.complete,
@@ -97,7 +101,8 @@ class McpHandlers:
         """What tollhouse offers; list changes reach legacy GET streams and 2026-07-28 listen streams."""
         return {
             "tools": {"listChanged": True},
-            "resources": {"listChanged": True},
+            # resources/subscribe is a session-era method; 2026-07-28 uses subscriptions/listen
+            "resources": {"listChanged": True, "subscribe": not modern},
             "prompts": {"listChanged": True},
             "completions": {},
             "logging": {},
@@ -209,6 +214,35 @@ class McpHandlers:
         if rc.modern:  # 2026-07-28 caching hints: nothing the gateway relays is shared across callers
             result = {**result, "ttlMs": 0, "cacheScope": "private"}
         return _own_result(result, rc)
+
+    async def subscribe(self, params: JSONObject, rc: RequestContext) -> JSONObject:
+        """resources/subscribe (session era): updates then arrive on the session's GET stream."""
+        target = self._resource_target(params, rc)
+        if rc.session is None:
+            raise MethodNotFound("resources/subscribe")
+        if target not in rc.session.subscriptions:
+            await self._pool.subscribe_resource(*target)
+            rc.session.subscriptions.add(target)
+        return {}
+
+    async def unsubscribe(self, params: JSONObject, rc: RequestContext) -> JSONObject:
+        """resources/unsubscribe (session era)."""
+        target = self._resource_target(params, rc)
+        if rc.session is None:
+            raise MethodNotFound("resources/unsubscribe")
+        if target in rc.session.subscriptions:
+            rc.session.subscriptions.discard(target)
+            await self._pool.unsubscribe_resource(*target)
+        return {}
+
+    def _resource_target(self, params: JSONObject, rc: RequestContext) -> tuple[str, str]:
+        uri = params.get("uri")
+        if not isinstance(uri, str):
+            raise InvalidArguments("'uri' must be a string")
+        target = rc.view.route_uri(self._pool.snapshot, uri)
+        if target is None:
+            raise UnknownResource(uri)
+        return target
 
     async def get_prompt(self, params: JSONObject, rc: RequestContext) -> JSONObject:
         """Route a prompts/get by exposed prompt name."""

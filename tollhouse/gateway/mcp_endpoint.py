@@ -58,6 +58,8 @@ _CAPABILITY_OF = {
     "roots/list": "roots",
 }
 _SUBSCRIPTION_KEY = "io.modelcontextprotocol/subscriptionId"
+# Session-era methods that 2026-07-28 removed (subscriptions/listen replaces subscribe).
+_SESSION_ONLY = frozenset({"resources/subscribe", "resources/unsubscribe"})
 _ACKNOWLEDGED = "notifications/subscriptions/acknowledged"
 _LISTEN_KINDS = {
     "toolsListChanged": "notifications/tools/list_changed",
@@ -269,6 +271,8 @@ class McpEndpoint:
             await self._listen(receive, send, request_id, params)
             return
         try:
+            if rpc_method in _SESSION_ONLY:
+                raise MethodNotFound(rpc_method)
             handler = self._handlers.handler(rpc_method)
         except MethodNotFound as exc:
             raise _Reject(
@@ -349,6 +353,7 @@ class McpEndpoint:
                 result["protocolVersion"],
                 caps if isinstance(caps, dict) else {},
                 view_key=scope[VIEW_KEY].key,
+                view=scope[VIEW_KEY],
             )
         except TooManySessions:
             raise _Reject(503, INTERNAL_ERROR, "Too many sessions", request_id=request_id) from None
@@ -406,6 +411,7 @@ class McpEndpoint:
             ask=stream.ask,
             notify=stream.notify,
             log_level=session.log_level,
+            session=session,
             session_key=session.id,
             on_progress=stream.progress if progress_token is not None else None,
         )

@@ -31,12 +31,14 @@ from tollhouse.registry.models import (
 )
 from tollhouse.registry.store import RegistryStore
 
-__all__ = ["ConnectorFactory", "SyncResult", "UpstreamPool"]
+__all__ = ["ConnectorFactory", "ResourceListener", "SyncResult", "UpstreamPool"]
 
 logger = logging.getLogger("tollhouse.upstreams")
 
 ConnectorFactory = Callable[[Upstream], UpstreamConnector]
 SnapshotListener = Callable[[Snapshot, Snapshot], Awaitable[None]]
+# (server, upstream uri) of a notifications/resources/updated
+ResourceListener = Callable[[str, str], Awaitable[None]]
 
 _LIST_METHODS: tuple[tuple[str, str, str, str], ...] = (
     # (capability, method, result key, catalog field)
@@ -83,6 +85,8 @@ class UpstreamPool:
         self._reconnecting: set[str] = set()
         self._toolsets: dict[str, Toolset] = {}
         self._failures: dict[str, int] = {}
+        self._resource_subs: dict[str, dict[str, int]] = {}
+        self._resource_listeners: list[ResourceListener] = []
         self._probing: set[str] = set()
         self._version = 0
         self._snapshot = build_snapshot(0, {}, ())
@@ -127,6 +131,41 @@ class UpstreamPool:
     def catalog(self, name: str) -> UpstreamCatalog | None:
         """The last synced catalog of an upstream."""
         return self._catalogs.get(name)
+
+    def on_resource_updated(self, listener: ResourceListener) -> None:
+        """Call `listener(server, uri)` for each `notifications/resources/updated` an upstream sends."""
+        self._resource_listeners.append(listener)
+
+    async def subscribe_resource(self, server: str, uri: str) -> None:
+        """Count one more subscriber of `uri` on `server`; the first one subscribes upstream.
+
+        Raises:
+            UpstreamUnavailable: the upstream is not live.
+        """
+        self.connector(server)  # live, or raise
+        counts = self._resource_subs.setdefault(server, {})
+        counts[uri] = counts.get(uri, 0) + 1
+        if counts[uri] == 1:
+            await self._apply_resources(server)
+
+    async def unsubscribe_resource(self, server: str, uri: str) -> None:
+        """Count one subscriber less; the last one unsubscribes upstream."""
+        counts = self._resource_subs.get(server, {})
+        if uri not in counts:
+            return
+        counts[uri] -= 1
+        if counts[uri] <= 0:
+            del counts[uri]
+            await self._apply_resources(server)
+
+    async def _apply_resources(self, server: str) -> None:
+        connector = self._connectors.get(server)
+        if connector is None or server not in self._live:
+            return  # applied again when it reconnects
+        try:
+            await connector.set_resource_subscriptions(sorted(self._resource_subs.get(server, {})))
+        except GatewayError as exc:
+            logger.warning("upstream %s: resource subscriptions not applied: %s", server, exc.message)
 
     def known_but_down(self, exposed: str) -> bool:
         """True when `exposed` names a tool of a registered upstream that is not live now."""
@@ -257,8 +296,9 @@ class UpstreamPool:
             return
         self._live.discard(name)
         self._failures.pop(name, None)
-        await self._set_health(name, "down", _describe(error))
+        # The snapshot first: a request must never see "down" and the old tool list together.
         await self._rebuild()
+        await self._set_health(name, "down", _describe(error))
         if self._tg is not None and name in self._upstreams:
             self._tg.start_soon(self._reconnect, name)
 
@@ -303,6 +343,8 @@ class UpstreamPool:
         self._live.add(name)
         await self._set_health(name, "healthy", None)
         self._start_watch(name, connector)
+        if self._resource_subs.get(name):
+            await self._apply_resources(name)
         return True
 
     async def _sync(self, name: str, *, rebuild: bool = True) -> None:
@@ -345,7 +387,7 @@ class UpstreamPool:
             while True:
                 opened = anyio.current_time()
                 try:
-                    await connector.watch(lambda method, params: self._on_notification(name, method))
+                    await connector.watch(lambda method, params: self._on_notification(name, method, params))
                 except GatewayError:
                     pass  # decided by the probe below
                 except Exception:  # a broken stream must not take the pool down
@@ -363,7 +405,11 @@ class UpstreamPool:
                     min(self._defaults.retry_min_seconds * 2**failures, self._defaults.retry_max_seconds)
                 )
 
-    async def _on_notification(self, name: str, method: str) -> None:
+    async def _on_notification(self, name: str, method: str, params: JSONObject) -> None:
+        if method == "notifications/resources/updated" and isinstance(params.get("uri"), str):
+            for listener in list(self._resource_listeners):
+                await listener(name, params["uri"])
+            return
         if method in _LIST_CHANGED and name in self._live:
             try:
                 await self._sync(name)
@@ -399,7 +445,11 @@ class UpstreamPool:
                 return
             if await self._connect_and_sync(name, retry=False):
                 await self._rebuild()
-                logger.info("upstream %s is back", name)
+                logger.info(
+                    "upstream %s is back (%s)",
+                    name,
+                    self._upstreams[name].url or self._upstreams[name].command,
+                )
                 return
             delay = min(delay * 2, self._defaults.retry_max_seconds)
 

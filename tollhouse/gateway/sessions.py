@@ -19,11 +19,12 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from tollhouse.auth.principal import Principal
+from tollhouse.gateway.views import View
 from tollhouse.registry.models import JSONObject
 
 __all__ = ["DownstreamSession", "Pending", "SessionManager", "TooManySessions"]
 
-OnClose = Callable[[str], Awaitable[None]]
+OnClose = Callable[["DownstreamSession"], Awaitable[None]]
 
 
 class TooManySessions(Exception):
@@ -56,6 +57,9 @@ class DownstreamSession:
     closed: bool = False
     # answers the client owes to our server->client requests, by request id
     pending: dict[Any, Pending] = field(default_factory=dict)
+    # (server, upstream uri) this session subscribed to, and the view that names them
+    subscriptions: set[tuple[str, str]] = field(default_factory=set)
+    view: View | None = None
 
     def notify(self, message: JSONObject) -> None:
         """Queue a notification for the GET stream; dropped when the client reads none."""
@@ -85,6 +89,7 @@ class SessionManager:
         capabilities: JSONObject,
         *,
         view_key: str = "aggregate",
+        view: View | None = None,
     ) -> DownstreamSession:
         """A new session bound to `principal`.
 
@@ -98,6 +103,7 @@ class SessionManager:
             id=secrets.token_urlsafe(32),
             principal_key=principal.key,
             view_key=view_key,
+            view=view,
             protocol_version=protocol_version,
             client_capabilities=capabilities,
             last_seen=time.monotonic(),
@@ -134,7 +140,7 @@ class SessionManager:
         if session.outbox_receive is not None and not session.stream_attached:
             session.outbox_receive.close()
         with anyio.CancelScope(shield=True):
-            await self._on_close(session_id)
+            await self._on_close(session)
 
     def broadcast(self, message: JSONObject) -> None:
         """Queue a notification on every session's GET stream and every listen stream that wants it."""
@@ -151,6 +157,15 @@ class SessionManager:
                     stream.close()
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                     self._listeners.pop(stream, None)
+
+    def resource_updated(self, server: str, uri: str) -> None:
+        """Tell every session subscribed to (server, uri) that the resource changed."""
+        for session in list(self._sessions.values()):
+            if (server, uri) in session.subscriptions and session.view is not None:
+                shown = session.view.show_uri(server, uri)
+                session.notify(
+                    {"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": shown}}
+                )
 
     @contextlib.contextmanager
     def listen(self, methods: frozenset[str]) -> Iterator[MemoryObjectReceiveStream[JSONObject]]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import aiohttp
 import anyio
@@ -102,6 +102,7 @@ class SseUpstream:
         if upstream.url is None:
             raise ValueError(f"upstream {upstream.name} has no url")
         self.name = upstream.name
+        self._resource_uris: frozenset[str] = frozenset()
         self._upstream = upstream
         self._url = URL(upstream.url)
         self._environ: Mapping[str, str] = os.environ if environ is None else environ
@@ -261,6 +262,20 @@ class SseUpstream:
             raise UpstreamUnavailable(self.name)
         timeout = self._upstream.call_timeout_seconds if timeout_seconds is None else timeout_seconds
         return await rpc.request(method, params, on_progress=on_progress, timeout_seconds=timeout)
+
+    async def set_resource_subscriptions(self, uris: Sequence[str]) -> None:
+        """Subscribe the one session to these URIs (session era); updates arrive on its stream.
+
+        2026-07-28 over this transport does not carry resource subscriptions yet: recorded only.
+        """
+        wanted, current = frozenset(uris), self._resource_uris
+        self._resource_uris = wanted
+        if self.era != "legacy":
+            return
+        for uri in sorted(wanted - current):
+            await self.request("resources/subscribe", {"uri": uri})
+        for uri in sorted(current - wanted):
+            await self.request("resources/unsubscribe", {"uri": uri})
 
     async def list_all(self, method: str, key: str) -> list[JSONObject]:
         """Follow `nextCursor` through every page of a list method; `key` names the items.

@@ -17,7 +17,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Literal
 
@@ -128,6 +128,7 @@ class StdioUpstream:
         if not upstream.command:
             raise ValueError(f"upstream {upstream.name} has no command")
         self.name = upstream.name
+        self._resource_uris: frozenset[str] = frozenset()
         self._upstream = upstream
         self._requested_era = era
         self._max_message_bytes = max_message_bytes
@@ -289,6 +290,20 @@ class StdioUpstream:
         return await rpc.request(
             method, params, envelope=envelope, on_progress=on_progress, timeout_seconds=timeout
         )
+
+    async def set_resource_subscriptions(self, uris: Sequence[str]) -> None:
+        """Subscribe the one session to these URIs (session era); updates arrive on its stream.
+
+        2026-07-28 over this transport does not carry resource subscriptions yet: recorded only.
+        """
+        wanted, current = frozenset(uris), self._resource_uris
+        self._resource_uris = wanted
+        if self.era != "legacy":
+            return
+        for uri in sorted(wanted - current):
+            await self.request("resources/subscribe", {"uri": uri})
+        for uri in sorted(current - wanted):
+            await self.request("resources/unsubscribe", {"uri": uri})
 
     async def list_all(self, method: str, key: str) -> list[JSONObject]:
         """Follow `nextCursor` through every page of a list method; `key` names the items.

@@ -15,7 +15,7 @@ import itertools
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import anyio
@@ -25,6 +25,7 @@ from anyio.abc import TaskStatus
 from tollhouse import __version__
 from tollhouse.gateway.errors import (
     METHOD_NOT_FOUND,
+    GatewayError,
     UpstreamProtocolError,
     UpstreamRpcError,
     UpstreamTimeout,
@@ -52,6 +53,7 @@ __all__ = ["LEGACY_PROTOCOL_VERSION", "MODERN_PROTOCOL_VERSION", "HttpUpstream",
 
 _CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
 _LOG_LEVEL_KEY = "io.modelcontextprotocol/logLevel"
+_WATCH_KEY = "tollhouse:watch"
 # What a legacy upstream session may ask the downstream for through the gateway (§1.10).
 RELAY_CAPABILITIES: JSONObject = {"elicitation": {"form": {}, "url": {}}, "sampling": {}, "roots": {}}
 logger = logging.getLogger(__name__)
@@ -123,6 +125,8 @@ class HttpUpstream:
         self._method_headers: dict[str, dict[str, str]] = {}
         self._sessions: dict[str | None, Session] = {}
         self._session_locks: dict[str | None, anyio.Lock] = {}
+        self._resource_uris: frozenset[str] = frozenset()
+        self._resubscribe = anyio.Event()
         self._description: ServerDescription | None = None
         self._era: Era | None = None
         self._closed = False
@@ -467,11 +471,55 @@ class HttpUpstream:
         else:
             await self._watch_legacy(rpc, on_notification, task_status)
 
+    async def set_resource_subscriptions(self, uris: Sequence[str]) -> None:
+        """Have the watch stream carry `notifications/resources/updated` for exactly these URIs.
+
+        Legacy: resources/subscribe and unsubscribe on the watch session (its GET stream gets
+        the updates). 2026-07-28: the listen stream is reopened with `resourceSubscriptions`.
+        """
+        wanted, current = frozenset(uris), self._resource_uris
+        self._resource_uris = wanted
+        if self._era == "legacy":
+            for uri in sorted(wanted - current):
+                await self.request("resources/subscribe", {"uri": uri}, session_key=_WATCH_KEY)
+            for uri in sorted(current - wanted):
+                await self.request("resources/unsubscribe", {"uri": uri}, session_key=_WATCH_KEY)
+        elif wanted != current:
+            self._resubscribe.set()
+
     async def _watch_modern(
         self, rpc: HttpRpc, on_notification: NotificationCallback, task_status: TaskStatus[None]
     ) -> None:
+        while True:
+            self._resubscribe = anyio.Event()
+            failure: GatewayError | None = None
+            async with anyio.create_task_group() as tg:
+
+                async def listen(started: TaskStatus[None]) -> None:
+                    nonlocal failure
+                    try:
+                        await self._listen_once(rpc, on_notification, started)
+                    except GatewayError as exc:
+                        failure = exc  # raised below, not as an exception group
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(listen, task_status)
+                await self._resubscribe.wait()  # the filter changed: reopen with the new one
+                tg.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
+            if not self._resubscribe.is_set():
+                return
+            task_status = anyio.TASK_STATUS_IGNORED
+
+    async def _listen_once(
+        self, rpc: HttpRpc, on_notification: NotificationCallback, task_status: TaskStatus[None]
+    ) -> None:
         request_id = next(self._ids)
-        params = {"notifications": _LISTEN_FILTER, "_meta": self._envelope}
+        notifications: JSONObject = dict(_LISTEN_FILTER)
+        if self._resource_uris:
+            notifications["resourceSubscriptions"] = sorted(self._resource_uris)
+        params = {"notifications": notifications, "_meta": self._envelope}
         body = orjson.dumps(
             {"jsonrpc": "2.0", "id": request_id, "method": "subscriptions/listen", "params": params}
         )
@@ -496,7 +544,8 @@ class HttpUpstream:
     ) -> None:
         # A dedicated session: its GET stream carries only messages unrelated to any request,
         # and it never competes with a request session for the one stream allowed (§1.6).
-        session, _ = await self._initialize(rpc)
+        # Keyed, so resource subscriptions made on it (set_resource_subscriptions) land here.
+        session = await self._legacy_session(rpc, _WATCH_KEY)
         try:
             headers = {k: v for k, v in session.headers.items() if k != "Content-Type"}
             headers["Accept"] = EVENT_STREAM
@@ -511,6 +560,8 @@ class HttpUpstream:
             finally:
                 response.close()
         finally:
+            if self._sessions.get(_WATCH_KEY) is session:
+                del self._sessions[_WATCH_KEY]
             await rpc.delete(session)
 
     # -- credentials -----------------------------------------------------------------

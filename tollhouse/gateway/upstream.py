@@ -7,7 +7,7 @@ params and get the JSON-RPC `result` object back, or a GatewayError.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -91,6 +91,10 @@ class UpstreamConnector(Protocol):
 
     async def end_session(self, session_key: str) -> None:
         """Close the upstream session bound to `session_key`, if any."""
+        ...
+
+    async def set_resource_subscriptions(self, uris: Sequence[str]) -> None:
+        """Make `watch()` deliver `notifications/resources/updated` for exactly these URIs."""
         ...
 
     async def watch(self, on_notification: NotificationCallback) -> None:
