@@ -360,3 +360,26 @@ async def test_a_2026_client_listening_for_tool_changes_hears_an_upstreams_list_
                 event = await anext(aiter(subscription))
             assert isinstance(event, ToolsListChanged)
             assert "up__added_1" in {t.name for t in (await client.list_tools()).tools}
+
+
+async def test_a_gateway_started_while_an_upstream_is_down_serves_the_rest_and_picks_it_up_later(
+    tmp_path: Path,
+) -> None:
+    async with serve(notes.build_app(), path="/mcp") as notes_url:
+        async with spawn_example("studio") as child:
+            async with running_gateway(tmp_path) as gw:
+                await gw.add_server("studio", child.url)
+                await gw.add_server("notes", notes_url)
+                key = await gw.create_client("agent")
+            await child.kill()
+        # A new gateway on the same registry starts with studio down.
+        async with running_gateway(tmp_path) as gw:
+            assert (await gw.admin.get("/servers/studio")).json()["health"]["status"] == "down"
+            async with gw.client(key, "2026-07-28") as client:
+                names = {t.name for t in (await client.list_tools()).tools}
+                assert "notes__add_note" in names
+                assert not any(n.startswith("studio__") for n in names)
+                async with spawn_example("studio", port=child.port):
+                    with anyio.fail_after(20):
+                        await _until_live(gw, "studio")
+                    assert _text(await client.call_tool("studio__echo", {"text": "late"})) == "late"
