@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ META = {
     "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "0"},
 }
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+GATEWAY_ARGV = [str(Path(sys.executable).parent / "tollhouse"), "serve"]
 
 
 class Client:
@@ -154,33 +155,43 @@ async def measure(
         clients = [Client(http, url, tool, era, key) for _ in range(c)]
         await asyncio.gather(*(client.open() for client in clients))
         try:
-
-            async def warm(client: Client) -> int:
-                return [await client.call() for _ in range(max(1, warmup // c))].count(False)
-
-            errors = sum(await asyncio.gather(*(warm(client) for client in clients)))
-            latencies: list[int] = []
-            cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-            cpu_before["bench"] = time.process_time()
-            start = time.perf_counter_ns()
-            end = start + int(seconds * 1e9)
-
-            async def worker(client: Client) -> None:
-                nonlocal errors
-                while time.perf_counter_ns() < end:
-                    t0 = time.perf_counter_ns()
-                    ok = await client.call()
-                    if ok:
-                        latencies.append(time.perf_counter_ns() - t0)
-                    else:
-                        errors += 1
-
-            await asyncio.gather(*(worker(client) for client in clients))
-            elapsed = (time.perf_counter_ns() - start) / 1e9
-            cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
-            cpu["bench"] = time.process_time() - cpu_before["bench"]
+            return await run_load([client.call for client in clients], seconds, warmup, pids)
         finally:
             await asyncio.gather(*(client.close() for client in clients))
+
+
+async def run_load(
+    calls: Sequence[Callable[[], Awaitable[bool]]], seconds: float, warmup: int, pids: dict[str, int]
+) -> dict[str, Any]:
+    """One worker per entry of `calls` (each returns True on success): warm up with `warmup` calls
+    in all, then call for `seconds`; rate, latency percentiles, CPU per call of `pids` and of
+    this process."""
+    c = len(calls)
+
+    async def warm(call: Callable[[], Awaitable[bool]]) -> int:
+        return [await call() for _ in range(max(1, warmup // c))].count(False)
+
+    errors = sum(await asyncio.gather(*(warm(call) for call in calls)))
+    latencies: list[int] = []
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    cpu_before["bench"] = time.process_time()
+    start = time.perf_counter_ns()
+    end = start + int(seconds * 1e9)
+
+    async def worker(call: Callable[[], Awaitable[bool]]) -> None:
+        nonlocal errors
+        while time.perf_counter_ns() < end:
+            t0 = time.perf_counter_ns()
+            ok = await call()
+            if ok:
+                latencies.append(time.perf_counter_ns() - t0)
+            else:
+                errors += 1
+
+    await asyncio.gather(*(worker(call) for call in calls))
+    elapsed = (time.perf_counter_ns() - start) / 1e9
+    cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+    cpu["bench"] = time.process_time() - cpu_before["bench"]
     latencies.sort()
     done = max(1, len(latencies))
     run: dict[str, Any] = {
@@ -216,6 +227,11 @@ def child(argv: list[str], env: dict[str, str], log: Path, pipe: bool) -> Iterat
 
 def read_ready(proc: subprocess.Popen[str], deadline: float) -> str:
     """The URL from the child's `READY <url>` line."""
+    return read_ready_words(proc, deadline)[0]
+
+
+def read_ready_words(proc: subprocess.Popen[str], deadline: float) -> list[str]:
+    """The words after `READY` on the child's `READY ...` line."""
     assert proc.stdout is not None
     while (remaining := deadline - time.monotonic()) > 0:
         if select.select([proc.stdout], [], [], remaining)[0]:
@@ -223,8 +239,47 @@ def read_ready(proc: subprocess.Popen[str], deadline: float) -> str:
             if not line:
                 break
             if line.startswith("READY "):
-                return line.split()[1]
+                return line.split()[1:]
     raise RuntimeError("the upstream did not print READY in time")
+
+
+def child_env() -> dict[str, str]:
+    """This environment without TOLLHOUSE_* settings, with the repository on PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TOLLHOUSE_")}
+    return env | {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+
+
+def new_admin_token() -> str:
+    """A fresh admin token for a benchmark gateway."""
+    return "tha_" + secrets.token_urlsafe(24)
+
+
+def gateway_env(
+    env: dict[str, str], port: int, admin_token: str, data_dir: Path | None = None
+) -> dict[str, str]:
+    """`env` plus the settings of a loopback gateway on `port` (data in `data_dir` if given)."""
+    out = env | {
+        "TOLLHOUSE_HOST": "127.0.0.1",
+        "TOLLHOUSE_PORT": str(port),
+        "TOLLHOUSE_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "TOLLHOUSE_ADMIN_TOKEN": admin_token,
+    }
+    if data_dir is not None:
+        out["TOLLHOUSE_DATA_DIR"] = str(data_dir)
+    return out
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    return {"nproc": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+
+
+def write_report(document: dict[str, Any], out: Path) -> None:
+    """Write the JSON report to `out` and print it on stdout."""
+    text = json.dumps(document, indent=2)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+    print(text)
 
 
 def free_port() -> int:
@@ -235,32 +290,56 @@ def free_port() -> int:
         return port
 
 
+async def wait_healthy(
+    http: aiohttp.ClientSession, base: str, proc: subprocess.Popen[str], deadline: float
+) -> None:
+    """Poll the gateway's /healthz until it answers 200."""
+    while True:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the gateway did not become healthy (see its log)")
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            async with http.get(f"{base}/healthz") as response:
+                if response.status == 200:
+                    return
+        await asyncio.sleep(0.05)
+
+
+async def register(http: aiohttp.ClientSession, base: str, admin_token: str, server: dict[str, Any]) -> None:
+    """`POST /admin/api/v1/servers` (it returns once the server's catalog is live)."""
+    auth = {"Authorization": f"Bearer {admin_token}"}
+    async with http.post(f"{base}/admin/api/v1/servers", json=server, headers=auth) as r:
+        if r.status != 201:
+            raise RuntimeError(f"registering {server['name']} failed: {r.status} {await r.text()}")
+
+
+async def create_client(http: aiohttp.ClientSession, base: str, admin_token: str) -> str:
+    """Create the `bench` client; returns its API key."""
+    auth = {"Authorization": f"Bearer {admin_token}"}
+    body = {"name": "bench", "team": "bench"}
+    async with http.post(f"{base}/admin/api/v1/clients", json=body, headers=auth) as r:
+        if r.status != 201:
+            raise RuntimeError(f"creating a client failed: {r.status} {await r.text()}")
+        key: str = (await r.json())["api_key"]
+        return key
+
+
+async def wait_callable(http: aiohttp.ClientSession, base: str, key: str, tool: str, deadline: float) -> None:
+    """Call `tool` (echo) through the gateway until it succeeds."""
+    probe = Client(http, f"{base}/mcp", tool, "modern", key)
+    while not await probe.call():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{tool} did not become callable through the gateway")
+        await asyncio.sleep(0.05)
+
+
 async def set_up_gateway(base: str, admin_token: str, upstream: str, proc: subprocess.Popen[str]) -> str:
     """Wait for /healthz, register studio, create a client; returns its API key."""
     deadline = time.monotonic() + 60
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the gateway did not become healthy (see its log)")
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                async with http.get(f"{base}/healthz") as response:
-                    if response.status == 200:
-                        break
-            await asyncio.sleep(0.05)
-        admin = f"{base}/admin/api/v1"
-        auth = {"Authorization": f"Bearer {admin_token}"}
-        async with http.post(f"{admin}/servers", json={"name": "studio", "url": upstream}, headers=auth) as r:
-            if r.status != 201:
-                raise RuntimeError(f"registering studio failed: {r.status} {await r.text()}")
-        async with http.post(f"{admin}/clients", json={"name": "bench", "team": "bench"}, headers=auth) as r:
-            if r.status != 201:
-                raise RuntimeError(f"creating a client failed: {r.status} {await r.text()}")
-            key: str = (await r.json())["api_key"]
-        probe = Client(http, f"{base}/mcp", "studio__echo", "modern", key)
-        while not await probe.call():
-            if time.monotonic() > deadline:
-                raise RuntimeError("studio__echo did not become callable through the gateway")
-            await asyncio.sleep(0.05)
+        await wait_healthy(http, base, proc, deadline)
+        await register(http, base, admin_token, {"name": "studio", "url": upstream})
+        key = await create_client(http, base, admin_token)
+        await wait_callable(http, base, key, "studio__echo", deadline)
         return key
 
 
@@ -357,18 +436,11 @@ def main() -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out: Path = args.out or ROOT / "bench" / "results" / f"mcp_overhead-{stamp}.json"
 
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TOLLHOUSE_")}
-    env |= {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    admin_token = "tha_" + secrets.token_urlsafe(24)
+    env = child_env()
+    admin_token = new_admin_token()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    gw_env = env | {
-        "TOLLHOUSE_HOST": "127.0.0.1",
-        "TOLLHOUSE_PORT": str(port),
-        "TOLLHOUSE_PUBLIC_URL": base,
-        "TOLLHOUSE_ADMIN_TOKEN": admin_token,
-    }
-    tollhouse = str(Path(sys.executable).parent / "tollhouse")
+    gw_env = gateway_env(env, port, admin_token)
     studio_argv = [sys.executable, str(ROOT / "examples/servers/studio.py"), "--port", "0"]
     with (
         tempfile.TemporaryDirectory(prefix="tollhouse-bench-") as tmp,
@@ -377,7 +449,7 @@ def main() -> int:
         gw_env["TOLLHOUSE_DATA_DIR"] = str(Path(tmp) / "data")
         with child(studio_argv, env, Path(tmp) / "studio.log", pipe=True) as studio:
             upstream = read_ready(studio, time.monotonic() + 60)
-            with child([tollhouse, "serve"], gw_env, Path(tmp) / "gateway.log", pipe=False) as gateway:
+            with child(GATEWAY_ARGV, gw_env, Path(tmp) / "gateway.log", pipe=False) as gateway:
                 try:
                     key = runner.run(set_up_gateway(base, admin_token, upstream, gateway))
                 except RuntimeError:
@@ -390,19 +462,12 @@ def main() -> int:
     document = {
         "benchmark": "mcp_overhead",
         "timestamp": stamp,
-        "machine": {
-            "nproc": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": machine(),
         "settings": {k: getattr(args, k) for k in ("duration", "warmup", "concurrency", "eras")},
         "runs": runs,
         "summary": summary,
     }
-    text = json.dumps(document, indent=2)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
-    print(text)
+    write_report(document, out)
     print_table(runs, summary)
     print(f"written to {out}", file=sys.stderr)
     return 1 if summary["errors"] else 0

@@ -325,10 +325,10 @@ async def test_one_downstream_session_uses_one_upstream_session_and_ending_it_en
         key = await gw.create_client("agent")
         before = recorder.rpc_methods().count("initialize")  # the gateway's own sync and watch sessions
         async with gw.client(key, "legacy") as client:
-            for i in range(20):
+            for i in range(100):
                 await client.call_tool("notes__add_note", {"text": f"note {i}"})
             listed = await client.call_tool("notes__list_notes", {})
-            assert listed.structured_content == {"result": [f"note {i}" for i in range(20)]}
+            assert listed.structured_content == {"result": [f"note {i}" for i in range(100)]}
         assert recorder.rpc_methods().count("initialize") - before == 1
         # Closing the downstream session closed its upstream session before the DELETE returned.
         assert recorder.requests[-1].method == "DELETE"
@@ -383,3 +383,24 @@ async def test_a_gateway_started_while_an_upstream_is_down_serves_the_rest_and_p
                     with anyio.fail_after(20):
                         await _until_live(gw, "studio")
                     assert _text(await client.call_tool("studio__echo", {"text": "late"})) == "late"
+
+
+async def test_an_expired_upstream_session_is_reopened_without_an_error_downstream(tmp_path: Path) -> None:
+    from tests.upstreams import HeaderRecorder, legacy_only
+
+    recorder = HeaderRecorder(legacy_only(notes.build_app()))
+    async with serve(recorder, path="/mcp") as url, running_gateway(tmp_path) as gw:
+        await gw.add_server("notes", url)
+        key = await gw.create_client("agent")
+        async with gw.client(key, "legacy") as client:
+            await client.call_tool("notes__add_note", {"text": "before"})
+            session_id = recorder.requests[-1].headers["mcp-session-id"]
+            # The upstream forgets the session (as on expiry or restart).
+            async with httpx2.AsyncClient(trust_env=False) as http:
+                gone = await http.delete(url, headers={"mcp-session-id": session_id})
+                assert gone.status_code == 200
+            result = await client.call_tool("notes__add_note", {"text": "after"})
+            assert not result.is_error
+            listed = await client.call_tool("notes__list_notes", {})
+            assert listed.structured_content == {"result": ["after"]}  # a fresh upstream session
+            assert recorder.requests[-1].headers["mcp-session-id"] != session_id

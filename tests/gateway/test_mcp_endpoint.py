@@ -350,3 +350,58 @@ async def test_initialize_negotiates_a_session_era_version(
     assert result["protocolVersion"] == negotiated
     assert result["serverInfo"]["name"] == "tollhouse"
     assert result["capabilities"]["tools"] == {"listChanged": True}
+
+
+async def _read_events(response: httpx2.Response, count: int) -> list[dict[str, str]]:
+    """The next `count` SSE events (id and data) of a streaming response."""
+    events: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    async for line in response.aiter_lines():
+        if not line:
+            if current:
+                events.append(current)
+                current = {}
+                if len(events) == count:
+                    return events
+            continue
+        field, _, value = line.partition(":")
+        if field:
+            current[field] = value.strip()
+    return events
+
+
+async def test_a_session_stream_resumes_after_last_event_id_with_what_it_missed(setup: Any) -> None:
+    gw, key, http = setup
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "0"},
+        },
+    }
+    auth = {"Authorization": f"Bearer {key}", "Accept": ACCEPT}
+    created = await http.post(gw.mcp_url, json=init, headers=auth)
+    stream_headers = {
+        "Authorization": f"Bearer {key}",
+        "Accept": "text/event-stream",
+        "Mcp-Session-Id": created.headers["mcp-session-id"],
+        "MCP-Protocol-Version": "2025-11-25",
+    }
+    with anyio.fail_after(10):
+        async with http.stream("GET", gw.mcp_url, headers=stream_headers) as response:
+            (priming,) = await _read_events(response, 1)
+            assert priming.get("id") is not None
+            assert priming.get("data", "") == ""
+        # While no stream is open, the catalog changes twice.
+        await gw.admin.post("/servers/studio/refresh")
+        await gw.admin.delete("/servers/studio")
+        resumed = {**stream_headers, "Last-Event-ID": priming["id"]}
+        async with http.stream("GET", gw.mcp_url, headers=resumed) as response:
+            events = await _read_events(response, 2)
+    missed = [e for e in events if e.get("data")]
+    assert missed, events
+    assert all(int(e["id"]) > int(priming["id"]) for e in missed)
+    assert any("list_changed" in e["data"] for e in missed)

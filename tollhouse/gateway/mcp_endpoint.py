@@ -439,7 +439,7 @@ class McpEndpoint:
             raise _Reject(404, INVALID_REQUEST, "Session not found")
         if session.stream_attached or session.outbox_receive is None:
             raise _Reject(409, INVALID_REQUEST, "Conflict: only one GET stream per session")
-        await _serve_session_stream(session, receive, send)
+        await _serve_session_stream(session, receive, send, _event_number(headers.get("last-event-id")))
 
     async def _delete(self, scope: Scope, send: Send, headers: dict[str, str]) -> None:
         if headers.get("mcp-protocol-version") == MODERN_VERSION:
@@ -584,7 +584,10 @@ class _Stream:
         await self._send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _serve_session_stream(session: DownstreamSession, receive: Receive, send: Send) -> None:
+async def _serve_session_stream(
+    session: DownstreamSession, receive: Receive, send: Send, resume_after: int | None
+) -> None:
+    """The session's standalone stream: priming event, events missed since `Last-Event-ID`, live ones."""
     assert session.outbox_receive is not None
     session.stream_attached = True
     await send(
@@ -597,11 +600,18 @@ async def _serve_session_stream(session: DownstreamSession, receive: Receive, se
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
-            # Flush headers so the client knows the stream is open before anything happens.
-            await send({"type": "http.response.body", "body": b": stream open\n\n", "more_body": True})
-            async for notification in session.outbox_receive:
-                data = b"event: message\ndata: " + orjson.dumps(notification) + b"\n\n"
-                await send({"type": "http.response.body", "body": data, "more_body": True})
+            # The priming event (an id, no data) lets a client resume from here (2025-11-25).
+            priming = f"id: {session.last_event_id}\ndata: \n\n".encode()
+            await send({"type": "http.response.body", "body": priming, "more_body": True})
+            sent = session.last_event_id
+            if resume_after is not None:
+                for number, notification in list(session.replay):
+                    if number > resume_after:
+                        await send(_numbered_event(number, notification))
+                        sent = max(sent, number)
+            async for number, notification in session.outbox_receive:
+                if number > sent or resume_after is None:
+                    await send(_numbered_event(number, notification))
             tg.cancel_scope.cancel()
         with anyio.CancelScope(shield=True):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -611,6 +621,15 @@ async def _serve_session_stream(session: DownstreamSession, receive: Receive, se
         session.stream_attached = False
         if session.closed:
             session.outbox_receive.close()
+
+
+def _numbered_event(number: int, payload: JSONObject) -> Message:
+    data = f"id: {number}\nevent: message\ndata: ".encode() + orjson.dumps(payload) + b"\n\n"
+    return {"type": "http.response.body", "body": data, "more_body": True}
+
+
+def _event_number(value: str | None) -> int | None:
+    return int(value) if value is not None and value.isdigit() else None
 
 
 async def _sse_event(send: Send, payload: JSONObject, *, more: bool = True) -> None:

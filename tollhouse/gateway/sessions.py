@@ -8,6 +8,7 @@ drained by the session's GET stream.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import secrets
 import time
@@ -25,6 +26,7 @@ from tollhouse.registry.models import JSONObject
 __all__ = ["DownstreamSession", "Pending", "SessionManager", "TooManySessions"]
 
 OnClose = Callable[["DownstreamSession"], Awaitable[None]]
+REPLAY_EVENTS = 256
 
 
 class TooManySessions(Exception):
@@ -50,8 +52,12 @@ class DownstreamSession:
     client_capabilities: JSONObject
     last_seen: float
     inflight: dict[Any, anyio.CancelScope] = field(default_factory=dict)
-    outbox_send: MemoryObjectSendStream[JSONObject] | None = None
-    outbox_receive: MemoryObjectReceiveStream[JSONObject] | None = None
+    outbox_send: MemoryObjectSendStream[tuple[int, JSONObject]] | None = None
+    outbox_receive: MemoryObjectReceiveStream[tuple[int, JSONObject]] | None = None
+    last_event_id: int = 0
+    replay: collections.deque[tuple[int, JSONObject]] = field(
+        default_factory=lambda: collections.deque(maxlen=REPLAY_EVENTS)
+    )
     stream_attached: bool = False
     log_level: str | None = None
     closed: bool = False
@@ -62,11 +68,18 @@ class DownstreamSession:
     view: View | None = None
 
     def notify(self, message: JSONObject) -> None:
-        """Queue a notification for the GET stream; dropped when the client reads none."""
+        """Send a notification on the GET stream, keeping it for replay (resumability).
+
+        Each event gets the next id; the last `REPLAY_EVENTS` are kept, so a client that
+        reconnects with `Last-Event-ID` gets what it missed (MCP 2025-11-25 transports).
+        """
+        self.last_event_id += 1
+        event = (self.last_event_id, message)
+        self.replay.append(event)
         if self.outbox_send is None or not self.stream_attached:
             return
         with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            self.outbox_send.send_nowait(message)
+            self.outbox_send.send_nowait(event)
 
 
 class SessionManager:
@@ -98,7 +111,7 @@ class SessionManager:
         """
         if len(self._sessions) >= self._max:
             raise TooManySessions
-        send, receive = anyio.create_memory_object_stream[JSONObject](100)
+        send, receive = anyio.create_memory_object_stream[tuple[int, JSONObject]](100)
         session = DownstreamSession(
             id=secrets.token_urlsafe(32),
             principal_key=principal.key,
