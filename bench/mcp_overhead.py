@@ -64,7 +64,7 @@ class Client:
     async def _post(self, message: dict[str, Any], headers: dict[str, str]) -> tuple[int, Any, str | None]:
         async with self.http.post(self.url, data=orjson.dumps(message), headers=headers) as response:
             body = await response.read()
-            reply = _find_reply(body, response.content_type, message.get("id"))
+            reply = find_reply(body, response.content_type, message.get("id"))
             return response.status, reply, response.headers.get("Mcp-Session-Id")
 
     async def open(self) -> None:
@@ -110,7 +110,7 @@ class Client:
                     pass
 
 
-def _find_reply(body: bytes, content_type: str, want: Any) -> Any:
+def find_reply(body: bytes, content_type: str, want: Any) -> Any:
     """The JSON-RPC message answering id `want` in a JSON or SSE body (None if absent)."""
     if content_type != "text/event-stream":
         return orjson.loads(body) if body else None
@@ -161,17 +161,23 @@ async def measure(
 
 
 async def run_load(
-    calls: Sequence[Callable[[], Awaitable[bool]]], seconds: float, warmup: int, pids: dict[str, int]
+    calls: Sequence[Callable[[], Awaitable[bool]]],
+    seconds: float,
+    warmup: int,
+    pids: dict[str, int],
+    on_timed_start: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """One worker per entry of `calls` (each returns True on success): warm up with `warmup` calls
     in all, then call for `seconds`; rate, latency percentiles, CPU per call of `pids` and of
-    this process."""
+    this process. `on_timed_start` runs between the warm-up and the timed part."""
     c = len(calls)
 
     async def warm(call: Callable[[], Awaitable[bool]]) -> int:
         return [await call() for _ in range(max(1, warmup // c))].count(False)
 
     errors = sum(await asyncio.gather(*(warm(call) for call in calls)))
+    if on_timed_start is not None:
+        on_timed_start()
     latencies: list[int] = []
     cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     cpu_before["bench"] = time.process_time()

@@ -29,6 +29,7 @@ COMBINATIONS = [
     ("legacy", "legacy"),  # session downstream, session upstream: relayed request on the call's stream
     ("2026-07-28", "modern"),  # MRTR input_required passed through with a sealed requestState
     ("legacy", "modern"),  # the gateway answers input_required by asking the session downstream
+    ("2026-07-28", "legacy"),  # the gateway holds the upstream call and answers input_required
 ]
 
 
@@ -126,9 +127,16 @@ def _headers(key: str) -> dict[str, str]:
     }
 
 
-async def test_a_sealed_request_state_works_only_unaltered_and_for_its_own_principal(tmp_path: Path) -> None:
+@pytest.mark.parametrize("upstream_era", ["modern", "legacy"])  # legacy: a held call
+async def test_a_sealed_request_state_works_only_unaltered_and_for_its_own_principal(
+    tmp_path: Path, upstream_era: str
+) -> None:
     server, _ = echo_upstream()
-    async with serve(server.streamable_http_app(), path="/mcp") as url, running_gateway(tmp_path) as gw:
+    app = server.streamable_http_app()
+    async with (
+        serve(legacy_only(app) if upstream_era == "legacy" else app, path="/mcp") as url,
+        running_gateway(tmp_path) as gw,
+    ):
         await gw.add_server("up", url)
         alice = await gw.create_client("alice")
         mallory = await gw.create_client("mallory")
@@ -140,8 +148,11 @@ async def test_a_sealed_request_state_works_only_unaltered_and_for_its_own_princ
             answers = {request_key: {"action": "accept", "content": {"ok": True}}}
 
             forged = state[:-4] + ("AAAA" if not state.endswith("AAAA") else "BBBB")
-            for key, token in ((alice, forged), (mallory, state), (alice, "v1.not-ours")):
-                response = await http.post(gw.mcp_url, json=_call(token, answers), headers=_headers(key))
+            refused = [(alice, forged, answers), (mallory, state, answers), (alice, "v1.not-ours", answers)]
+            if upstream_era == "legacy":  # a held call checks the answer itself
+                refused.append((alice, state, {"wrong-key": answers[request_key]}))
+            for key, token, given in refused:
+                response = await http.post(gw.mcp_url, json=_call(token, given), headers=_headers(key))
                 assert response.json()["error"]["code"] == INVALID_PARAMS
 
             response = await http.post(gw.mcp_url, json=_call(state, answers), headers=_headers(alice))

@@ -27,6 +27,7 @@ from tollhouse.gateway.admin import AdminState, admin_app, apply_loaded
 from tollhouse.gateway.guards import OriginGuard
 from tollhouse.gateway.handlers import McpHandlers
 from tollhouse.gateway.mcp_endpoint import McpEndpoint
+from tollhouse.gateway.parking import Parking
 from tollhouse.gateway.pipeline import build_pipeline
 from tollhouse.gateway.pool import ConnectorFactory, UpstreamPool
 from tollhouse.gateway.sealing import Sealer, load_or_create_key
@@ -99,7 +100,8 @@ def create_app(
         on_close=on_session_close,
     )
     sealer = Sealer(load_or_create_key(settings.data_dir, "request-state"))
-    handlers = McpHandlers(pool, build_pipeline(pool, sealer), page_size=settings.limits.page_size)
+    parking = Parking()
+    handlers = McpHandlers(pool, build_pipeline(pool, sealer, parking), page_size=settings.limits.page_size)
     public = urlsplit(settings.public_url)
     aggregate = AggregateView()
 
@@ -136,6 +138,7 @@ def create_app(
                 await tg.start(pool.run)
                 await pool.set_toolsets(await store.list_toolsets())
                 await tg.start(sessions.run)
+                await tg.start(parking.run)
                 if apply_config is not None:
                     await _apply_at_start(admin_state, apply_config)
                 yield

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tollhouse.auth.principal import Principal
-from tollhouse.gateway.errors import UnknownTool, UpstreamProtocolError, UpstreamUnavailable
+from tollhouse.gateway.errors import UnknownTool, UpstreamProtocolError, UpstreamRpcError, UpstreamUnavailable
+from tollhouse.gateway.parking import INPUT_KEY, Parking, Step
 from tollhouse.gateway.pool import UpstreamPool
 from tollhouse.gateway.relay import (
     MAX_INPUT_ROUNDS,
@@ -87,9 +88,10 @@ class ResolveStage:
 class UpstreamStage:
     """The terminal stage: call the tool on its upstream, relaying input requests (relay.py)."""
 
-    def __init__(self, pool: UpstreamPool, sealer: Sealer) -> None:
+    def __init__(self, pool: UpstreamPool, sealer: Sealer, parking: Parking) -> None:
         self._pool = pool
         self._sealer = sealer
+        self._parking = parking
 
     async def __call__(self, ctx: CallContext, call_next: Next) -> JSONObject:
         tool = ctx.tool
@@ -98,13 +100,27 @@ class UpstreamStage:
         if ctx.request_state is not None or ctx.input_responses is not None:
             # A 2026-07-28 retry: only our own sealed state, for this principal and tool, goes on.
             if ctx.request_state is not None:
-                upstream_state = open_request_state(
+                upstream_state, held = open_request_state(
                     self._sealer, ctx.request_state, principal=ctx.principal.key, tool=tool.exposed
                 )
+                if held is not None:
+                    step = await self._parking.resume(
+                        held, ctx.input_responses or {}, principal=ctx.principal.key, tool=tool.exposed
+                    )
+                    return self._step_result(ctx, tool, step)
                 if upstream_state is not None:
                     params["requestState"] = upstream_state
             if ctx.input_responses is not None:
                 params["inputResponses"] = ctx.input_responses
+        elif ctx.modern and self._session_era(tool.server):
+            # A session-era upstream may ask mid-call; a 2026-07-28 client can only be asked by
+            # answering input_required, so the call is held between the client's rounds.
+            async def held_call(ask: Ask) -> JSONObject:
+                asking = ctx.replace(ask=_requiring(ctx.client_capabilities, ask))
+                return await self._call(asking, tool, params)
+
+            step = await self._parking.start(held_call, principal=ctx.principal.key, tool=tool.exposed)
+            return self._step_result(ctx, tool, step)
         for _round in range(MAX_INPUT_ROUNDS):
             result = await self._call(ctx, tool, params)
             if result.get("resultType") != "input_required":
@@ -126,6 +142,24 @@ class UpstreamStage:
             if "requestState" in result:
                 params["requestState"] = result["requestState"]
         raise UpstreamProtocolError(tool.server)  # an upstream that never stops asking
+
+    def _session_era(self, server: str) -> bool:
+        description = self._pool.description(server)
+        return description is not None and description.era == "legacy"
+
+    def _step_result(self, ctx: CallContext, tool: ExposedItem, step: Step) -> JSONObject:
+        if step.result is not None:
+            return step.result
+        assert step.ask is not None
+        method, params = step.ask
+        sealed = seal_request_state(
+            self._sealer, principal=ctx.principal.key, tool=tool.exposed, held=step.call_id
+        )
+        return {
+            "resultType": "input_required",
+            "inputRequests": {INPUT_KEY: {"method": method, "params": params}},
+            "requestState": sealed,
+        }
 
     async def _call(self, ctx: CallContext, tool: ExposedItem, params: JSONObject) -> JSONObject:
         connector = self._pool.connector(tool.server)
@@ -168,6 +202,25 @@ async def _end(ctx: CallContext) -> JSONObject:
     raise RuntimeError("the last stage must not call call_next")
 
 
-def build_pipeline(pool: UpstreamPool, sealer: Sealer) -> Pipeline:
+def build_pipeline(pool: UpstreamPool, sealer: Sealer, parking: Parking) -> Pipeline:
     """The default chain for tools/call."""
-    return Pipeline([ResolveStage(pool), UpstreamStage(pool, sealer)])
+    return Pipeline([ResolveStage(pool), UpstreamStage(pool, sealer, parking)])
+
+
+_CAPABILITY_OF = {
+    "sampling/createMessage": "sampling",
+    "elicitation/create": "elicitation",
+    "roots/list": "roots",
+}
+
+
+def _requiring(capabilities: JSONObject | None, ask: Ask) -> Ask:
+    """`ask`, refusing what the client did not declare it can answer (MCP: never ask for more)."""
+
+    async def checked(method: str, params: JSONObject) -> JSONObject:
+        needed = _CAPABILITY_OF.get(method)
+        if needed is None or needed not in (capabilities or {}):
+            raise UpstreamRpcError(-32601, f"The client does not support {method}")
+        return await ask(method, params)
+
+    return checked

@@ -35,15 +35,17 @@ MAX_INPUT_ROUNDS = 8
 STATE_TTL_SECONDS = 600
 
 
-def seal_request_state(sealer: Sealer, *, principal: str, tool: str, upstream_state: Any) -> str:
-    """The requestState the downstream sees: the upstream's, bound to principal, tool and expiry."""
-    return sealer.seal(
-        {"p": principal, "t": tool, "e": int(time.time()) + STATE_TTL_SECONDS, "s": upstream_state}
-    )
+def seal_request_state(
+    sealer: Sealer, *, principal: str, tool: str, upstream_state: Any = None, held: str | None = None
+) -> str:
+    """The requestState the downstream sees: the upstream's (or a held call's id), bound to
+    principal, tool and expiry."""
+    expires = int(time.time()) + STATE_TTL_SECONDS
+    return sealer.seal({"p": principal, "t": tool, "e": expires, "s": upstream_state, "h": held})
 
 
-def open_request_state(sealer: Sealer, token: Any, *, principal: str, tool: str) -> Any:
-    """The upstream's requestState inside a downstream retry's token.
+def open_request_state(sealer: Sealer, token: Any, *, principal: str, tool: str) -> tuple[Any, str | None]:
+    """(the upstream's requestState, the held call's id) inside a downstream retry's token.
 
     Raises:
         InvalidArguments: the token is not ours, was altered, expired, or belongs to
@@ -58,7 +60,8 @@ def open_request_state(sealer: Sealer, token: Any, *, principal: str, tool: str)
         or state["e"] < time.time()
     ):
         raise InvalidArguments("Invalid or expired requestState")
-    return state.get("s")
+    held = state.get("h")
+    return state.get("s"), held if isinstance(held, str) else None
 
 
 async def answer_input_requests(result: JSONObject, ask: Ask) -> JSONObject:
