@@ -241,3 +241,24 @@ async def test_a_subscribed_session_hears_when_an_upstream_resource_changes(
         if upstream_era == "legacy":
             # The gateway's watch session subscribed upstream once, and let go on unsubscribe.
             assert probe.subscribed["note://watched"] == 0
+
+
+async def test_a_2026_listener_with_resource_subscriptions_hears_resource_updates(tmp_path: Path) -> None:
+    import anyio
+    from mcp.shared.subscriptions import ResourceUpdated
+
+    server, _ = echo_upstream()
+    async with serve(server.streamable_http_app(), path="/mcp") as url, running_gateway(tmp_path) as gw:
+        await gw.add_server("up", url)
+        key = await gw.create_client("agent")
+        watched = "tollhouse://up/note://watched"
+        async with (
+            gw.client(key, "2026-07-28") as client,
+            client.listen(resource_subscriptions=[watched, "tollhouse://nowhere/x://y"]) as subscription,
+        ):
+            assert subscription.honored.resource_subscriptions == [watched]  # the unroutable one is omitted
+            assert _text(await client.call_tool("up__touch", {"uri": "note://watched"})) == "touched"
+            with anyio.fail_after(10):
+                event = await anext(aiter(subscription))
+            assert isinstance(event, ResourceUpdated)
+            assert event.uri == watched

@@ -15,6 +15,7 @@ from typing import Any
 from tollhouse import __version__
 from tollhouse.auth.principal import Principal
 from tollhouse.gateway.errors import (
+    GatewayError,
     InvalidArguments,
     MethodNotFound,
     UnknownPrompt,
@@ -234,6 +235,25 @@ class McpHandlers:
             rc.session.subscriptions.discard(target)
             await self._pool.unsubscribe_resource(*target)
         return {}
+
+    async def hold_resources(self, uris: list[Any], view: View) -> dict[str, tuple[str, str]]:
+        """Subscribe upstream to each routable URI; {shown uri: (server, upstream uri)} of those held."""
+        held: dict[str, tuple[str, str]] = {}
+        for uri in uris:
+            target = view.route_uri(self._pool.snapshot, uri) if isinstance(uri, str) else None
+            if target is None or uri in held:
+                continue
+            try:
+                await self._pool.subscribe_resource(*target)
+            except GatewayError:
+                continue  # not honoured: omitted from the acknowledgement
+            held[uri] = target
+        return held
+
+    async def release_resources(self, held: dict[str, tuple[str, str]]) -> None:
+        """Undo `hold_resources`."""
+        for target in held.values():
+            await self._pool.unsubscribe_resource(*target)
 
     def _resource_target(self, params: JSONObject, rc: RequestContext) -> tuple[str, str]:
         uri = params.get("uri")

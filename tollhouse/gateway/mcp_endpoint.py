@@ -268,7 +268,7 @@ class McpEndpoint:
             await _result_response(send, request_id, self._handlers.discover())
             return
         if rpc_method == "subscriptions/listen":
-            await self._listen(receive, send, request_id, params)
+            await self._listen(receive, send, request_id, params, scope[VIEW_KEY])
             return
         try:
             if rpc_method in _SESSION_ONLY:
@@ -298,17 +298,41 @@ class McpEndpoint:
             await stream.answer(handler, params, rc)
             tg.cancel_scope.cancel()
 
-    async def _listen(self, receive: Receive, send: Send, request_id: Any, params: JSONObject) -> None:
+    async def _listen(
+        self, receive: Receive, send: Send, request_id: Any, params: JSONObject, view: View
+    ) -> None:
         """`subscriptions/listen` (2026-07-28): the response is a stream of the chosen list changes."""
         wanted = params.get("notifications")
         if not isinstance(wanted, dict):
             raise _Reject(
                 400, INVALID_PARAMS, "subscriptions/listen needs 'notifications'", request_id=request_id
             )
-        # resourceSubscriptions (resources/updated) is not honoured yet: omitted from the ack.
-        honoured = {key: True for key in _LISTEN_KINDS if wanted.get(key) is True}
+        honoured: JSONObject = {key: True for key in _LISTEN_KINDS if wanted.get(key) is True}
         tag = {_SUBSCRIPTION_KEY: request_id}
-        with self._sessions.listen(frozenset(_LISTEN_KINDS[k] for k in honoured)) as notifications:
+        uris = wanted.get("resourceSubscriptions")
+        held = await self._handlers.hold_resources(uris if isinstance(uris, list) else [], view)
+        if held:
+            honoured["resourceSubscriptions"] = list(held)
+        try:
+            await self._stream_listen(
+                receive, send, request_id, honoured, tag, view, frozenset(held.values())
+            )
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._handlers.release_resources(held)
+
+    async def _stream_listen(
+        self,
+        receive: Receive,
+        send: Send,
+        request_id: Any,
+        honoured: JSONObject,
+        tag: JSONObject,
+        view: View,
+        resources: frozenset[tuple[str, str]],
+    ) -> None:
+        kinds = frozenset(_LISTEN_KINDS[k] for k in honoured if k in _LISTEN_KINDS)
+        with self._sessions.listen(kinds, view=view, resources=resources) as notifications:
             await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
             ack = {"notifications": honoured, "_meta": tag}
             await _sse_event(

@@ -87,6 +87,10 @@ class SessionManager:
 
     def __init__(self, *, idle_seconds: float, max_sessions: int, on_close: OnClose) -> None:
         self._listeners: dict[MemoryObjectSendStream[JSONObject], frozenset[str]] = {}
+        # listen streams' resource subscriptions: (view that names them, {(server, upstream uri)})
+        self._resource_watchers: dict[
+            MemoryObjectSendStream[JSONObject], tuple[View, frozenset[tuple[str, str]]]
+        ] = {}
         self._sessions: dict[str, DownstreamSession] = {}
         self._idle = idle_seconds
         self._max = max_sessions
@@ -179,17 +183,38 @@ class SessionManager:
                 session.notify(
                     {"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": shown}}
                 )
+        for stream, (view, resources) in list(self._resource_watchers.items()):
+            if (server, uri) in resources:
+                notification = {
+                    "jsonrpc": "2.0",
+                    "method": "notifications/resources/updated",
+                    "params": {"uri": view.show_uri(server, uri)},
+                }
+                with contextlib.suppress(
+                    anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError
+                ):
+                    stream.send_nowait(notification)
 
     @contextlib.contextmanager
-    def listen(self, methods: frozenset[str]) -> Iterator[MemoryObjectReceiveStream[JSONObject]]:
-        """Receive the broadcast notifications named in `methods` (a 2026-07-28 listen stream)."""
+    def listen(
+        self,
+        methods: frozenset[str],
+        *,
+        view: View | None = None,
+        resources: frozenset[tuple[str, str]] = frozenset(),
+    ) -> Iterator[MemoryObjectReceiveStream[JSONObject]]:
+        """Receive the broadcast notifications named in `methods`, and updates of `resources`
+        (server, upstream uri) named as `view` shows them (a 2026-07-28 listen stream)."""
         send, receive = anyio.create_memory_object_stream[JSONObject](100)
         self._listeners[send] = methods
+        if view is not None and resources:
+            self._resource_watchers[send] = (view, resources)
         try:
             with receive:
                 yield receive
         finally:
             self._listeners.pop(send, None)
+            self._resource_watchers.pop(send, None)
             send.close()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
