@@ -41,6 +41,7 @@ from tollhouse.gateway.upstream import (
     ProgressCallback,
     ServerDescription,
     ServerRequestHandler,
+    resubscribe,
 )
 from tollhouse.registry.models import JSONObject, Upstream
 
@@ -298,12 +299,8 @@ class StdioUpstream:
         """
         wanted, current = frozenset(uris), self._resource_uris
         self._resource_uris = wanted
-        if self.era != "legacy":
-            return
-        for uri in sorted(wanted - current):
-            await self.request("resources/subscribe", {"uri": uri})
-        for uri in sorted(current - wanted):
-            await self.request("resources/unsubscribe", {"uri": uri})
+        if self.era == "legacy":
+            await resubscribe(self.request, current, wanted)
 
     async def list_all(self, method: str, key: str) -> list[JSONObject]:
         """Follow `nextCursor` through every page of a list method; `key` names the items.

@@ -11,6 +11,7 @@ Not yet: relaying server→client requests (legacy sampling/elicitation/roots ar
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -23,6 +24,7 @@ import orjson
 from anyio.abc import TaskStatus
 
 from tollhouse import __version__
+from tollhouse.gateway.credentials import credential_headers
 from tollhouse.gateway.errors import (
     METHOD_NOT_FOUND,
     GatewayError,
@@ -46,6 +48,7 @@ from tollhouse.gateway.upstream import (
     ProgressCallback,
     ServerDescription,
     ServerRequestHandler,
+    resubscribe,
 )
 from tollhouse.registry.models import JSONObject, Upstream
 
@@ -73,12 +76,7 @@ _MODERN_REFUSALS = frozenset({-32020, -32021, -32602})
 _LISTEN_FILTER = {"toolsListChanged": True, "promptsListChanged": True, "resourcesListChanged": True}
 _MAX_PAGES = 1000
 _MAX_CACHED_METHODS = 64
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §5.6.2 field name
-_HEADER_VALUE = re.compile(r"[\x20-\x7e]+")
 _SESSION_ID = re.compile(r"[\x21-\x7e]+")  # §1.6: visible ASCII
-_OWN_HEADERS = frozenset(
-    {"accept", "content-type", "content-length", "host", "transfer-encoding", "connection"}
-)
 
 
 class _NotModern(Exception):
@@ -480,10 +478,7 @@ class HttpUpstream:
         wanted, current = frozenset(uris), self._resource_uris
         self._resource_uris = wanted
         if self._era == "legacy":
-            for uri in sorted(wanted - current):
-                await self.request("resources/subscribe", {"uri": uri}, session_key=_WATCH_KEY)
-            for uri in sorted(current - wanted):
-                await self.request("resources/unsubscribe", {"uri": uri}, session_key=_WATCH_KEY)
+            await resubscribe(functools.partial(self.request, session_key=_WATCH_KEY), current, wanted)
         elif wanted != current:
             self._resubscribe.set()
 
@@ -572,27 +567,7 @@ class HttpUpstream:
         Raises:
             UpstreamUnavailable: the reference is incomplete or its variable is unset.
         """
-        auth = self._upstream.auth
-        if auth.type == "none":
-            return {}
-        header: str | None
-        if auth.type == "bearer":
-            header, variable, prefix = "Authorization", auth.token_env, "Bearer "
-        else:
-            header, variable, prefix = auth.header, auth.value_env, ""
-        if not header or not variable or not _TOKEN.fullmatch(header) or _is_own_header(header):
-            logger.warning("upstream %s: the %s credential is misconfigured", self.name, auth.type)
-            raise UpstreamUnavailable(self.name)
-        value = self._environ.get(variable)
-        if not value:
-            logger.warning("upstream %s: credential variable %s is not set", self.name, variable)
-            raise UpstreamUnavailable(self.name)
-        if not _HEADER_VALUE.fullmatch(value):
-            logger.warning(
-                "upstream %s: credential variable %s is not a valid header value", self.name, variable
-            )
-            raise UpstreamUnavailable(self.name)
-        return {header: prefix + value}
+        return credential_headers(self._upstream, self._environ)
 
 
 def _is_modern_refusal(message: JSONObject | None, request_id: int) -> bool:
@@ -601,11 +576,6 @@ def _is_modern_refusal(message: JSONObject | None, request_id: int) -> bool:
         return False  # the SDK's legacy "Missing session ID" rejection has id null
     error = message.get("error")
     return isinstance(error, dict) and error.get("code") in _MODERN_REFUSALS
-
-
-def _is_own_header(name: str) -> bool:
-    lower = name.lower()
-    return lower in _OWN_HEADERS or lower.startswith("mcp-")
 
 
 def _object(value: Any) -> JSONObject:

@@ -19,6 +19,7 @@ __all__ = [
     "ServerDescription",
     "ServerRequestHandler",
     "UpstreamConnector",
+    "resubscribe",
 ]
 
 Era = Literal["modern", "legacy"]
@@ -39,6 +40,18 @@ class ServerDescription:
     capabilities: JSONObject = field(default_factory=dict)
     server_info: JSONObject = field(default_factory=dict)
     instructions: str | None = None
+
+
+async def resubscribe(
+    request: Callable[[str, JSONObject], Awaitable[JSONObject]],
+    current: frozenset[str],
+    wanted: frozenset[str],
+) -> None:
+    """Session era: move a session's resource subscriptions from `current` to `wanted`."""
+    for uri in sorted(wanted - current):
+        await request("resources/subscribe", {"uri": uri})
+    for uri in sorted(current - wanted):
+        await request("resources/unsubscribe", {"uri": uri})
 
 
 class UpstreamConnector(Protocol):
