@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
+import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -394,3 +396,112 @@ class FakeAdminApi:
         servers = [self.servers[n] for n in sorted(self.servers)]
         toolsets = [self.toolsets[n] for n in sorted(self.toolsets)]
         return JSONResponse(config_to_dict(gateway, servers, self.clients, toolsets))
+
+
+class TaskUpstream:
+    """A minimal session-era (2025-11-25) MCP server over Streamable HTTP that runs tools as tasks.
+
+    The SDK 2.3.0 has no server side for the experimental tasks, so this speaks the wire
+    itself (JSON responses): initialize, tools/list, tools/call (task-augmented when `task` is
+    given), tasks/get|result|list|cancel. A task finishes when the test sets `release`.
+    """
+
+    def __init__(self) -> None:
+        self.release = anyio.Event()
+        self.tasks: dict[str, dict[str, Any]] = {}
+        self.sessions: set[str] = set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        if scope["method"] == "DELETE":
+            self.sessions.discard(headers.get("mcp-session-id", ""))
+            await _send(send, 200, b"")
+            return
+        if scope["method"] != "POST":
+            await _send(send, 405, b"")
+            return
+        request = orjson.loads(body)
+        method, request_id = request.get("method"), request.get("id")
+        session = headers.get("mcp-session-id")
+        if method == "initialize":
+            session = secrets.token_hex(8)
+            self.sessions.add(session)
+            result: Any = {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {
+                    "tools": {},
+                    "tasks": {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}},
+                },
+                "serverInfo": {"name": "task-upstream", "version": "0"},
+            }
+            await _send(send, 200, _reply(request_id, result), session)
+            return
+        if session not in self.sessions:
+            error = {"code": -32600, "message": "Bad Request: Missing session ID"}
+            await _send(send, 400, orjson.dumps({"jsonrpc": "2.0", "id": None, "error": error}))
+            return
+        if request_id is None:
+            await _send(send, 202, b"", session)
+            return
+        params = request.get("params") or {}
+        await _send(send, 200, await self._answer(method, params, request_id), session)
+
+    async def _answer(self, method: str, params: dict[str, Any], request_id: Any) -> bytes:
+        if method == "tools/list":
+            tool = {
+                "name": "slow",
+                "inputSchema": {"type": "object"},
+                "execution": {"taskSupport": "optional"},
+            }
+            return _reply(request_id, {"tools": [tool]})
+        if method == "tools/call":
+            if "task" not in params:
+                return _reply(request_id, {"content": [{"type": "text", "text": "done now"}]})
+            task_id = f"up-{len(self.tasks) + 1}"
+            self.tasks[task_id] = {
+                "taskId": task_id,
+                "status": "working",
+                "ttl": 60000,
+                "createdAt": "2026-11-23T00:00:00Z",
+            }
+            return _reply(request_id, {"task": self.tasks[task_id]})
+        task = self.tasks.get(params.get("taskId", ""))
+        if method == "tasks/list":
+            return _reply(request_id, {"tasks": list(self.tasks.values())})
+        if task is None:
+            return orjson.dumps(
+                {"jsonrpc": "2.0", "id": request_id, "error": {"code": -32602, "message": "no task"}}
+            )
+        if method == "tasks/get":
+            return _reply(request_id, task)
+        if method == "tasks/cancel":
+            task["status"] = "cancelled"
+            return _reply(request_id, task)
+        if method == "tasks/result":
+            await self.release.wait()
+            task["status"] = "completed"
+            related = {"io.modelcontextprotocol/related-task": {"taskId": task["taskId"]}}
+            return _reply(request_id, {"content": [{"type": "text", "text": "done later"}], "_meta": related})
+        return orjson.dumps(
+            {"jsonrpc": "2.0", "id": request_id, "error": {"code": -32601, "message": "Method not found"}}
+        )
+
+
+def _reply(request_id: Any, result: Any) -> bytes:
+    return orjson.dumps({"jsonrpc": "2.0", "id": request_id, "result": result})
+
+
+async def _send(send: Send, status: int, body: bytes, session: str | None = None) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if session is not None:
+        headers.append((b"mcp-session-id", session.encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

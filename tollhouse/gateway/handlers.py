@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from tollhouse.gateway.pipeline import CallContext, Pipeline
 from tollhouse.gateway.pool import UpstreamPool
 from tollhouse.gateway.relay import Ask
 from tollhouse.gateway.sessions import DownstreamSession
+from tollhouse.gateway.tasks import TaskRegistry, rewrite_task_ids
 from tollhouse.gateway.upstream import NotificationCallback, ProgressCallback
 from tollhouse.gateway.views import AggregateView, View
 from tollhouse.registry.models import JSONObject
@@ -69,6 +71,7 @@ class McpHandlers:
     """Answers MCP methods for the aggregate of all live upstreams."""
 
     def __init__(self, pool: UpstreamPool, pipeline: Pipeline, *, page_size: int) -> None:
+        self._tasks = TaskRegistry()
         self._pool = pool
         self._pipeline = pipeline
         self._page_size = page_size
@@ -83,6 +86,8 @@ class McpHandlers:
             "prompts/list": self.list_prompts,
             "prompts/get": self.get_prompt,
             "completion/complete": self.complete,
+            **{method: functools.partial(self.task_call, method) for method in _TASK_METHODS},
+            "tasks/list": self.list_tasks,
         }
 
     def handler(self, method: str) -> Handler:
@@ -107,6 +112,8 @@ class McpHandlers:
             "prompts": {"listChanged": True},
             "completions": {},
             "logging": {},
+            # 2025-11-25 tasks, relayed with gateway task ids (tasks.py)
+            **({} if modern else {"tasks": {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}}),
         }
 
     def initialize(self, params: JSONObject) -> JSONObject:
@@ -192,8 +199,51 @@ class McpHandlers:
             log_level=rc.log_level,
             input_responses=_object_or_none(params.get("inputResponses")),
             request_state=params.get("requestState"),
+            task=_object_or_none(params.get("task")),
         )
-        return _own_result(await self._pipeline(ctx), rc)
+        result = await self._pipeline(ctx)
+        upstream_task = _created_task(result)
+        if upstream_task is not None:
+            server = ctx.name.partition("__")[0]
+            task_id = self._tasks.register(
+                server,
+                upstream_task[0],
+                principal=rc.principal.key,
+                session_key=rc.session_key,
+                ttl_ms=upstream_task[1],
+            )
+            result = rewrite_task_ids(result, {upstream_task[0]: task_id})
+        return _own_result(result, rc)
+
+    async def task_call(self, method: str, params: JSONObject, rc: RequestContext) -> JSONObject:
+        """tasks/get|result|cancel|update: the caller's own task, on the upstream that runs it."""
+        ref = self._tasks.lookup(params.get("taskId"), rc.principal.key)
+        if ref is None:
+            raise InvalidArguments("Unknown task", {"taskId": params.get("taskId")})
+        upstream_params = {k: v for k, v in params.items() if k != "_meta"}
+        upstream_params["taskId"] = ref.upstream_id
+        connector = self._pool.connector(ref.server)
+        result = await connector.request(method, upstream_params, session_key=ref.session_key)
+        return _own_result(rewrite_task_ids(result, {ref.upstream_id: params["taskId"]}), rc)
+
+    async def list_tasks(self, params: JSONObject, rc: RequestContext) -> JSONObject:
+        """tasks/list: the caller's tasks across upstreams, under gateway ids."""
+        by_server: dict[str, dict[str, str]] = {}  # server -> {upstream id: gateway id}
+        session_of: dict[str, str | None] = {}
+        for task_id, ref in self._tasks.owned(rc.principal.key).items():
+            by_server.setdefault(ref.server, {})[ref.upstream_id] = task_id
+            session_of.setdefault(ref.server, ref.session_key)
+        tasks: list[JSONObject] = []
+        for server, ids in sorted(by_server.items()):
+            try:
+                connector = self._pool.connector(server)
+                listed = await connector.request("tasks/list", {}, session_key=session_of[server])
+            except GatewayError:
+                continue  # one upstream down does not hide the others' tasks
+            for task in listed.get("tasks", []):
+                if isinstance(task, dict) and task.get("taskId") in ids:
+                    tasks.append({**task, "taskId": ids[task["taskId"]]})
+        return _own_result({"tasks": tasks}, rc)
 
     async def read_resource(self, params: JSONObject, rc: RequestContext) -> JSONObject:
         """Route a resources/read by the server named in the URI; rewrite URIs in the result."""
@@ -330,6 +380,19 @@ def _own_result(result: JSONObject, rc: RequestContext) -> JSONObject:
     elif "resultType" in result:
         result = {k: v for k, v in result.items() if k != "resultType"}
     return result
+
+
+_TASK_METHODS = ("tasks/get", "tasks/result", "tasks/cancel", "tasks/update")
+
+
+def _created_task(result: JSONObject) -> tuple[str, Any] | None:
+    """(upstream task id, ttl ms) when a tools/call result created a task (either era), else None."""
+    task = result.get("task")
+    if isinstance(task, dict) and isinstance(task.get("taskId"), str):
+        return task["taskId"], task.get("ttl")
+    if result.get("resultType") == "task" and isinstance(result.get("taskId"), str):
+        return result["taskId"], result.get("ttlMs")
+    return None
 
 
 def _object_or_none(value: Any) -> JSONObject | None:

@@ -51,6 +51,7 @@ class CallContext:
     notify: NotificationCallback | None = None
     log_level: str | None = None
     input_responses: JSONObject | None = None
+    task: JSONObject | None = None
     request_state: Any = None
     tool: ExposedItem | None = None
     snapshot_version: int = 0
@@ -97,6 +98,8 @@ class UpstreamStage:
         tool = ctx.tool
         assert tool is not None, "ResolveStage runs first"
         params: JSONObject = {"name": tool.name, "arguments": ctx.arguments}
+        if ctx.task is not None:
+            params["task"] = ctx.task  # 2025-11-25 task-augmented call: the upstream runs it as a task
         if ctx.request_state is not None or ctx.input_responses is not None:
             # A 2026-07-28 retry: only our own sealed state, for this principal and tool, goes on.
             if ctx.request_state is not None:
