@@ -17,12 +17,12 @@ import os
 import signal
 import sys
 import threading
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 from mcp.server import ServerRequestContext
 from mcp.server.context import CallNext, HandlerResult
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import Context, Elicit, MCPServer, Resolve
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.runner import serve_loop
 from mcp.server.stdio import stdio_server
@@ -37,12 +37,22 @@ class Confirm(BaseModel):
     ok: bool
 
 
+async def ask_confirm(path: str) -> Elicit[Confirm]:
+    """Resolver of `confirm_delete` (module level: annotations resolve in module globals)."""
+    return Elicit(f"Really delete {path}?", Confirm)
+
+
 def build() -> MCPServer:
     """The server and its tools."""
     mcp = MCPServer(
         "stdio-upstream", version="0.3.0", instructions="Stdio test upstream.", log_level="WARNING"
     )
     added = 0
+
+    @mcp.tool()
+    async def confirm_delete(path: str, confirm: Annotated[Confirm, Resolve(ask_confirm)]) -> str:
+        """Dual-era elicitation: input_required on 2026-07-28 (the only era relayed over stdio)."""
+        return f"deleted {path}" if getattr(confirm, "ok", False) else f"kept {path}"
 
     @mcp.tool()
     def echo(text: str) -> str:

@@ -54,3 +54,25 @@ async def _until_live(gw: Any, server: str) -> None:
             status = (await gw.admin.get(f"/servers/{server}")).json()["health"]["status"]
             if server in ready["live"] and status == "healthy":
                 return
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_modern_stdio_upstreams_input_requests_reach_the_downstream(
+    tmp_path: Path, mode: Mode
+) -> None:
+    from mcp.client.context import ClientRequestContext
+    from mcp.types import ElicitRequestParams, ElicitResult
+
+    asked: list[str] = []
+
+    async def elicit(ctx: ClientRequestContext, params: ElicitRequestParams) -> ElicitResult:
+        asked.append(params.message)
+        return ElicitResult(action="accept", content={"ok": True})
+
+    async with running_gateway(tmp_path) as gw:
+        await gw.add_server("kid", command=[sys.executable, SERVER])
+        key = await gw.create_client("agent")
+        async with gw.client(key, mode, elicitation_callback=elicit) as client:
+            result = await client.call_tool("kid__confirm_delete", {"path": "/tmp/x"})
+            assert _text(result) == "deleted /tmp/x"
+        assert asked == ["Really delete /tmp/x?"]
