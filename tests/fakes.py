@@ -166,6 +166,7 @@ class FakeAdminApi:
             "auth": {k: v for k, v in vars(u.auth).items() if v is not None},
             "enabled": u.enabled,
             "approval": u.approval,
+            "failure_mode": u.failure_mode,
             "connect_timeout_seconds": u.connect_timeout_seconds,
             "call_timeout_seconds": u.call_timeout_seconds,
             "health": {"status": "healthy", "last_error": None, "checked_at": _iso(self.now())},

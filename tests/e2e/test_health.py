@@ -1,4 +1,5 @@
-"""Upstream health: one broken exchange degrades, the breaker opens after repeated failures."""
+"""Upstream health: one broken exchange degrades, the breaker opens after repeated failures;
+a fail-closed upstream that is down makes the aggregate refuse to list."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pytest
 from mcp import MCPError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from examples.servers import studio
-from tests.harness import running_gateway
+from examples.servers import notes, studio
+from tests.harness import running_gateway, spawn_example
 from tests.servers import serve
 from tollhouse.gateway.errors import UPSTREAM_UNAVAILABLE
 from tollhouse.gateway.settings import UpstreamDefaults
@@ -82,3 +83,40 @@ async def test_a_failing_exchange_degrades_and_repeated_failures_open_the_breake
             with pytest.raises(MCPError) as caught:
                 await client.call_tool("studio__add", {"a": 1, "b": 2})
             assert caught.value.code == UPSTREAM_UNAVAILABLE
+
+
+async def test_a_down_fail_closed_upstream_makes_the_aggregate_refuse_lists_but_not_calls(
+    tmp_path: Path,
+) -> None:
+    async with serve(notes.build_app(), path="/mcp") as notes_url, running_gateway(tmp_path) as gw:
+        assert (await gw.add_server("notes", notes_url))["failure_mode"] == "open"
+        key = await gw.create_client("agent")
+        async with spawn_example("studio") as child, gw.client(key, "2026-07-28") as client:
+            added = await gw.add_server("studio", child.url, failure_mode="closed")
+            assert added["failure_mode"] == "closed"
+            # Listed while whole (the client caches the tools' output schemas to validate results).
+            assert "studio__echo" in {t.name for t in (await client.list_tools()).tools}
+            await child.kill()
+            with pytest.raises(MCPError) as caught:
+                await client.call_tool("studio__echo", {"text": "x"})
+            assert caught.value.code == UPSTREAM_UNAVAILABLE
+            assert (await gw.admin.get("/servers/studio")).json()["health"]["status"] == "down"
+            # A partial catalog is worse than none: every aggregate list is refused, naming the server.
+            for list_method in (
+                client.list_tools,
+                client.list_prompts,
+                client.list_resources,
+                client.list_resource_templates,
+            ):
+                with pytest.raises(MCPError) as caught:
+                    await list_method()
+                assert caught.value.code == UPSTREAM_UNAVAILABLE
+                assert caught.value.message == "Upstream unavailable: studio"
+            # The other upstream's tools still answer.
+            added_note = await client.call_tool("notes__add_note", {"text": "still here"})
+            assert not added_note.is_error
+        # Its own endpoint is not the aggregate: it lists as usual.
+        async with gw.client(key, "2026-07-28", path="/servers/notes/mcp") as client:
+            assert "add_note" in {t.name for t in (await client.list_tools()).tools}
+        servers = {s["name"]: s for s in (await gw.admin.get("/servers")).json()["items"]}
+        assert (servers["studio"]["failure_mode"], servers["notes"]["failure_mode"]) == ("closed", "open")

@@ -155,6 +155,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
             "positive number of seconds",
         ),
         (["servers", "add", "calc", "--url", "http://x", "--approval", "never"], "invalid choice"),
+        (["servers", "add", "calc", "--url", "http://x", "--failure-mode", "half"], "invalid choice"),
         (["serve", "--port", "70000"], "expected a port number"),
         (["tools", "frobnicate"], "invalid choice"),
         (["toolsets", "set", "support"], "give at least one --tool or --alias"),
@@ -227,14 +228,15 @@ async def test_servers_add_list_show_refresh_remove(capsys: pytest.CaptureFixtur
 
         assert await tollhouse(*conn, "servers", "list") == 0
         assert capsys.readouterr().out.splitlines() == [
-            "NAME  TRANSPORT  TARGET                     HEALTH   ERA         TOOLS",
-            "calc  http       http://127.0.0.1:9001/mcp  healthy  2026-07-28  2",
+            "NAME  TRANSPORT  TARGET                     HEALTH   MODE  ERA         TOOLS",
+            "calc  http       http://127.0.0.1:9001/mcp  healthy  open  2026-07-28  2",
         ]
 
         assert await tollhouse(*conn, "servers", "show", "calc") == 0
         shown = capsys.readouterr().out
         assert "url:       http://127.0.0.1:9001/mcp\n" in shown
         assert "approval:  first-use\n" in shown
+        assert "fail mode: open\n" in shown
         assert shown.endswith("tools:     2\n  calc__add\n  calc__sub\n")
 
         assert await tollhouse(*conn, "servers", "refresh", "calc") == 0
@@ -274,6 +276,8 @@ async def test_servers_add_sends_a_stdio_server_with_env_auth_and_timeouts(
             "X-Api-Key=FILES_KEY",
             "--approval",
             "manual",
+            "--failure-mode",
+            "closed",
             "--connect-timeout",
             "2",
             "--call-timeout",
@@ -288,6 +292,7 @@ async def test_servers_add_sends_a_stdio_server_with_env_auth_and_timeouts(
             "env": {"ROOT": "./data", "MODE": "a=b"},
             "auth": {"type": "header", "header": "X-Api-Key", "value_env": "FILES_KEY"},
             "approval": "manual",
+            "failure_mode": "closed",
             "connect_timeout_seconds": 2.0,
             "call_timeout_seconds": 7.5,
         }

@@ -63,6 +63,7 @@ servers:
   - name: calc
     url: "http://127.0.0.1:9001/mcp"
     approval: manual
+    failure_mode: closed
     auth: {type: header, header: X-Api-Key, value_env: CALC_KEY}
     timeouts: {connect_seconds: 2, call_seconds: 7.5}
   - name: legacy
@@ -130,6 +131,7 @@ def test_every_field_is_read() -> None:
     calc, legacy, files = config.servers
     assert calc.auth == UpstreamAuth(type="header", header="X-Api-Key", value_env="CALC_KEY")
     assert (calc.approval, calc.connect_timeout_seconds, calc.call_timeout_seconds) == ("manual", 2.0, 7.5)
+    assert (calc.failure_mode, legacy.failure_mode, files.failure_mode) == ("closed", "open", "open")
     assert (legacy.transport, legacy.enabled) == ("sse", False)
     assert files.transport == "stdio"
     assert files.command == ("python", "examples/servers/files.py", "--root", "./data")
@@ -166,6 +168,7 @@ def test_dump_omits_defaults_and_writes_secrets_as_references() -> None:
         Upstream(
             name="gh", url="https://gh.example/mcp", auth=UpstreamAuth(type="bearer", token_env="GH_TOKEN")
         ),
+        Upstream(name="pay", url="https://pay.example/mcp", failure_mode="closed"),
     ]
 
     data = config_to_dict(None, servers, [])
@@ -178,6 +181,7 @@ def test_dump_omits_defaults_and_writes_secrets_as_references() -> None:
                 "url": "https://gh.example/mcp",
                 "auth": {"type": "bearer", "token_env": "GH_TOKEN"},
             },
+            {"name": "pay", "url": "https://pay.example/mcp", "failure_mode": "closed"},
         ]
     }
 
@@ -276,6 +280,8 @@ def test_unknown_top_level_section_is_ignored_with_a_warning_naming_it() -> None
         ("servers: [{name: a, command: [x], env: {'A-B': c}}]", "servers[0].env.A-B", "environment variable"),
         ("servers: [{name: a, command: [x], cwd: ''}]", "servers[0].cwd", "must not be empty"),
         ("servers: [{name: a, url: 'http://x', approval: always}]", "servers[0].approval", "'first-use' or"),
+        ("servers: [{name: a, url: 'http://x', failure_mode: shut}]", "servers[0].failure_mode", "'open' or"),
+        ("servers: [{name: a, url: 'http://x', failure_mode: 1}]", "servers[0].failure_mode", "string"),
         ("servers: [{name: a, url: 'http://x', enabled: 'yes'}]", "servers[0].enabled", "true or false"),
         ("servers: [{name: a, url: 'http://x', auth: bearer}]", "servers[0].auth", "expected a mapping"),
         ("servers: [{name: a, url: 'http://x', auth: {token_env: T}}]", "servers[0].auth.type", "required"),

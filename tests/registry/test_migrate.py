@@ -17,7 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from tollhouse.registry.migrate import alembic_config, create_engine_for, database_url_for, upgrade
 from tollhouse.registry.tables import metadata
 
-HEAD = "0002"
+HEAD = "0003"
 TABLES = {
     "alembic_version",
     "upstreams",

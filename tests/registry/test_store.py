@@ -65,6 +65,7 @@ async def test_every_upstream_field_round_trips(store: SqlRegistryStore) -> None
         auth=UpstreamAuth(type="header", header="X-Api-Key", value_env="FILES_KEY"),
         enabled=False,
         approval="manual",
+        failure_mode="closed",
         connect_timeout_seconds=2.5,
         call_timeout_seconds=30.0,
     )

@@ -480,6 +480,7 @@ def _server_out(pool: UpstreamPool, u: Upstream) -> dict[str, Any]:
         "auth": {k: v for k, v in vars(u.auth).items() if v is not None},
         "enabled": u.enabled,
         "approval": u.approval,
+        "failure_mode": u.failure_mode,
         "connect_timeout_seconds": u.connect_timeout_seconds,
         "call_timeout_seconds": u.call_timeout_seconds,
         "health": {

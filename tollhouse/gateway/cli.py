@@ -266,6 +266,8 @@ def _servers_add(args: argparse.Namespace) -> int:
         body["auth"] = {"type": "header", "header": header, "value_env": variable}
     if args.approval:
         body["approval"] = args.approval
+    if args.failure_mode:
+        body["failure_mode"] = args.failure_mode
     if args.connect_timeout is not None:
         body["connect_timeout_seconds"] = args.connect_timeout
     if args.call_timeout is not None:
@@ -294,13 +296,14 @@ def _servers_list(args: argparse.Namespace) -> int:
         print("no servers registered")
         return 0
     _table(
-        ("NAME", "TRANSPORT", "TARGET", "HEALTH", "ERA", "TOOLS"),
+        ("NAME", "TRANSPORT", "TARGET", "HEALTH", "MODE", "ERA", "TOOLS"),
         (
             (
                 s.get("name"),
                 s.get("transport"),
                 _target(s),
                 _sub(s, "health").get("status"),
+                s.get("failure_mode", "open"),
                 s.get("era"),
                 s.get("tool_count"),
             )
@@ -334,6 +337,7 @@ def _servers_show(args: argparse.Namespace) -> int:
         ("auth", auth_text),
         ("enabled", "yes" if server.get("enabled", True) else "no"),
         ("approval", _clean(server.get("approval"))),
+        ("fail mode", _clean(server.get("failure_mode", "open"))),
         (
             "timeouts",
             f"connect {_seconds_text(server.get('connect_timeout_seconds'))}, "
@@ -834,6 +838,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="send header NAME with the value of $VAR upstream (the gateway's env)",
     )
     add.add_argument("--approval", choices=("first-use", "manual"), help="tool pinning (default first-use)")
+    add.add_argument(
+        "--failure-mode",
+        choices=("open", "closed"),
+        help="while this server is down: open (default) drops its tools from /mcp, closed fails /mcp lists",
+    )
     add.add_argument("--connect-timeout", type=_seconds, metavar="S", help="connect timeout in seconds")
     add.add_argument("--call-timeout", type=_seconds, metavar="S", help="tool call timeout in seconds")
     leaf(servers, "list", _servers_list, "list registered servers", with_json=True)

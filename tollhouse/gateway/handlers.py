@@ -140,24 +140,39 @@ class McpHandlers:
 
     # -- lists ------------------------------------------------------------------------------
 
+    def _check_fail_closed(self, rc: RequestContext) -> None:
+        """Refuse an aggregate list while a fail-closed upstream is down: no partial catalog.
+
+        Raises:
+            UpstreamUnavailable: the first such upstream, by name.
+        """
+        if isinstance(rc.view, AggregateView):
+            down = self._pool.down_fail_closed()
+            if down:
+                raise UpstreamUnavailable(down[0])
+
     async def list_tools(self, params: JSONObject, rc: RequestContext) -> JSONObject:
         """One page of the merged tool list, ordered by exposed name."""
+        self._check_fail_closed(rc)
         after = _decode_cursor(params, "t")
         page, last = rc.view.tools(self._pool.snapshot, after, self._page_size)
         return _list_result("tools", page, _encode_cursor("t", last), rc)
 
     async def list_prompts(self, params: JSONObject, rc: RequestContext) -> JSONObject:
         """One page of the merged prompt list."""
+        self._check_fail_closed(rc)
         after = _decode_cursor(params, "p")
         page, last = rc.view.prompts(self._pool.snapshot, after, self._page_size)
         return _list_result("prompts", page, _encode_cursor("p", last), rc)
 
     async def list_resources(self, params: JSONObject, rc: RequestContext) -> JSONObject:
         """One page of the merged resource list (URIs rewritten)."""
+        self._check_fail_closed(rc)
         return self._offset_page("resources", rc.view.resources(self._pool.snapshot), params, rc)
 
     async def list_resource_templates(self, params: JSONObject, rc: RequestContext) -> JSONObject:
         """One page of the merged resource-template list (URI templates rewritten)."""
+        self._check_fail_closed(rc)
         return self._offset_page(
             "resourceTemplates", rc.view.resource_templates(self._pool.snapshot), params, rc
         )

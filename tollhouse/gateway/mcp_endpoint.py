@@ -582,7 +582,7 @@ class _Stream:
         return result if isinstance(result, dict) else {}
 
     async def answer(self, handler: Any, params: JSONObject, rc: RequestContext) -> None:
-        """Run the handler and send its result or error (status per era, see errors.CODE_TABLE)."""
+        """Run the handler and send its result or error (JSON-RPC errors travel on a 200 here)."""
         try:
             payload: JSONObject = {"jsonrpc": "2.0", "id": self._id, "result": await handler(params, rc)}
         except GatewayError as exc:

@@ -124,7 +124,7 @@ class UpstreamStage:
 
             step = await self._parking.start(held_call, principal=ctx.principal.key, tool=tool.exposed)
             return self._step_result(ctx, tool, step)
-        for _round in range(MAX_INPUT_ROUNDS):
+        for round_number in range(1, MAX_INPUT_ROUNDS + 1):
             result = await self._call(ctx, tool, params)
             if result.get("resultType") != "input_required":
                 return result
@@ -138,13 +138,13 @@ class UpstreamStage:
                     )
                     result = {**result, "requestState": sealed}
                 return result
-            if ctx.ask is None:
-                raise UpstreamProtocolError(tool.server)
-            answers = await answer_input_requests(result, ctx.ask)
+            if ctx.ask is None or round_number == MAX_INPUT_ROUNDS:
+                break  # nobody to ask, or an upstream that never stops asking
+            answers = await answer_input_requests(result, ctx.ask, tool.server)
             params = {"name": tool.name, "arguments": ctx.arguments, "inputResponses": answers}
             if "requestState" in result:
                 params["requestState"] = result["requestState"]
-        raise UpstreamProtocolError(tool.server)  # an upstream that never stops asking
+        raise UpstreamProtocolError(tool.server)
 
     def _session_era(self, server: str) -> bool:
         description = self._pool.description(server)

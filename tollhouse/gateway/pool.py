@@ -88,6 +88,7 @@ class UpstreamPool:
         self._resource_subs: dict[str, dict[str, int]] = {}
         self._resource_listeners: list[ResourceListener] = []
         self._probing: set[str] = set()
+        self._fail_closed: set[str] = set()  # registered upstreams with failure_mode "closed"
         self._version = 0
         self._snapshot = build_snapshot(0, {}, ())
         self._listeners: list[SnapshotListener] = []
@@ -119,6 +120,15 @@ class UpstreamPool:
     def upstream(self, name: str) -> Upstream | None:
         """One registered upstream."""
         return self._upstreams.get(name)
+
+    def down_fail_closed(self) -> list[str]:
+        """Enabled fail-closed upstreams that are not live, by name: each one blocks aggregate lists.
+
+        O(number of fail-closed upstreams), so nothing is done when every upstream fails open.
+        """
+        if not self._fail_closed:
+            return []
+        return sorted(n for n in self._fail_closed if n not in self._live and self._upstreams[n].enabled)
 
     def health(self, name: str) -> Health:
         """Last observed health of an upstream."""
@@ -189,7 +199,7 @@ class UpstreamPool:
             upstreams = await self._store.list_upstreams()
             async with anyio.create_task_group() as start_tg:
                 for upstream in upstreams:
-                    self._upstreams[upstream.name] = upstream
+                    self._register(upstream)
                     if upstream.enabled:
                         start_tg.start_soon(self._connect_and_sync, upstream.name)
             await self._rebuild()
@@ -205,7 +215,7 @@ class UpstreamPool:
     async def add(self, upstream: Upstream) -> SyncResult | None:
         """Register (or replace) an upstream and bring it live; None if it is disabled or down."""
         await self._close_connector(upstream.name)
-        self._upstreams[upstream.name] = upstream
+        self._register(upstream)
         if not upstream.enabled:
             await self._rebuild()
             return None
@@ -217,6 +227,7 @@ class UpstreamPool:
         """Forget an upstream: close its connector and drop it from the snapshot."""
         await self._close_connector(name)
         self._upstreams.pop(name, None)
+        self._fail_closed.discard(name)
         self._catalogs.pop(name, None)
         self._health.pop(name, None)
         self._descriptions.pop(name, None)
@@ -252,8 +263,9 @@ class UpstreamPool:
         """A call to `name` worked: close the breaker's count and clear a degraded state."""
         if name in self._failures:
             del self._failures[name]
-            if self._health.get(name, Health()).status == "degraded":
-                self._health[name] = Health("healthy", None, datetime.now(UTC))
+            if self._health.get(name, Health()).status == "degraded" and self._tg is not None:
+                # Off the request path: the call returns now, the state is recorded after.
+                self._tg.start_soon(self._set_health, name, "healthy", None)
 
     async def report_failure(self, name: str, error: GatewayError) -> None:
         """A call to `name` failed at the transport: probe it, and take it down if the probe fails.
@@ -491,7 +503,14 @@ class UpstreamPool:
     def replace_upstream(self, upstream: Upstream) -> None:
         """Update the stored definition of a registered upstream without reconnecting."""
         if upstream.name in self._upstreams:
-            self._upstreams[upstream.name] = replace(upstream)
+            self._register(replace(upstream))
+
+    def _register(self, upstream: Upstream) -> None:
+        self._upstreams[upstream.name] = upstream
+        if upstream.failure_mode == "closed":
+            self._fail_closed.add(upstream.name)
+        else:
+            self._fail_closed.discard(upstream.name)
 
 
 def _describe(error: BaseException | str) -> str:

@@ -64,7 +64,7 @@ def open_request_state(sealer: Sealer, token: Any, *, principal: str, tool: str)
     return state.get("s"), held if isinstance(held, str) else None
 
 
-async def answer_input_requests(result: JSONObject, ask: Ask) -> JSONObject:
+async def answer_input_requests(result: JSONObject, ask: Ask, server: str) -> JSONObject:
     """Answer every entry of an `input_required` result by asking the downstream.
 
     Raises:
@@ -72,11 +72,11 @@ async def answer_input_requests(result: JSONObject, ask: Ask) -> JSONObject:
     """
     requests = result.get("inputRequests") or {}
     if not isinstance(requests, dict):
-        raise UpstreamProtocolError("input_required")
+        raise UpstreamProtocolError(server)
     answers: JSONObject = {}
     for key, request in requests.items():
         if not isinstance(request, dict) or not isinstance(request.get("method"), str):
-            raise UpstreamProtocolError("input_required")
+            raise UpstreamProtocolError(server)
         params = request.get("params")
         answers[key] = await ask(request["method"], params if isinstance(params, dict) else {})
     return answers

@@ -39,6 +39,7 @@ def load_settings(
         # Unset: the gateway's own address, so origins and resource URIs match what clients use.
         shown = update.get("host", settings.host)
         shown = "127.0.0.1" if shown in ("0.0.0.0", "::") else shown  # noqa: S104 - a comparison
+        shown = f"[{shown}]" if ":" in str(shown) else shown  # an IPv6 literal in a URL
         update["public_url"] = f"http://{shown}:{update.get('port', settings.port)}"
     return settings.model_copy(update=update)
 

@@ -5,8 +5,9 @@ request, carrying the `_meta` envelope and the `Mcp-*` routing headers. Legacy u
 (2025-03-26 … 2025-11-25, §1.3 and §1.6) get `initialize`d sessions, one per `session_key`.
 The era is detected once at `start()`; the HTTP exchange itself lives in `http_rpc`.
 
-Not yet: relaying server→client requests (legacy sampling/elicitation/roots are answered
--32601, `ping` with `{}`), `Mcp-Param-*` headers, and resuming broken legacy SSE streams.
+Server→client requests on a call's stream are relayed through the caller's `on_request`
+(relay.py); without one they are answered -32601, and `ping` with `{}`. Not yet:
+`Mcp-Param-*` headers, and resuming broken legacy SSE streams.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The upstream seam: one connector per registered MCP server.
 
-A connector speaks one transport (Streamable HTTP in both eras now; stdio and legacy
-HTTP+SSE slot in behind the same protocol) and hides the era: callers send a method and
-params and get the JSON-RPC `result` object back, or a GatewayError.
+A connector speaks one transport (Streamable HTTP in both eras, stdio, legacy HTTP+SSE)
+and hides the era: callers send a method and params and get the JSON-RPC `result` object
+back, or a GatewayError.
 """
 
 from __future__ import annotations

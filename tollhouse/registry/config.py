@@ -75,6 +75,7 @@ _SERVER_KEYS = (
     "env",
     "cwd",
     "approval",
+    "failure_mode",
     "enabled",
     "auth",
     "timeouts",
@@ -293,6 +294,9 @@ def server_from_dict(data: Any, *, path: str = "") -> Upstream:
     approval = _str(entry, "approval", path)
     if approval not in (None, "first-use", "manual"):
         raise ConfigError(_join(path, "approval"), "must be 'first-use' or 'manual'")
+    failure_mode = _str(entry, "failure_mode", path)
+    if failure_mode not in (None, "open", "closed"):
+        raise ConfigError(_join(path, "failure_mode"), "must be 'open' or 'closed'")
     enabled = entry.get("enabled", True)
     if enabled is None:
         enabled = True
@@ -309,6 +313,7 @@ def server_from_dict(data: Any, *, path: str = "") -> Upstream:
         auth=_auth(entry.get("auth"), _join(path, "auth")),
         enabled=enabled,
         approval="manual" if approval == "manual" else "first-use",
+        failure_mode="closed" if failure_mode == "closed" else "open",
         connect_timeout_seconds=connect,
         call_timeout_seconds=call,
     )
@@ -637,6 +642,8 @@ def server_to_dict(upstream: Upstream) -> dict[str, Any]:
             out["transport"] = upstream.transport
     if upstream.approval != _DEFAULTS.approval:
         out["approval"] = upstream.approval
+    if upstream.failure_mode != _DEFAULTS.failure_mode:
+        out["failure_mode"] = upstream.failure_mode
     if not upstream.enabled:
         out["enabled"] = False
     auth = upstream.auth

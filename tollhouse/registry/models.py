@@ -24,6 +24,7 @@ MAX_EXPOSED_NAME = 128
 
 Transport = Literal["http", "sse", "stdio"]
 Approval = Literal["first-use", "manual"]
+FailureMode = Literal["open", "closed"]
 HealthState = Literal["unknown", "healthy", "degraded", "down"]
 CatalogKind = Literal["tool", "resource", "resource_template", "prompt"]
 CATALOG_KINDS: tuple[CatalogKind, ...] = ("tool", "resource", "resource_template", "prompt")
@@ -71,6 +72,7 @@ class Upstream:
     auth: UpstreamAuth = field(default_factory=UpstreamAuth)
     enabled: bool = True
     approval: Approval = "first-use"
+    failure_mode: FailureMode = "open"  # closed: while down, the aggregate refuses to list
     connect_timeout_seconds: float = 5.0
     call_timeout_seconds: float = 60.0
     created_at: datetime | None = None

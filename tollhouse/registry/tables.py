@@ -93,6 +93,7 @@ class UpstreamRow(SQLModel, table=True):
     auth: dict[str, str | None] = Field(default_factory=dict, sa_type=sa.JSON)
     enabled: bool
     approval: str
+    failure_mode: str = Field(default="open", sa_column_kwargs={"server_default": "open"})
     connect_timeout_seconds: float
     call_timeout_seconds: float
     health_status: str = Field(default="unknown")
@@ -126,6 +127,7 @@ class UpstreamRow(SQLModel, table=True):
             auth=UpstreamAuth(**self.auth),  # type: ignore[arg-type]
             enabled=self.enabled,
             approval=self.approval,  # type: ignore[arg-type]
+            failure_mode=self.failure_mode,  # type: ignore[arg-type]  # written from a FailureMode
             connect_timeout_seconds=self.connect_timeout_seconds,
             call_timeout_seconds=self.call_timeout_seconds,
             created_at=self.created_at,
@@ -151,6 +153,7 @@ def _config(upstream: Upstream) -> dict[str, Any]:
         "auth": asdict(upstream.auth),
         "enabled": upstream.enabled,
         "approval": upstream.approval,
+        "failure_mode": upstream.failure_mode,
         "connect_timeout_seconds": upstream.connect_timeout_seconds,
         "call_timeout_seconds": upstream.call_timeout_seconds,
     }
