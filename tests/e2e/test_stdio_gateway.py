@@ -76,3 +76,38 @@ async def test_a_modern_stdio_upstreams_input_requests_reach_the_downstream(
             result = await client.call_tool("kid__confirm_delete", {"path": "/tmp/x"})
             assert _text(result) == "deleted /tmp/x"
         assert asked == ["Really delete /tmp/x?"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("transport", ["stdio", "sse"])
+async def test_a_session_era_stdio_or_sse_upstreams_request_reaches_the_one_calling_client(
+    tmp_path: Path, mode: Mode, transport: str
+) -> None:
+    from mcp.client.context import ClientRequestContext
+    from mcp.types import ElicitRequestParams, ElicitResult
+
+    from tests.gateway.test_sse_upstream import sse_process
+
+    asked: list[str] = []
+
+    async def elicit(ctx: ClientRequestContext, params: ElicitRequestParams) -> ElicitResult:
+        asked.append(params.message)
+        return ElicitResult(action="accept", content={"ok": True})
+
+    async with running_gateway(tmp_path) as gw:
+        if transport == "stdio":
+            await gw.add_server("kid", command=[sys.executable, SERVER, "--legacy-only"])
+            await _relay_once(gw, mode, elicit)
+        else:
+            async with sse_process() as (url, _process):
+                await gw.add_server("kid", url, transport="sse")
+                await _relay_once(gw, mode, elicit)
+    assert asked == ["Really delete /tmp/y?"]
+
+
+async def _relay_once(gw: Any, mode: Mode, elicit: Any) -> None:
+    assert (await gw.admin.get("/servers/kid")).json()["era"] == "legacy"
+    key = await gw.create_client("agent")
+    async with gw.client(key, mode, elicitation_callback=elicit) as client:
+        result = await client.call_tool("kid__confirm_delete", {"path": "/tmp/y"})
+        assert _text(result) == "deleted /tmp/y"

@@ -36,7 +36,14 @@ from tollhouse.gateway.errors import (
     UpstreamUnavailable,
 )
 from tollhouse.gateway.http_rpc import _relay_progress, encode_request
-from tollhouse.gateway.upstream import Era, NotificationCallback, ProgressCallback, ServerDescription
+from tollhouse.gateway.upstream import (
+    RELAY_CAPABILITIES,
+    Era,
+    NotificationCallback,
+    ProgressCallback,
+    ServerDescription,
+    ServerRequestHandler,
+)
 from tollhouse.registry.models import JSONObject
 
 __all__ = [
@@ -123,6 +130,8 @@ class JsonRpcStream:
         self._drain = drain
         self._ids = itertools.count(1)
         self._pending: dict[int, _Slot] = {}
+        # pending requests that can answer server->client requests (relays), by request id
+        self._askers: dict[int, ServerRequestHandler] = {}
         self._watcher: _Slot | None = None
         self._reader: _Slot | None = None
         self._reader_scope: anyio.CancelScope | None = None
@@ -146,6 +155,7 @@ class JsonRpcStream:
         on_progress: ProgressCallback | None = None,
         on_notification: NotificationCallback | None = None,
         timeout_seconds: float = math.inf,
+        on_request: ServerRequestHandler | None = None,
     ) -> JSONObject:
         """Send one request and return its `result`; cancelling the caller cancels it upstream.
 
@@ -161,6 +171,8 @@ class JsonRpcStream:
         request_id = next(self._ids)
         slot = _Slot()
         self._pending[request_id] = slot
+        if on_request is not None:
+            self._askers[request_id] = on_request
         if on_notification is not None:
             self._watcher = slot
         try:
@@ -179,6 +191,7 @@ class JsonRpcStream:
             raise UpstreamTimeout(self.name, timeout_seconds) from exc
         finally:
             del self._pending[request_id]
+            self._askers.pop(request_id, None)
             if self._watcher is slot:
                 self._watcher = None
             self._hand_over()
@@ -233,6 +246,9 @@ class JsonRpcStream:
             if method is None:
                 return self._unwrap(message)
             params = _params(message)
+            if "id" in message:
+                await self._relay(request_id, message)
+                continue
             if method == "notifications/progress":
                 if on_progress is not None:
                     last_progress = await _relay_progress(params, request_id, last_progress, on_progress)
@@ -244,6 +260,19 @@ class JsonRpcStream:
                 await on_notification(method, params)
         assert self._failure is not None
         raise self._failure(self.name)
+
+    async def _relay(self, request_id: int, message: JSONObject) -> None:
+        """Answer a server->client request through the asker of the call it was routed to."""
+        asker = self._askers.get(request_id)
+        reply: JSONObject = {"jsonrpc": "2.0", "id": message["id"]}
+        if asker is None:
+            reply["error"] = {"code": METHOD_NOT_FOUND, "message": "Method not found"}
+        else:
+            try:
+                reply["result"] = await asker(str(message["method"]), _params(message))
+            except GatewayError as exc:
+                reply["error"] = exc.to_error()
+        await self._send(orjson.dumps(reply))
 
     def _unwrap(self, message: JSONObject) -> JSONObject:
         error = message.get("error")
@@ -372,6 +401,13 @@ class JsonRpcStream:
         if not isinstance(method, str):
             return
         if "id" in message:
+            # These transports say nothing about which call a server request belongs to
+            # (§1.10): it is relayed only when exactly one call that can relay is in flight.
+            if method != "ping" and len(self._askers) == 1:
+                (asking,) = self._askers
+                if (slot := self._pending.get(asking)) is not None:
+                    slot.put(message)  # answered by that call's own task, not by the reader
+                    return
             await self._answer(message)
             return
         params = _params(message)
@@ -458,7 +494,11 @@ async def initialize(
         UpstreamUnavailable, UpstreamTimeout, UpstreamRpcError, and UpstreamProtocolError
         for a revision we do not speak.
     """
-    params = {"protocolVersion": protocol_version, "capabilities": {}, "clientInfo": client_info}
+    params = {
+        "protocolVersion": protocol_version,
+        "capabilities": RELAY_CAPABILITIES,
+        "clientInfo": client_info,
+    }
     result = await rpc.request("initialize", params, timeout_seconds=timeout_seconds)
     version = result.get("protocolVersion")
     if not isinstance(version, str) or version not in HANDSHAKE_VERSIONS:

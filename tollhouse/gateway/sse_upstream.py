@@ -251,9 +251,10 @@ class SseUpstream:
     ) -> JSONObject:
         """Send one request and return its `result`; cancelling the caller cancels it upstream.
 
-        `session_key` is ignored: every caller shares the one SSE session, and everything the
-        server sends arrives on one stream with no request correlation, so `on_request` and
-        `on_notification` are not used (server requests are refused with -32601).
+        `session_key` is ignored: every caller shares one channel. It carries no request
+        correlation for server->client messages, so a server request is relayed through
+        `on_request` only while this is the one relaying call in flight (else -32601), and
+        `on_notification` is not used.
 
         Raises:
             UpstreamUnavailable, UpstreamTimeout, UpstreamProtocolError, UpstreamRpcError.
@@ -262,7 +263,9 @@ class SseUpstream:
         if rpc is None or self._description is None:
             raise UpstreamUnavailable(self.name)
         timeout = self._upstream.call_timeout_seconds if timeout_seconds is None else timeout_seconds
-        return await rpc.request(method, params, on_progress=on_progress, timeout_seconds=timeout)
+        return await rpc.request(
+            method, params, on_progress=on_progress, timeout_seconds=timeout, on_request=on_request
+        )
 
     async def set_resource_subscriptions(self, uris: Sequence[str]) -> None:
         """Subscribe the one session to these URIs (session era); updates arrive on its stream.

@@ -271,9 +271,10 @@ class StdioUpstream:
     ) -> JSONObject:
         """Send one request and return its `result`; cancelling the caller cancels it in the child.
 
-        `session_key` is ignored: every caller shares the one child process. stdio carries no
-        request correlation for server->client messages, so `on_request` and `on_notification`
-        are not used (the child's requests are refused with -32601; docs/compatibility.md).
+        `session_key` is ignored: every caller shares one channel. It carries no request
+        correlation for server->client messages, so a server request is relayed through
+        `on_request` only while this is the one relaying call in flight (else -32601), and
+        `on_notification` is not used.
 
         Raises:
             UpstreamUnavailable, UpstreamTimeout, UpstreamProtocolError, UpstreamRpcError.
@@ -289,7 +290,12 @@ class StdioUpstream:
         if envelope is not None and log_level is not None:
             envelope = {**envelope, "io.modelcontextprotocol/logLevel": log_level}
         return await rpc.request(
-            method, params, envelope=envelope, on_progress=on_progress, timeout_seconds=timeout
+            method,
+            params,
+            envelope=envelope,
+            on_progress=on_progress,
+            timeout_seconds=timeout,
+            on_request=on_request,
         )
 
     async def set_resource_subscriptions(self, uris: Sequence[str]) -> None:

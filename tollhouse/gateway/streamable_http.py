@@ -44,6 +44,7 @@ from tollhouse.gateway.http_rpc import (
     encode_request,
 )
 from tollhouse.gateway.upstream import (
+    RELAY_CAPABILITIES,
     Era,
     NotificationCallback,
     ProgressCallback,
@@ -58,8 +59,6 @@ __all__ = ["LEGACY_PROTOCOL_VERSION", "MODERN_PROTOCOL_VERSION", "HttpUpstream",
 _CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
 _LOG_LEVEL_KEY = "io.modelcontextprotocol/logLevel"
 _WATCH_KEY = "tollhouse:watch"
-# What a legacy upstream session may ask the downstream for through the gateway (§1.10).
-RELAY_CAPABILITIES: JSONObject = {"elicitation": {"form": {}, "url": {}}, "sampling": {}, "roots": {}}
 logger = logging.getLogger(__name__)
 
 MODERN_PROTOCOL_VERSION = "2026-07-28"

@@ -14,6 +14,7 @@ from typing import Literal, Protocol
 from tollhouse.registry.models import JSONObject
 
 __all__ = [
+    "RELAY_CAPABILITIES",
     "NotificationCallback",
     "ProgressCallback",
     "ServerDescription",
@@ -29,6 +30,11 @@ NotificationCallback = Callable[[str, JSONObject], Awaitable[None]]
 # (method, params) of a server->client request made during a call -> its result; raising a
 # GatewayError answers the upstream with that error (sampling, elicitation, roots relays)
 ServerRequestHandler = Callable[[str, JSONObject], Awaitable[JSONObject]]
+
+
+# What a session-era upstream may ask the downstream for through the gateway (§1.10); declared
+# at initialize so the upstream asks, and refused by the gateway for a downstream without it.
+RELAY_CAPABILITIES: JSONObject = {"elicitation": {"form": {}, "url": {}}, "sampling": {}, "roots": {}}
 
 
 @dataclass(frozen=True)
