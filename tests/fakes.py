@@ -407,10 +407,12 @@ class TaskUpstream:
     given), tasks/get|result|list|cancel. A task finishes when the test sets `release`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, modern: bool = False) -> None:
         self.release = anyio.Event()
         self.tasks: dict[str, dict[str, Any]] = {}
         self.sessions: set[str] = set()
+        # modern: a 2026-07-28 server with the io.modelcontextprotocol/tasks extension instead
+        self.modern = modern
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -432,6 +434,9 @@ class TaskUpstream:
         request = orjson.loads(body)
         method, request_id = request.get("method"), request.get("id")
         session = headers.get("mcp-session-id")
+        if self.modern:
+            await _send(send, 200, await self._modern(method, request.get("params") or {}, request_id))
+            return
         if method == "initialize":
             session = secrets.token_hex(8)
             self.sessions.add(session)
@@ -454,6 +459,40 @@ class TaskUpstream:
             return
         params = request.get("params") or {}
         await _send(send, 200, await self._answer(method, params, request_id), session)
+
+    async def _modern(self, method: str, params: dict[str, Any], request_id: Any) -> bytes:
+        """2026-07-28: stateless, tasks as `resultType: "task"` when the client declares the extension."""
+        if method == "server/discover":
+            caps = {"tools": {}, "extensions": {"io.modelcontextprotocol/tasks": {}}}
+            return _reply(request_id, {"supportedVersions": ["2026-07-28"], "capabilities": caps})
+        if method == "tools/list":
+            return _reply(request_id, {"tools": [{"name": "slow", "inputSchema": {"type": "object"}}]})
+        meta = params.get("_meta") or {}
+        declared = (meta.get("io.modelcontextprotocol/clientCapabilities") or {}).get("extensions") or {}
+        if method == "tools/call":
+            if "io.modelcontextprotocol/tasks" not in declared:
+                return _reply(request_id, {"content": [{"type": "text", "text": "done now"}]})
+            task_id = f"up-{len(self.tasks) + 1}"
+            self.tasks[task_id] = {"taskId": task_id, "status": "working"}
+            return _reply(
+                request_id, {"resultType": "task", "taskId": task_id, "status": "working", "ttlMs": 60000}
+            )
+        task = self.tasks.get(params.get("taskId", ""))
+        if task is None:
+            return orjson.dumps(
+                {"jsonrpc": "2.0", "id": request_id, "error": {"code": -32602, "message": "no task"}}
+            )
+        if method == "tasks/get":
+            if self.release.is_set():
+                done = {"content": [{"type": "text", "text": "done later"}]}
+                return _reply(request_id, {**task, "status": "completed", "result": done})
+            return _reply(request_id, task)
+        if method == "tasks/cancel":
+            task["status"] = "cancelled"
+            return _reply(request_id, task)
+        return orjson.dumps(
+            {"jsonrpc": "2.0", "id": request_id, "error": {"code": -32601, "message": "Method not found"}}
+        )
 
     async def _answer(self, method: str, params: dict[str, Any], request_id: Any) -> bytes:
         if method == "tools/list":

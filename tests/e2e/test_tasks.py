@@ -93,3 +93,42 @@ async def test_task_ids_are_the_gateways_own_and_only_their_owner_can_use_them(t
 
             plain = await alice.call("tools/call", {"name": "jobs__slow", "arguments": {}})
             assert plain["result"]["content"][0]["text"] == "done now"
+
+
+async def test_2026_task_results_get_gateway_ids_bound_to_their_principal(tmp_path: Path) -> None:
+    upstream = TaskUpstream(modern=True)
+    async with serve(upstream, path="/mcp") as url, running_gateway(tmp_path) as gw:
+        assert (await gw.add_server("jobs", url))["era"] == "modern"
+        alice, mallory = await gw.create_client("alice"), await gw.create_client("mallory")
+        caps = {"extensions": {"io.modelcontextprotocol/tasks": {}}}
+
+        async def call(http: httpx2.AsyncClient, key: str, method: str, params: dict[str, Any]) -> Any:
+            meta = {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": caps,
+            }
+            headers = {
+                "Authorization": f"Bearer {key}",
+                "Accept": ACCEPT,
+                "MCP-Protocol-Version": "2026-07-28",
+                "Mcp-Method": method,
+            }
+            if method == "tools/call":
+                headers["Mcp-Name"] = params["name"]
+            body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {**params, "_meta": meta}}
+            return (await http.post(gw.mcp_url, json=body, headers=headers)).json()
+
+        async with httpx2.AsyncClient(trust_env=False, timeout=30) as http:
+            created = await call(http, alice, "tools/call", {"name": "jobs__slow", "arguments": {}})
+            assert created["result"]["resultType"] == "task"
+            task_id = created["result"]["taskId"]
+            assert task_id.startswith("task-")
+            assert (await call(http, alice, "tasks/get", {"taskId": task_id}))["result"][
+                "status"
+            ] == "working"
+            stolen = await call(http, mallory, "tasks/get", {"taskId": task_id})
+            assert stolen["error"]["code"] == INVALID_PARAMS
+            upstream.release.set()
+            done = await call(http, alice, "tasks/get", {"taskId": task_id})
+            assert done["result"]["taskId"] == task_id
+            assert done["result"]["result"]["content"][0]["text"] == "done later"
