@@ -463,7 +463,7 @@ class TaskUpstream:
     async def _modern(self, method: str, params: dict[str, Any], request_id: Any) -> bytes:
         """2026-07-28: stateless, tasks as `resultType: "task"` when the client declares the extension."""
         if method == "server/discover":
-            caps = {"tools": {}, "extensions": {"io.modelcontextprotocol/tasks": {}}}
+            caps: dict[str, Any] = {"tools": {}, "extensions": {"io.modelcontextprotocol/tasks": {}}}
             return _reply(request_id, {"supportedVersions": ["2026-07-28"], "capabilities": caps})
         if method == "tools/list":
             return _reply(request_id, {"tools": [{"name": "slow", "inputSchema": {"type": "object"}}]})

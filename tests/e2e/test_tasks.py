@@ -100,7 +100,7 @@ async def test_2026_task_results_get_gateway_ids_bound_to_their_principal(tmp_pa
     async with serve(upstream, path="/mcp") as url, running_gateway(tmp_path) as gw:
         assert (await gw.add_server("jobs", url))["era"] == "modern"
         alice, mallory = await gw.create_client("alice"), await gw.create_client("mallory")
-        caps = {"extensions": {"io.modelcontextprotocol/tasks": {}}}
+        caps: dict[str, Any] = {"extensions": {"io.modelcontextprotocol/tasks": {}}}
 
         async def call(http: httpx2.AsyncClient, key: str, method: str, params: dict[str, Any]) -> Any:
             meta = {
