@@ -310,10 +310,16 @@ def summarize(cold: list[dict[str, Any]], runs: list[dict[str, Any]]) -> dict[st
     for r in runs:
         p50.setdefault(str(r["page_size"]), {}).setdefault(r["mode"], {})[str(r["concurrency"])] = r["p50_ms"]
     targets: dict[str, Any] = {}
-    for size, modes in p50.items():
-        value = modes.get("full", {}).get("1")
-        ok = None if value is None else value <= TARGET_WARM_FULL_P50_MS
-        targets[size] = {"value": value, "target": TARGET_WARM_FULL_P50_MS, "pass": ok}
+    for r in runs:
+        if r["mode"] == "full" and r["concurrency"] == 1:
+            value = r["p50_ms"]
+            ok = None if value is None else value <= TARGET_WARM_FULL_P50_MS
+            targets[str(r["page_size"])] = {
+                "value": value,
+                "wire_value": r["wire_p50_ms"],
+                "target": TARGET_WARM_FULL_P50_MS,
+                "pass": ok,
+            }
     return {
         "errors": sum(r["errors"] for r in runs),
         "cold_total_ms": {str(c["page_size"]): c["total_ms"] for c in cold},
@@ -345,7 +351,8 @@ def print_table(cold: list[dict[str, Any]], runs: list[dict[str, Any]], summary:
         )
     for size, t in summary["targets"]["warm_full_list_p50_ms_c1"].items():
         lines.append(
-            f"target warm full list p50 (page size {size}): {t['value']} ms (≤ {t['target']}) -> {t['pass']}"
+            f"target warm full list p50 (page size {size}): {t['value']} ms "
+            f"(wire {t['wire_value']} ms; ≤ {t['target']}) -> {t['pass']}"
         )
     print("\n".join(lines), file=sys.stderr)
 

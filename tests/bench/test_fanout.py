@@ -55,4 +55,4 @@ def test_quick_run_writes_a_complete_report(tmp_path: Path) -> None:
     assert set(summary["warm_p50_ms"]) == {"50", "1000"}
     targets = summary["targets"]["warm_full_list_p50_ms_c1"]
     assert set(targets) == {"50", "1000"}
-    assert all({"value", "target", "pass"} <= t.keys() for t in targets.values())
+    assert all({"value", "wire_value", "target", "pass"} <= t.keys() for t in targets.values())

@@ -22,6 +22,7 @@ from examples.servers import notes, studio
 from tests.harness import MODES, Gateway, Mode, running_gateway, spawn_example
 from tests.servers import serve
 from tollhouse.gateway.errors import INVALID_PARAMS, UPSTREAM_UNAVAILABLE
+from tollhouse.gateway.settings import LimitsSettings
 
 pytestmark = pytest.mark.anyio
 
@@ -262,7 +263,8 @@ async def test_an_upstream_with_250_tools_in_pages_of_100_appears_whole_and_in_o
     from tests.upstreams import paged_upstream
 
     app = paged_upstream(total=250, page_size=100).streamable_http_app()
-    async with serve(app, path="/mcp") as url, running_gateway(tmp_path) as gw:
+    pages_of_100 = LimitsSettings(page_size=100)  # the gateway pages too, by its own cursors
+    async with serve(app, path="/mcp") as url, running_gateway(tmp_path, limits=pages_of_100) as gw:
         server = await gw.add_server("big", url)
         assert server["tool_count"] == 250
         key = await gw.create_client("agent")
