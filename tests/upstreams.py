@@ -180,6 +180,15 @@ def echo_upstream(name: str = "echo-upstream", *, subscriptions: bool = True) ->
         return f"deleted {path}" if confirm.ok else f"kept {path}"
 
     @mcp.tool()
+    async def confirm_then_count(
+        path: str, ctx: Context, confirm: Annotated[Confirm, Resolve(ask_confirm)]
+    ) -> str:
+        """Ask first, then report progress: the progress belongs to the client's later round."""
+        for step in (1.0, 2.0):
+            await ctx.report_progress(step, 2.0, f"step {step}")
+        return f"counted after {'yes' if confirm.ok else 'no'} for {path}"
+
+    @mcp.tool()
     async def summarize(text: str, sampled: Annotated[CreateMessageResult, Resolve(ask_model)]) -> str:
         """Dual-era sampling through a resolver."""
         content = sampled.content

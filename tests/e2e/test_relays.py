@@ -262,3 +262,26 @@ async def test_a_2026_listener_with_resource_subscriptions_hears_resource_update
                 event = await anext(aiter(subscription))
             assert isinstance(event, ResourceUpdated)
             assert event.uri == watched
+
+
+async def test_progress_after_a_held_calls_question_reaches_the_clients_later_round(tmp_path: Path) -> None:
+    server, _ = echo_upstream()
+    async with (
+        serve(legacy_only(server.streamable_http_app()), path="/mcp") as url,
+        running_gateway(tmp_path) as gw,
+    ):
+        await gw.add_server("up", url)
+        key = await gw.create_client("agent")
+        human = Human()
+        seen: list[float] = []
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            seen.append(progress)
+
+        async with gw.client(key, "2026-07-28", elicitation_callback=human.elicit) as client:
+            result = await client.call_tool(
+                "up__confirm_then_count", {"path": "/p"}, progress_callback=on_progress
+            )
+            assert _text(result) == "counted after yes for /p"
+        assert human.asked == ["Really delete /p?"]
+        assert seen == [1.0, 2.0]

@@ -21,12 +21,14 @@ from anyio.abc import TaskGroup
 
 from tollhouse.gateway.errors import GatewayError, InvalidArguments, UpstreamRpcError
 from tollhouse.gateway.relay import Ask
+from tollhouse.gateway.upstream import NotificationCallback, ProgressCallback
 from tollhouse.registry.models import JSONObject
 
 __all__ = ["INPUT_KEY", "HeldCallGone", "Parking", "Step"]
 
 INPUT_KEY = "tollhouse-input"
-Call = Callable[[Ask], Awaitable[JSONObject]]
+# call(ask, on_progress, notify): the callbacks reach whichever client request waits on it now
+Call = Callable[[Ask, ProgressCallback, NotificationCallback], Awaitable[JSONObject]]
 
 
 class HeldCallGone(GatewayError):
@@ -59,6 +61,9 @@ class _Held:
     result: JSONObject | None = None
     error: BaseException | None = None
     finished: bool = False
+    # the waiting client request's relays; None between rounds (its response is complete)
+    on_progress: ProgressCallback | None = None
+    notify: NotificationCallback | None = None
 
 
 class Parking:
@@ -85,16 +90,34 @@ class Parking:
             finally:
                 tg.cancel_scope.cancel()
 
-    async def start(self, call: Call, *, principal: str, tool: str) -> Step:
+    async def start(
+        self,
+        call: Call,
+        *,
+        principal: str,
+        tool: str,
+        on_progress: ProgressCallback | None = None,
+        notify: NotificationCallback | None = None,
+    ) -> Step:
         """Run `call` held; returns when it finishes or first asks the client something."""
         if self._tg is None:
             raise RuntimeError("Parking.run() is not running")
         held = _Held(secrets.token_urlsafe(16), principal, tool, anyio.current_time() + self._ttl)
+        held.on_progress, held.notify = on_progress, notify
         self._held[held.id] = held
         self._tg.start_soon(self._run_call, held, call)
         return await self._next(held)
 
-    async def resume(self, call_id: str, answers: JSONObject, *, principal: str, tool: str) -> Step:
+    async def resume(
+        self,
+        call_id: str,
+        answers: JSONObject,
+        *,
+        principal: str,
+        tool: str,
+        on_progress: ProgressCallback | None = None,
+        notify: NotificationCallback | None = None,
+    ) -> Step:
         """Give the held call the client's answer and wait for its next step.
 
         Raises:
@@ -109,13 +132,17 @@ class Parking:
         if INPUT_KEY not in answers:
             raise InvalidArguments(f"inputResponses must answer '{INPUT_KEY}'")
         held.answer = answers[INPUT_KEY]
+        held.on_progress, held.notify = on_progress, notify
         held.question = None
         held.expires = anyio.current_time() + self._ttl
         held.answered.set()
         return await self._next(held)
 
     async def _next(self, held: _Held) -> Step:
-        await held.wake.wait()
+        try:
+            await held.wake.wait()
+        finally:
+            held.on_progress = held.notify = None  # this request's response ends here
         held.wake = anyio.Event()
         if held.finished:
             self._held.pop(held.id, None)
@@ -140,9 +167,17 @@ class Parking:
                 raise UpstreamRpcError(code, str(error.get("message")), error.get("data"))
             return answer if isinstance(answer, dict) else {}
 
+        async def progress(value: float, total: float | None, message: str | None) -> None:
+            if held.on_progress is not None:
+                await held.on_progress(value, total, message)
+
+        async def notify(method: str, params: JSONObject) -> None:
+            if held.notify is not None:
+                await held.notify(method, params)
+
         with held.scope:
             try:
-                held.result = await call(ask)
+                held.result = await call(ask, progress, notify)
             except Exception as exc:  # GatewayErrors reach the client as such; others as -32603
                 held.error = exc
             finally:

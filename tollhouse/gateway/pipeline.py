@@ -108,7 +108,12 @@ class UpstreamStage:
                 )
                 if held is not None:
                     step = await self._parking.resume(
-                        held, ctx.input_responses or {}, principal=ctx.principal.key, tool=tool.exposed
+                        held,
+                        ctx.input_responses or {},
+                        principal=ctx.principal.key,
+                        tool=tool.exposed,
+                        on_progress=ctx.on_progress,
+                        notify=ctx.notify,
                     )
                     return self._step_result(ctx, tool, step)
                 if upstream_state is not None:
@@ -118,11 +123,21 @@ class UpstreamStage:
         elif ctx.modern and self._session_era(tool.server):
             # A session-era upstream may ask mid-call; a 2026-07-28 client can only be asked by
             # answering input_required, so the call is held between the client's rounds.
-            async def held_call(ask: Ask) -> JSONObject:
-                asking = ctx.replace(ask=_requiring(ctx.client_capabilities, ask))
+            async def held_call(
+                ask: Ask, progress: ProgressCallback, notify: NotificationCallback
+            ) -> JSONObject:
+                asking = ctx.replace(
+                    ask=_requiring(ctx.client_capabilities, ask), on_progress=progress, notify=notify
+                )
                 return await self._call(asking, tool, params)
 
-            step = await self._parking.start(held_call, principal=ctx.principal.key, tool=tool.exposed)
+            step = await self._parking.start(
+                held_call,
+                principal=ctx.principal.key,
+                tool=tool.exposed,
+                on_progress=ctx.on_progress,
+                notify=ctx.notify,
+            )
             return self._step_result(ctx, tool, step)
         for round_number in range(1, MAX_INPUT_ROUNDS + 1):
             result = await self._call(ctx, tool, params)
