@@ -27,7 +27,6 @@ from tollhouse.gateway.errors import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
-    METHOD_NOT_FOUND,
     PARSE_ERROR,
     UNSUPPORTED_PROTOCOL_VERSION,
     GatewayError,
@@ -36,6 +35,7 @@ from tollhouse.gateway.errors import (
     http_status,
 )
 from tollhouse.gateway.handlers import MODERN_VERSION, SESSION_VERSIONS, McpHandlers, RequestContext
+from tollhouse.gateway.relay import require_capability
 from tollhouse.gateway.sessions import DownstreamSession, Pending, SessionManager, TooManySessions
 from tollhouse.gateway.settings import LimitsSettings
 from tollhouse.gateway.views import View
@@ -52,11 +52,6 @@ _CAPS_KEY = "io.modelcontextprotocol/clientCapabilities"
 _LOG_LEVEL_KEY = "io.modelcontextprotocol/logLevel"
 _LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 _NAMED = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
-_CAPABILITY_OF = {
-    "sampling/createMessage": "sampling",
-    "elicitation/create": "elicitation",
-    "roots/list": "roots",
-}
 _SUBSCRIPTION_KEY = "io.modelcontextprotocol/subscriptionId"
 # Session-era methods that 2026-07-28 removed (subscriptions/listen replaces subscribe).
 _SESSION_ONLY = frozenset({"resources/subscribe", "resources/unsubscribe"})
@@ -556,9 +551,7 @@ class _Stream:
         """
         session = self._session
         assert session is not None, "only session-era streams carry server->client requests"
-        capability = _CAPABILITY_OF.get(method)
-        if capability is None or capability not in session.client_capabilities:
-            raise UpstreamRpcError(METHOD_NOT_FOUND, f"The client does not support {method}")
+        require_capability(method, session.client_capabilities)
         outgoing_id = f"tollhouse-{secrets.token_hex(8)}"
         pending = Pending()
         session.pending[outgoing_id] = pending

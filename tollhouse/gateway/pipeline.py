@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tollhouse.auth.principal import Principal
-from tollhouse.gateway.errors import UnknownTool, UpstreamProtocolError, UpstreamRpcError, UpstreamUnavailable
+from tollhouse.gateway.errors import UnknownTool, UpstreamProtocolError, UpstreamUnavailable
 from tollhouse.gateway.parking import INPUT_KEY, Parking, Step
 from tollhouse.gateway.pool import UpstreamPool
 from tollhouse.gateway.relay import (
@@ -22,6 +22,7 @@ from tollhouse.gateway.relay import (
     Ask,
     answer_input_requests,
     open_request_state,
+    require_capability,
     seal_request_state,
 )
 from tollhouse.gateway.sealing import Sealer
@@ -225,20 +226,11 @@ def build_pipeline(pool: UpstreamPool, sealer: Sealer, parking: Parking) -> Pipe
     return Pipeline([ResolveStage(pool), UpstreamStage(pool, sealer, parking)])
 
 
-_CAPABILITY_OF = {
-    "sampling/createMessage": "sampling",
-    "elicitation/create": "elicitation",
-    "roots/list": "roots",
-}
-
-
 def _requiring(capabilities: JSONObject | None, ask: Ask) -> Ask:
-    """`ask`, refusing what the client did not declare it can answer (MCP: never ask for more)."""
+    """`ask`, refusing what the client did not declare it can answer."""
 
     async def checked(method: str, params: JSONObject) -> JSONObject:
-        needed = _CAPABILITY_OF.get(method)
-        if needed is None or needed not in (capabilities or {}):
-            raise UpstreamRpcError(-32601, f"The client does not support {method}")
+        require_capability(method, capabilities)
         return await ask(method, params)
 
     return checked

@@ -17,7 +17,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tollhouse.gateway.errors import InvalidArguments, UpstreamProtocolError
+from tollhouse.gateway.errors import (
+    METHOD_NOT_FOUND,
+    InvalidArguments,
+    UpstreamProtocolError,
+    UpstreamRpcError,
+)
 from tollhouse.gateway.sealing import Sealer
 from tollhouse.registry.models import JSONObject
 
@@ -27,10 +32,30 @@ __all__ = [
     "Ask",
     "answer_input_requests",
     "open_request_state",
+    "require_capability",
     "seal_request_state",
 ]
 
 Ask = Callable[[str, JSONObject], Awaitable[JSONObject]]
+# The client capability each server->client request needs (MCP client features).
+_CAPABILITY_OF = {
+    "sampling/createMessage": "sampling",
+    "elicitation/create": "elicitation",
+    "roots/list": "roots",
+}
+
+
+def require_capability(method: str, capabilities: JSONObject | None) -> None:
+    """Refuse a server->client request the client did not declare it can answer (MCP: never ask for more).
+
+    Raises:
+        UpstreamRpcError: -32601, relayed to the upstream that asked.
+    """
+    needed = _CAPABILITY_OF.get(method)
+    if needed is None or needed not in (capabilities or {}):
+        raise UpstreamRpcError(METHOD_NOT_FOUND, f"The client does not support {method}")
+
+
 MAX_INPUT_ROUNDS = 8
 STATE_TTL_SECONDS = 600
 
