@@ -422,15 +422,17 @@ def print_table(runs: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     print("\n".join(lines), file=sys.stderr)
 
 
-def main() -> int:
-    """Start the children, run every benchmark, write and print the results, stop the children."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def load_args(description: str, name: str, *, concurrency: str, eras: str) -> tuple[argparse.Namespace, Path]:
+    """The flags every load benchmark takes, parsed, and the report path; SIGTERM exits cleanly."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per run (default 5)")
-    parser.add_argument("--concurrency", default="1,8,32", help="comma-separated (default 1,8,32)")
-    parser.add_argument("--eras", default="modern,legacy", help="modern (2026-07-28), legacy (2025-11-25)")
+    parser.add_argument("--concurrency", default=concurrency, help=f"comma-separated (default {concurrency})")
+    parser.add_argument(
+        "--eras", default=eras, help=f"modern (2026-07-28), legacy (2025-11-25) (default {eras})"
+    )
     parser.add_argument("--warmup", type=int, default=200, help="calls before each run (default 200)")
     parser.add_argument("--quick", action="store_true", help="1 s runs, 50 warm-up calls (smoke test)")
-    parser.add_argument("--out", type=Path, help="JSON file (default bench/results/mcp_overhead-TS.json)")
+    parser.add_argument("--out", type=Path, help=f"JSON file (default bench/results/{name}-TS.json)")
     args = parser.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.eras = [e.strip() for e in args.eras.split(",")]
@@ -439,8 +441,14 @@ def main() -> int:
     if args.quick:
         args.duration, args.warmup = 1.0, 50
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the children on SIGTERM too
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out: Path = args.out or ROOT / "bench" / "results" / f"mcp_overhead-{stamp}.json"
+    args.stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out: Path = args.out or ROOT / "bench" / "results" / f"{name}-{args.stamp}.json"
+    return args, out
+
+
+def main() -> int:
+    """Start the children, run every benchmark, write and print the results, stop the children."""
+    args, out = load_args(__doc__ or "", "mcp_overhead", concurrency="1,8,32", eras="modern,legacy")
 
     env = child_env()
     admin_token = new_admin_token()
@@ -467,7 +475,7 @@ def main() -> int:
     summary = summarize(runs, peak)
     document = {
         "benchmark": "mcp_overhead",
-        "timestamp": stamp,
+        "timestamp": args.stamp,
         "machine": machine(),
         "settings": {k: getattr(args, k) for k in ("duration", "warmup", "concurrency", "eras")},
         "runs": runs,

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +37,7 @@ from mcp_overhead import (
     find_reply,
     free_port,
     gateway_env,
+    load_args,
     machine,
     measure,
     memory_mb,
@@ -158,25 +157,7 @@ def print_table(runs: list[dict[str, Any]], summary: dict[str, Any]) -> None:
 
 def main() -> int:
     """Start the children, run every benchmark, write and print the results, stop the children."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per run (default 5)")
-    parser.add_argument("--concurrency", default="1,8", help="comma-separated (default 1,8)")
-    parser.add_argument(
-        "--eras", default="modern", help="downstream eras: modern and/or legacy (default modern)"
-    )
-    parser.add_argument("--warmup", type=int, default=200, help="calls before each run (default 200)")
-    parser.add_argument("--quick", action="store_true", help="1 s runs, 50 warm-up calls (smoke test)")
-    parser.add_argument("--out", type=Path, help="JSON file (default bench/results/stdio_overhead-TS.json)")
-    args = parser.parse_args()
-    args.concurrency = [int(c) for c in args.concurrency.split(",")]
-    args.eras = [e.strip() for e in args.eras.split(",")]
-    if not set(args.eras) <= {"modern", "legacy"}:
-        parser.error("--eras takes modern and/or legacy")
-    if args.quick:
-        args.duration, args.warmup = 1.0, 50
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the children on SIGTERM too
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out: Path = args.out or ROOT / "bench" / "results" / f"stdio_overhead-{stamp}.json"
+    args, out = load_args(__doc__ or "", "stdio_overhead", concurrency="1,8", eras="modern")
 
     env = child_env()
     admin_token = new_admin_token()
@@ -203,7 +184,7 @@ def main() -> int:
     summary = summarize(runs) | {"gateway_rss_peak_mb": peak}
     document = {
         "benchmark": "stdio_overhead",
-        "timestamp": stamp,
+        "timestamp": args.stamp,
         "machine": machine(),
         "settings": {k: getattr(args, k) for k in ("duration", "warmup", "concurrency", "eras")},
         "upstreams": upstreams,

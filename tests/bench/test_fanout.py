@@ -5,26 +5,17 @@ It checks the shape of the JSON only; timings depend on the machine and are neve
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench import run_quick
 
 
 @pytest.mark.slow
 def test_quick_run_writes_a_complete_report(tmp_path: Path) -> None:
-    out = tmp_path / "result.json"
-    script = str(ROOT / "bench" / "fanout.py")
-    argv = [sys.executable, script, "--quick", "--upstreams", "4", "--tools", "30"]
-    argv += ["--page-sizes", "50,1000", "--out", str(out)]
-    completed = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    report = json.loads(out.read_text())
-    assert json.loads(completed.stdout) == report
+    args = ("--upstreams", "4", "--tools", "30", "--page-sizes", "50,1000")
+    report = run_quick("fanout.py", tmp_path / "result.json", *args)
     assert report["benchmark"] == "fanout"
     assert {"timestamp", "machine", "settings", "cold", "runs", "summary"} <= report.keys()
     assert report["settings"]["upstreams"] == 4 and report["settings"]["tools"] == 30

@@ -5,30 +5,16 @@ It checks the shape of the JSON only; timings depend on the machine and are neve
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench import run_quick
 
 
 @pytest.mark.slow
 def test_quick_run_writes_a_complete_report(tmp_path: Path) -> None:
-    out = tmp_path / "result.json"
-    script = str(ROOT / "bench" / "mcp_overhead.py")
-    completed = subprocess.run(
-        [sys.executable, script, "--quick", "--concurrency", "1,8", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    report = json.loads(out.read_text())
-    assert json.loads(completed.stdout) == report
+    report = run_quick("mcp_overhead.py", tmp_path / "result.json", "--concurrency", "1,8")
     assert {"benchmark", "machine", "settings", "runs", "summary"} <= report.keys()
     assert {"nproc", "python"} <= report["machine"].keys()
 

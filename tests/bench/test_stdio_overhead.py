@@ -5,30 +5,16 @@ It checks the shape of the JSON only; timings depend on the machine and are neve
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench import run_quick
 
 
 @pytest.mark.slow
 def test_quick_run_writes_a_complete_report(tmp_path: Path) -> None:
-    out = tmp_path / "result.json"
-    script = str(ROOT / "bench" / "stdio_overhead.py")
-    completed = subprocess.run(
-        [sys.executable, script, "--quick", "--concurrency", "1,8", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    report = json.loads(out.read_text())
-    assert json.loads(completed.stdout) == report
+    report = run_quick("stdio_overhead.py", tmp_path / "result.json", "--concurrency", "1,8")
     assert report["benchmark"] == "stdio_overhead"
     assert {"timestamp", "machine", "settings", "upstreams", "runs", "summary"} <= report.keys()
     assert {name: u["transport"] for name, u in report["upstreams"].items()} == {
