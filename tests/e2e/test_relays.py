@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,9 @@ from mcp.types import (
     TextContent,
 )
 
-from tests.harness import Mode, running_gateway
+from tests.harness import Gateway, Mode, running_gateway
 from tests.servers import serve
-from tests.upstreams import echo_upstream, legacy_only
+from tests.upstreams import Probe, echo_upstream, legacy_only
 from tollhouse.gateway.errors import INVALID_PARAMS, METHOD_NOT_FOUND
 
 pytestmark = pytest.mark.anyio
@@ -31,6 +33,19 @@ COMBINATIONS = [
     ("legacy", "modern"),  # the gateway answers input_required by asking the session downstream
     ("2026-07-28", "legacy"),  # the gateway holds the upstream call and answers input_required
 ]
+
+
+@asynccontextmanager
+async def echo_behind_gateway(tmp_path: Path, upstream_era: str) -> AsyncIterator[tuple[Gateway, Probe]]:
+    """tests.upstreams.echo_upstream in the given era, registered as `up` on a fresh gateway."""
+    server, probe = echo_upstream()
+    app = server.streamable_http_app()
+    async with (
+        serve(legacy_only(app) if upstream_era == "legacy" else app, path="/mcp") as url,
+        running_gateway(tmp_path) as gw,
+    ):
+        assert (await gw.add_server("up", url))["era"] == upstream_era
+        yield gw, probe
 
 
 def _text(result: CallToolResult) -> str:
@@ -61,13 +76,7 @@ class Human:
 async def test_elicitation_and_sampling_reach_the_downstream_and_the_answers_go_back(
     tmp_path: Path, mode: Mode, upstream_era: str
 ) -> None:
-    server, _ = echo_upstream()
-    app = server.streamable_http_app()
-    async with (
-        serve(legacy_only(app) if upstream_era == "legacy" else app, path="/mcp") as url,
-        running_gateway(tmp_path) as gw,
-    ):
-        assert (await gw.add_server("up", url))["era"] == upstream_era
+    async with echo_behind_gateway(tmp_path, upstream_era) as (gw, _):
         key = await gw.create_client("agent")
         human = Human()
         async with gw.client(
@@ -131,13 +140,7 @@ def _headers(key: str) -> dict[str, str]:
 async def test_a_sealed_request_state_works_only_unaltered_and_for_its_own_principal(
     tmp_path: Path, upstream_era: str
 ) -> None:
-    server, _ = echo_upstream()
-    app = server.streamable_http_app()
-    async with (
-        serve(legacy_only(app) if upstream_era == "legacy" else app, path="/mcp") as url,
-        running_gateway(tmp_path) as gw,
-    ):
-        await gw.add_server("up", url)
+    async with echo_behind_gateway(tmp_path, upstream_era) as (gw, _):
         alice = await gw.create_client("alice")
         mallory = await gw.create_client("mallory")
         async with httpx2.AsyncClient(trust_env=False) as http:
@@ -210,13 +213,7 @@ async def test_a_subscribed_session_hears_when_an_upstream_resource_changes(
     import anyio
     from mcp.shared.exceptions import MCPDeprecationWarning
 
-    server, probe = echo_upstream()
-    app = server.streamable_http_app()
-    async with (
-        serve(legacy_only(app) if upstream_era == "legacy" else app, path="/mcp") as url,
-        running_gateway(tmp_path) as gw,
-    ):
-        await gw.add_server("up", url)
+    async with echo_behind_gateway(tmp_path, upstream_era) as (gw, probe):
         key = await gw.create_client("agent")
         updated: list[str] = []
         heard = anyio.Event()
@@ -247,9 +244,7 @@ async def test_a_2026_listener_with_resource_subscriptions_hears_resource_update
     import anyio
     from mcp.shared.subscriptions import ResourceUpdated
 
-    server, _ = echo_upstream()
-    async with serve(server.streamable_http_app(), path="/mcp") as url, running_gateway(tmp_path) as gw:
-        await gw.add_server("up", url)
+    async with echo_behind_gateway(tmp_path, "modern") as (gw, _):
         key = await gw.create_client("agent")
         watched = "tollhouse://up/note://watched"
         async with (
