@@ -24,7 +24,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from pydantic import SecretStr
 
-from tests.servers import serve
+from tests.servers import loopback_socket, serve
 from tollhouse.gateway.app import Deps, create_app
 from tollhouse.gateway.settings import LimitsSettings, Settings, UpstreamDefaults
 
@@ -90,10 +90,16 @@ def gateway_settings(tmp_path: Path, **overrides: Any) -> Settings:
 async def running_gateway(
     tmp_path: Path, deps: Deps | None = None, **overrides: Any
 ) -> AsyncIterator[Gateway]:
-    """Serve a fresh gateway on 127.0.0.1:0 for the duration of the block."""
+    """Serve a fresh gateway on 127.0.0.1:0 for the duration of the block.
+
+    The port is bound first so the gateway's public URL (its OAuth issuer and the base of
+    every resource URI) is the address clients actually use.
+    """
+    sock = loopback_socket()
+    overrides.setdefault("public_url", f"http://127.0.0.1:{sock.getsockname()[1]}")
     app = create_app(gateway_settings(tmp_path, **overrides), deps)
     async with (
-        serve(app) as base_url,
+        serve(app, sock=sock) as base_url,
         httpx2.AsyncClient(
             base_url=f"{base_url}/admin/api/v1",
             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},

@@ -37,14 +37,25 @@ class _Server(uvicorn.Server):
             self.ready.set()
 
 
-@asynccontextmanager
-async def serve(app: ASGIApp, *, path: str = "", port: int = 0) -> AsyncIterator[str]:
-    """Serve `app` on a loopback port (ephemeral by default); yields its base URL plus `path`."""
+def loopback_socket(port: int = 0) -> socket.socket:
+    """A TCP socket bound to 127.0.0.1 (ephemeral port by default), for `serve(..., sock=)`.
+
+    Binding first lets a test learn the port before it builds the app (a gateway's public URL).
+    """
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only when the
     # listening socket says it is TCP; with protocol 0 every response waits on Nagle (~44 ms).
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
+    return sock
+
+
+@asynccontextmanager
+async def serve(
+    app: ASGIApp, *, path: str = "", port: int = 0, sock: socket.socket | None = None
+) -> AsyncIterator[str]:
+    """Serve `app` on a loopback port (ephemeral by default, or `sock`); yields its base URL plus `path`."""
+    sock = sock or loopback_socket(port)
     port = sock.getsockname()[1]
     # A short graceful-shutdown bound: leaving the block is how tests kill an upstream, and
     # long-lived streams (a gateway's watch of this server) must not hold it open.

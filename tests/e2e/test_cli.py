@@ -172,4 +172,5 @@ async def test_serve_with_a_config_applies_it_at_start(
             assert items[0]["name"] == "studio"
             assert items[0]["health"]["status"] == "healthy"
             # The new client's key was printed once, at start (captured along with this call).
-            assert "API key (shown once): thk_" in err
+            assert "shown once: client secret: ths_" in err
+            assert "API key: thk_" in err

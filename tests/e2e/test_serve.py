@@ -141,4 +141,12 @@ async def test_the_openapi_document_lists_every_admin_route(tmp_path: Path) -> N
             "/clients/{ref}/revoke",
             "/config/apply",
             "/config/export",
+            "/keys",
+            "/keys/rotate",
+            "/keys/{kid}",
+            "/users",
+            "/users/{name}",
+            "/teams",
+            "/teams/{name}",
+            "/auth/failures",
         } == paths

@@ -17,7 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from tollhouse.registry.migrate import alembic_config, create_engine_for, database_url_for, upgrade
 from tollhouse.registry.tables import metadata
 
-HEAD = "0003"
+HEAD = "0005"
 TABLES = {
     "alembic_version",
     "upstreams",
@@ -26,6 +26,14 @@ TABLES = {
     "clients",
     "settings_kv",
     "toolsets",
+    "upstream_secrets",
+    "user_upstream_tokens",
+    "teams",
+    "users",
+    "oauth_codes",
+    "refresh_tokens",
+    "revoked_tokens",
+    "consents",
 }
 
 

@@ -16,7 +16,11 @@ class Principal:
     teams: tuple[str, ...] = ()
     scopes: tuple[str, ...] = ()
     issuer: str = "tollhouse"
-    kind: str = "client"
+    kind: str = "client"  # "client" (acts for itself) or "user" (a person, through a client)
+    roles: tuple[str, ...] = ()  # admin-API roles: admin, approver, auditor, viewer
+    token_id: str | None = None  # the access token's `jti`, for revocation and audit
+    expires_at: float | None = None  # the credential's expiry (epoch seconds), if it has one
+    issued_at: float | None = None  # when the credential was issued (epoch seconds), if known
 
     @property
     def key(self) -> str:

@@ -1,21 +1,37 @@
 """Token verification: bearer credential -> Principal.
 
-`TokenVerifier` is the seam OAuth plugs into later. `ApiKeyVerifier` answers from an
-in-memory index of key hashes, so verifying a key reads no database on the request path;
-the admin API updates the index when clients are created or revoked.
+`TokenVerifier` is the seam every credential kind plugs into: `ApiKeyVerifier` answers from
+an in-memory index of key hashes (no database read on the request path; the admin API
+updates the index), `LocalJwtVerifier` checks the built-in issuer's JWTs, external issuers
+and introspection come from `external.py`, and `CompositeVerifier` routes a token to the one
+verifier that can judge it — by shape and by its unverified `iss`, never by trying them all.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import secrets
-from collections.abc import Iterable
-from typing import Protocol
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+import orjson
 
 from tollhouse.auth.principal import Principal
+from tollhouse.auth.resources import DEFAULT_SCOPES
+from tollhouse.auth.tokens import InvalidTokenError, JwtVerifier
 from tollhouse.registry.models import ClientRecord
 
-__all__ = ["API_KEY_PREFIX", "ApiKeyVerifier", "TokenVerifier", "hash_secret", "new_api_key"]
+__all__ = [
+    "API_KEY_PREFIX",
+    "ApiKeyVerifier",
+    "CompositeVerifier",
+    "InvalidTokenError",
+    "TokenVerifier",
+    "hash_secret",
+    "new_api_key",
+]
 
 API_KEY_PREFIX = "thk_"
 
@@ -34,18 +50,23 @@ def new_api_key() -> str:
 
 
 class TokenVerifier(Protocol):
-    """Turns a bearer token into a Principal, or None when it is not acceptable."""
+    """Turns a bearer token presented at `resource` into a Principal."""
 
-    async def verify(self, token: str) -> Principal | None:
-        """The principal for `token`, or None (missing, wrong, expired, revoked, foreign)."""
+    async def verify(self, token: str, resource: str) -> Principal:
+        """The principal for `token` at `resource` (the endpoint's RFC 8707 URI).
+
+        Raises:
+            InvalidTokenError: missing, wrong, expired, revoked, foreign or for another resource.
+        """
         ...
 
 
 class ApiKeyVerifier:
     """Verifies API keys against an in-memory index of active clients' key hashes."""
 
-    def __init__(self, clients: Iterable[ClientRecord] = ()) -> None:
+    def __init__(self, clients: Iterable[ClientRecord] = (), *, enabled: bool = True) -> None:
         self._by_hash: dict[str, Principal] = {}
+        self.enabled = enabled
         self.replace(clients)
 
     def replace(self, clients: Iterable[ClientRecord]) -> None:
@@ -63,11 +84,74 @@ class ApiKeyVerifier:
             index[client.key_hash] = _principal_of(client)
         self._by_hash = index  # swap, never mutate in place: readers see one version
 
-    async def verify(self, token: str) -> Principal | None:
-        """The client principal for an API key, or None."""
-        if not token.startswith(API_KEY_PREFIX):
-            return None
-        return self._by_hash.get(hash_secret(token))
+    async def verify(self, token: str, resource: str) -> Principal:
+        """The client principal for an API key (valid at every endpoint).
+
+        Raises:
+            InvalidTokenError: not an active key, or API keys are disabled.
+        """
+        if not self.enabled:
+            raise InvalidTokenError("api_keys_disabled")
+        principal = self._by_hash.get(hash_secret(token)) if token.startswith(API_KEY_PREFIX) else None
+        if principal is None:
+            raise InvalidTokenError("unknown_key")
+        return principal
+
+
+class LocalJwtVerifier:
+    """The built-in issuer's JWTs, verified in-process (no I/O)."""
+
+    def __init__(self, jwt_verifier: JwtVerifier) -> None:
+        self.issuer = jwt_verifier.issuer
+        self._jwt = jwt_verifier
+
+    async def verify(self, token: str, resource: str) -> Principal:
+        """The principal of one of our own access tokens."""
+        return self._jwt.verify(token, resource)
+
+
+class CompositeVerifier:
+    """Routes each token to the verifier for its kind: API key, a JWT by issuer, or introspection."""
+
+    def __init__(
+        self,
+        *,
+        api_keys: TokenVerifier | None = None,
+        issuers: Mapping[str, TokenVerifier] | None = None,
+        opaque: TokenVerifier | None = None,
+    ) -> None:
+        self.api_keys = api_keys
+        self.issuers = dict(issuers or {})
+        self.opaque = opaque
+
+    async def verify(self, token: str, resource: str) -> Principal:
+        """The principal for `token`, judged by exactly one verifier."""
+        if token.startswith(API_KEY_PREFIX):
+            if self.api_keys is None:
+                raise InvalidTokenError("api_keys_disabled")
+            return await self.api_keys.verify(token, resource)
+        claims = _unverified_claims(token)
+        if claims is None:
+            if self.opaque is None:
+                raise InvalidTokenError("malformed")
+            return await self.opaque.verify(token, resource)
+        issuer = claims.get("iss")
+        verifier = self.issuers.get(issuer) if isinstance(issuer, str) else None
+        if verifier is None:
+            raise InvalidTokenError("issuer")
+        return await verifier.verify(token, resource)
+
+
+def _unverified_claims(token: str) -> dict[str, Any] | None:
+    """The payload of a compact JWS, *unverified*: only to pick the verifier, never to trust."""
+    parts = token.split(".")
+    if len(parts) != 3 or len(token) > 16 * 1024:
+        return None
+    try:
+        payload = orjson.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (binascii.Error, ValueError, orjson.JSONDecodeError):
+        return None
+    return payload if isinstance(payload, dict) else None
 
 
 def _principal_of(client: ClientRecord) -> Principal:
@@ -75,5 +159,6 @@ def _principal_of(client: ClientRecord) -> Principal:
         subject=client.client_id,
         client_id=client.client_id,
         teams=(client.team,) if client.team else (),
+        scopes=tuple(sorted(set(client.scopes) | set(DEFAULT_SCOPES))),
         kind="client",
     )

@@ -7,22 +7,38 @@ Errors are `application/problem+json` (RFC 9457); MCP endpoints never use that t
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio
-import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from tollhouse import __version__
-from tollhouse.auth.verifiers import API_KEY_PREFIX, ApiKeyVerifier, hash_secret, new_api_key
+from tollhouse.auth.keyring import KeyRing, KeyRingError
+from tollhouse.auth.passwords import Passwords
+from tollhouse.auth.vault import CredentialCipher, VaultError
+from tollhouse.auth.verifiers import (
+    API_KEY_PREFIX,
+    ApiKeyVerifier,
+    InvalidTokenError,
+    hash_secret,
+    new_api_key,
+)
+from tollhouse.gateway.admin_http import Problem as _Problem
+from tollhouse.gateway.admin_http import iso as _iso
+from tollhouse.gateway.admin_http import json_response as _json
+from tollhouse.gateway.admin_http import problem_response as _problem
+from tollhouse.gateway.admin_http import read_body as _body
+from tollhouse.gateway.admin_identity import identity_routes
 from tollhouse.gateway.errors import GatewayError
+from tollhouse.gateway.front_door import FrontDoor, revoke_principal
 from tollhouse.gateway.pool import SyncResult, UpstreamPool
 from tollhouse.gateway.snapshot import Snapshot, split_exposed_name
 from tollhouse.gateway.views import toolset_members
@@ -31,15 +47,18 @@ from tollhouse.registry.config import (
     ConfigError,
     config_from_dict,
     config_to_dict,
-    server_from_dict,
+    server_secrets_from_dict,
     toolset_from_dict,
 )
+from tollhouse.registry.identity_store import SqlIdentityStore
 from tollhouse.registry.models import ClientRecord, Toolset, Upstream
+from tollhouse.registry.secrets_store import SqlSecretStore
 from tollhouse.registry.store import RegistryStore, StoreConflictError
 
 __all__ = ["SUPPORTED_TRANSPORTS", "AdminState", "admin_app", "apply_loaded", "publish_toolsets"]
 
 SUPPORTED_TRANSPORTS = ("http", "sse", "stdio")
+_SCOPE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]{1,64}$")  # RFC 6749 §3.3 scope-token
 
 
 @dataclass
@@ -51,39 +70,27 @@ class AdminState:
     keys: ApiKeyVerifier
     admin_token_hash: str | None = None
     public_url: str = ""
+    identity: SqlIdentityStore | None = None
+    door: FrontDoor | None = None
     # Serialises "read the toolsets, swap them into the pool" so the last swap saw every write.
     toolsets_lock: anyio.Lock = field(default_factory=anyio.Lock)
-
-
-class _Problem(Exception):
-    def __init__(self, status: int, title: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.title, self.detail = status, title, detail
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
-
-
-def _problem(p: _Problem) -> Response:
-    body = {"type": "about:blank", "title": p.title, "status": p.status, "detail": p.detail}
-    headers = {"WWW-Authenticate": 'Bearer realm="tollhouse-admin"'} if p.status == 401 else None
-    return Response(
-        orjson.dumps(body), status_code=p.status, media_type="application/problem+json", headers=headers
-    )
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
+    # Sealed upstream credentials (None: no key ring, so only env references work).
+    secrets: SqlSecretStore | None = None
+    keyring: KeyRing | None = None
+    # Told about the new ring after a rotation or a key removal (token signing, audit keys).
+    keyring_listeners: list[Callable[[KeyRing], None]] = field(default_factory=list)
+    keys_lock: anyio.Lock = field(default_factory=anyio.Lock)
 
 
 def admin_app(state: AdminState) -> Starlette:
     """The admin API as a Starlette app, to mount at /admin/api/v1."""
 
-    def guarded(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    def guarded(
+        fn: Callable[[Request], Awaitable[Response]], need: str | None = None
+    ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             try:
-                _authorize(state, request)
+                await _authorize(state, request, need or ("read" if request.method == "GET" else "admin"))
                 return await fn(request)
             except _Problem as p:
                 return _problem(p)
@@ -91,22 +98,28 @@ def admin_app(state: AdminState) -> Starlette:
         return endpoint
 
     async def list_servers(request: Request) -> Response:
-        return _json({"items": [_server_out(state.pool, u) for u in state.pool.upstreams()]})
+        stored = await _stored_fields(state)
+        return _json(
+            {"items": [_server_out(state.pool, u, stored.get(u.name, ())) for u in state.pool.upstreams()]}
+        )
 
     async def create_server(request: Request) -> Response:
-        upstream = _parse_server(await _body(request))
+        upstream, values = _parse_server(await _body(request))
+        _check_secrets(state, upstream, values, stored=())
         try:
             upstream = await state.store.create_upstream(upstream)
         except StoreConflictError:
             raise _Problem(
                 409, "Conflict", f"a server or agent named '{upstream.name}' already exists"
             ) from None
+        await _store_secrets(state, upstream.name, values)
         await state.pool.add(upstream)
-        return _json(_server_out(state.pool, upstream), 201)
+        return _json(_server_out(state.pool, upstream, sorted(values)), 201)
 
     async def show_server(request: Request) -> Response:
         upstream = _known(state, request.path_params["name"])
-        out = _server_out(state.pool, upstream)
+        stored = await _stored_fields(state, upstream.name)
+        out = _server_out(state.pool, upstream, stored.get(upstream.name, ()))
         out["tools"] = [t.exposed for t in state.pool.snapshot.tools if t.server == upstream.name]
         return _json(out)
 
@@ -115,6 +128,8 @@ def admin_app(state: AdminState) -> Starlette:
         _known(state, name)
         await state.pool.remove(name)
         await state.store.delete_upstream(name)
+        if state.secrets is not None:
+            await state.secrets.delete_upstream(name)
         return Response(status_code=204)
 
     async def refresh_server(request: Request) -> Response:
@@ -186,8 +201,11 @@ def admin_app(state: AdminState) -> Starlette:
             raise _Problem(400, "Bad Request", "'name' must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}")
         if team is not None and (not isinstance(team, str) or not CLIENT_NAME_RE.match(team)):
             raise _Problem(400, "Bad Request", "'team' must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-        client, key = await _new_client(state, name, team)
-        return _json({**_client_out(client), "api_key": key}, 201)
+        scopes = body.get("scopes", [])
+        if not isinstance(scopes, list) or not all(isinstance(x, str) and _SCOPE.match(x) for x in scopes):
+            raise _Problem(400, "Bad Request", "'scopes' must be a list of scope names")
+        client, credentials = await _new_client(state, name, team, tuple(sorted(set(scopes))))
+        return _json({**_client_out(client), **credentials}, 201)
 
     async def revoke_client(request: Request) -> Response:
         ref = request.path_params["ref"]
@@ -197,6 +215,10 @@ def admin_app(state: AdminState) -> Starlette:
         revoked = await state.store.revoke_client(client.client_id)
         assert revoked is not None
         state.keys.upsert(revoked)
+        if state.door is not None and state.identity is not None:
+            # Its tokens (client credentials, and users' tokens obtained through it) stop too.
+            await revoke_principal(state.door, state.identity, f"client:{client.client_id}")
+            await state.identity.revoke_refresh_for(client_id=client.client_id)
         return _json(_client_out(revoked))
 
     async def list_toolsets(request: Request) -> Response:
@@ -241,14 +263,69 @@ def admin_app(state: AdminState) -> Starlette:
             raise _Problem(400, "Invalid configuration", str(exc)) from None
         return _json(
             await apply_loaded(
-                state, loaded.servers, loaded.clients, list(loaded.warnings), prune, toolsets=loaded.toolsets
+                state,
+                loaded.servers,
+                loaded.clients,
+                list(loaded.warnings),
+                prune,
+                toolsets=loaded.toolsets,
+                secrets=loaded.secrets,
             )
         )
 
     async def export_config(request: Request) -> Response:
         clients = [c for c in await state.store.list_clients() if c.active]
         toolsets = await state.store.list_toolsets()
-        return _json(config_to_dict(None, state.pool.upstreams(), clients, toolsets))
+        # Names of stored secrets only: the export writes `${VAR}` references, never a value.
+        stored = await _stored_fields(state)
+        return _json(config_to_dict(None, state.pool.upstreams(), clients, toolsets, secret_fields=stored))
+
+    async def list_keys(request: Request) -> Response:
+        return _json(await _keys_out(state))
+
+    async def rotate_keys(request: Request) -> Response:
+        body = await _body(request)
+        generate = body.get("generate")
+        if generate is not None and not isinstance(generate, bool):
+            raise _Problem(400, "Bad Request", "'generate' must be true or false")
+        async with state.keys_lock:
+            ring, secrets = _key_ring(state)
+            if generate is None:
+                # Keys from the environment change only there: then rotation is the re-encryption.
+                generate = ring.source != "env"
+            if generate:
+                try:
+                    ring = ring.rotated()
+                except KeyRingError as exc:
+                    raise _Problem(409, "Conflict", str(exc)) from None
+                _set_ring(state, ring)
+            try:
+                report = await secrets.reencrypt_all(CredentialCipher.from_keyring(ring))
+            except VaultError as exc:
+                raise _Problem(409, "Conflict", f"re-encryption stopped, nothing changed: {exc}") from None
+        out = await _keys_out(state)
+        out["reencrypted"] = report.reencrypted
+        return _json(out)
+
+    async def remove_key(request: Request) -> Response:
+        kid = request.path_params["kid"]
+        async with state.keys_lock:
+            ring, secrets = _key_ring(state)
+            if kid not in ring.kids:
+                raise _Problem(404, "Not Found", f"no key '{kid}'")
+            rows = (await secrets.rows_by_kid()).get(kid, 0)
+            if rows:
+                raise _Problem(
+                    409,
+                    "Conflict",
+                    f"key '{kid}' still seals {rows} stored credentials: run keys rotate first",
+                )
+            try:
+                ring = ring.without(kid)
+            except KeyRingError as exc:
+                raise _Problem(409, "Conflict", str(exc)) from None
+            _set_ring(state, ring)
+        return _json(await _keys_out(state))
 
     async def openapi(request: Request) -> Response:
         return _json(_openapi())
@@ -270,6 +347,10 @@ def admin_app(state: AdminState) -> Starlette:
         Route("/clients/{ref}/revoke", guarded(revoke_client), methods=["POST"]),
         Route("/config/apply", guarded(apply_config), methods=["POST"]),
         Route("/config/export", guarded(export_config), methods=["GET"]),
+        Route("/keys", guarded(list_keys), methods=["GET"]),
+        Route("/keys/rotate", guarded(rotate_keys), methods=["POST"]),
+        Route("/keys/{kid}", guarded(remove_key), methods=["DELETE"]),
+        *identity_routes(state, guarded, Passwords()),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
     return Starlette(routes=routes)
@@ -289,13 +370,18 @@ async def apply_loaded(
     prune: bool,
     *,
     toolsets: Sequence[Toolset] = (),
+    secrets: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """Upsert what a config names (servers, toolsets, clients).
+    """Upsert what a config names (servers and their secrets, toolsets, clients).
 
     With `prune`, also delete the servers and toolsets it omits; clients are never deleted (revoke them).
+    A secret given again with the same value changes nothing.
     """
+    secrets = secrets or {}
+    stored_fields = await _stored_fields(state)
     for upstream in servers:
         _check_transport(upstream)
+        _check_secrets(state, upstream, secrets.get(upstream.name, {}), stored_fields.get(upstream.name, ()))
     created: list[str] = []
     updated: list[str] = []
     unchanged: list[str] = []
@@ -303,10 +389,12 @@ async def apply_loaded(
     new_keys: list[dict[str, Any]] = []
     for upstream in servers:
         existing = await state.store.get_upstream(upstream.name)
-        if existing is not None and _same(existing, upstream):
+        changed_secrets = await _changed_secrets(state, upstream.name, secrets.get(upstream.name, {}))
+        if existing is not None and _same(existing, upstream) and not changed_secrets:
             unchanged.append(f"server/{upstream.name}")
             continue
         stored = await state.store.upsert_upstream(upstream)
+        await _store_secrets(state, upstream.name, changed_secrets)
         (updated if existing else created).append(f"server/{upstream.name}")
         await state.pool.add(stored)
     toolsets_changed = False
@@ -323,10 +411,10 @@ async def apply_loaded(
         if existing_client is not None:
             unchanged.append(f"client/{spec.name}")
             continue
-        client, key = await _new_client(state, spec.name, spec.team)
+        client, credentials = await _new_client(state, spec.name, spec.team)
         created.append(f"client/{spec.name}")
         new_keys.append(
-            {"client_id": client.client_id, "name": client.name, "team": client.team, "api_key": key}
+            {"client_id": client.client_id, "name": client.name, "team": client.team, **credentials}
         )
     if prune:
         named = {u.name for u in servers}
@@ -383,58 +471,176 @@ def _toolset_out(t: Toolset, snapshot: Snapshot) -> dict[str, Any]:
     }
 
 
-async def _new_client(state: AdminState, name: str, team: str | None) -> tuple[ClientRecord, str]:
-    key = new_api_key()
+async def _new_client(
+    state: AdminState, name: str, team: str | None, scopes: tuple[str, ...] = ()
+) -> tuple[ClientRecord, dict[str, str]]:
+    """A confidential client: a secret for client credentials, and an API key while keys are on.
+
+    Returns the record and its credentials (shown once: only their hashes are stored).
+    """
+    secret = "ths_" + secrets.token_urlsafe(32)
+    key = new_api_key() if state.keys.enabled else None
     record = ClientRecord(
         client_id="c_" + secrets.token_hex(8),
         name=name,
         team=team,
-        key_hash=hash_secret(key),
-        key_prefix=key[: len(API_KEY_PREFIX) + 4],
+        key_hash=hash_secret(key) if key else None,
+        key_prefix=key[: len(API_KEY_PREFIX) + 4] if key else None,
         created_at=datetime.now(UTC),
+        secret_hash=hash_secret(secret),
+        kind="confidential",
+        registration="admin",
+        grant_types=("client_credentials",),
+        scopes=scopes,
     )
     try:
         record = await state.store.create_client(record)
     except StoreConflictError:
         raise _Problem(409, "Conflict", f"a client named '{name}' already exists") from None
     state.keys.upsert(record)
-    return record, key
+    credentials = {"client_secret": secret}
+    if key:
+        credentials["api_key"] = key
+    return record, credentials
 
 
-def _authorize(state: AdminState, request: Request) -> None:
+# What each role may do in the admin API (DESIGN.md: roles decide before any policy).
+READ_ROLES = frozenset({"admin", "approver", "auditor", "viewer"})
+NEEDS: dict[str, frozenset[str]] = {
+    "read": READ_ROLES,
+    "approve": frozenset({"admin", "approver"}),
+    "audit": frozenset({"admin", "auditor"}),
+    "admin": frozenset({"admin"}),
+}
+
+
+async def _authorize(state: AdminState, request: Request, need: str) -> str:
+    """Who is calling (a subject) if they may do `need`; the admin token counts as role admin.
+
+    A client credential (API key or client-credentials token) never reaches the admin API,
+    whatever its scopes: only people, by role, and the bootstrap admin token.
+    """
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
-        raise _Problem(401, "Unauthorized", "the admin API needs the admin token")
+        raise _Problem(401, "Unauthorized", "the admin API needs the admin token or a user's access token")
     expected = state.admin_token_hash
     if expected is not None and hmac.compare_digest(hash_secret(token), expected):
-        return
+        return "admin-token"
     if token.startswith(API_KEY_PREFIX):
         raise _Problem(403, "Forbidden", "client credentials cannot use the admin API")
-    raise _Problem(401, "Unauthorized", "invalid admin token")
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > 4 * 1024 * 1024:
-        raise _Problem(413, "Payload Too Large", "request body over 4 MiB")
+    if state.door is None:
+        raise _Problem(401, "Unauthorized", "invalid admin token")
     try:
-        data = orjson.loads(raw or b"{}")
-    except orjson.JSONDecodeError:
-        raise _Problem(400, "Bad Request", "body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise _Problem(400, "Bad Request", "body must be a JSON object")
-    return data
+        principal = await state.door.verifier.verify(token, state.door.resources.base)
+    except InvalidTokenError:
+        state.door.failures.record(
+            reason="admin_token", path=request.url.path, source=_source(request), token=token, status=401
+        )
+        raise _Problem(401, "Unauthorized", "invalid admin token") from None
+    if principal.kind != "user":
+        raise _Problem(403, "Forbidden", "client credentials cannot use the admin API")
+    if not NEEDS[need].intersection(principal.roles):
+        raise _Problem(403, "Forbidden", f"this needs one of the roles: {', '.join(sorted(NEEDS[need]))}")
+    return principal.subject
 
 
-def _parse_server(body: dict[str, Any]) -> Upstream:
+def _source(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def _parse_server(body: dict[str, Any]) -> tuple[Upstream, dict[str, str]]:
     try:
-        upstream = server_from_dict(body)
+        upstream, values = server_secrets_from_dict(body)
     except ConfigError as exc:
         raise _Problem(400, "Invalid server", str(exc)) from None
     _check_transport(upstream)
-    return upstream
+    return upstream, values
+
+
+# Auth types that cannot work without their secret (the authorization-code client may be public).
+_SECRET_REQUIRED = frozenset({"bearer", "header", "oauth_client_credentials", "token_exchange"})
+
+
+def _check_secrets(
+    state: AdminState, upstream: Upstream, values: Mapping[str, str], stored: Sequence[str]
+) -> None:
+    """Refuse a secret that cannot be stored, or a credential whose secret is neither given nor stored."""
+    if values and state.secrets is None:
+        raise _Problem(
+            400, "Invalid server", f"server '{upstream.name}': stored secrets need the key ring; use *_env"
+        )
+    wanted = upstream.auth.stored_secret_field
+    for field_name in values:
+        if field_name != wanted:
+            raise _Problem(400, "Invalid server", f"server '{upstream.name}': '{field_name}' does not apply")
+    required = wanted is not None and upstream.auth.type in _SECRET_REQUIRED
+    if required and wanted not in values and wanted not in stored:
+        reference = "token_env" if wanted == "token" else f"{wanted}_env"
+        raise _Problem(
+            400,
+            "Invalid server",
+            f"server '{upstream.name}': auth needs '{wanted}' (stored encrypted) or '{reference}'",
+        )
+
+
+async def _stored_fields(state: AdminState, name: str | None = None) -> dict[str, list[str]]:
+    if state.secrets is None:
+        return {}
+    return await state.secrets.secret_fields(name)
+
+
+async def _changed_secrets(state: AdminState, name: str, values: Mapping[str, str]) -> dict[str, str]:
+    """The given secrets that differ from what is stored (compared in memory, never logged)."""
+    if state.secrets is None or not values:
+        return dict(values)
+    changed: dict[str, str] = {}
+    for field_name, value in values.items():
+        try:
+            current = await state.secrets.get_secret(name, field_name)
+        except VaultError:
+            current = None
+        if current is None or not hmac.compare_digest(current.encode(), value.encode()):
+            changed[field_name] = value
+    return changed
+
+
+async def _store_secrets(state: AdminState, name: str, values: Mapping[str, str]) -> None:
+    if not values:
+        return
+    assert state.secrets is not None, "_check_secrets refuses secrets without a store"
+    for field_name, value in values.items():
+        await state.secrets.put_secret(name, field_name, value)
+
+
+def _key_ring(state: AdminState) -> tuple[KeyRing, SqlSecretStore]:
+    if state.keyring is None or state.secrets is None:
+        raise _Problem(409, "Conflict", "this gateway has no key ring")
+    return state.keyring, state.secrets
+
+
+def _set_ring(state: AdminState, ring: KeyRing) -> None:
+    state.keyring = ring
+    if state.secrets is not None:
+        state.secrets.use_cipher(CredentialCipher.from_keyring(ring))
+    for listener in state.keyring_listeners:
+        listener(ring)
+
+
+async def _keys_out(state: AdminState) -> dict[str, Any]:
+    ring, secrets = _key_ring(state)
+    rows = await secrets.rows_by_kid()
+    source = "env" if ring.source == "env" else "file" if ring.source.startswith("file:") else ring.source
+    return {
+        "active": ring.active_kid,
+        "source": source,
+        "keys": [
+            {"kid": kid, "active": kid == ring.active_kid, "rows": rows.get(kid, 0)} for kid in ring.kids
+        ],
+        # Rows sealed under a key this gateway does not have (a key removed out of band).
+        "unknown": {kid: n for kid, n in rows.items() if kid not in ring.kids},
+    }
 
 
 def _check_transport(upstream: Upstream) -> None:
@@ -466,7 +672,7 @@ def _sha(state: AdminState, server: str, tool: str) -> str | None:
     return None
 
 
-def _server_out(pool: UpstreamPool, u: Upstream) -> dict[str, Any]:
+def _server_out(pool: UpstreamPool, u: Upstream, stored: Sequence[str] = ()) -> dict[str, Any]:
     health = pool.health(u.name)
     desc = pool.description(u.name)
     catalog = pool.catalog(u.name)
@@ -477,7 +683,8 @@ def _server_out(pool: UpstreamPool, u: Upstream) -> dict[str, Any]:
         "command": list(u.command),
         "env": dict(u.env),
         "cwd": u.cwd,
-        "auth": {k: v for k, v in vars(u.auth).items() if v is not None},
+        # Settings and references; a stored secret shows only as {"set": true}, never its value.
+        "auth": {k: v for k, v in vars(u.auth).items() if v is not None} | {f: {"set": True} for f in stored},
         "enabled": u.enabled,
         "approval": u.approval,
         "failure_mode": u.failure_mode,
@@ -512,6 +719,12 @@ def _client_out(c: ClientRecord) -> dict[str, Any]:
         "client_id": c.client_id,
         "name": c.name,
         "team": c.team,
+        "kind": c.kind,
+        "registration": c.registration,
+        "client_name": c.client_name,
+        "scopes": list(c.scopes),
+        "grant_types": list(c.grant_types),
+        "redirect_uris": list(c.redirect_uris),
         "key_prefix": c.key_prefix,
         "created_at": _iso(c.created_at),
         "revoked_at": _iso(c.revoked_at),
@@ -544,12 +757,30 @@ def _openapi() -> dict[str, Any]:
                 "put": op("Create or replace a toolset (201 when created)"),
                 "delete": op("Remove a toolset", "204"),
             },
-            "/clients": {"get": op("List clients"), "post": op("Create a client and its API key", "201")},
+            "/clients": {"get": op("List clients"), "post": op("Create a client and its credentials", "201")},
             "/clients/{ref}/revoke": {
                 "parameters": [{"name": "ref", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "post": op("Revoke a client"),
             },
+            "/users": {"get": op("List users"), "post": op("Create a user", "201")},
+            "/users/{name}": {
+                "parameters": name,
+                "get": op("Show a user"),
+                "patch": op("Change a user's roles, teams, status or password"),
+                "delete": op("Remove a user and revoke their tokens", "204"),
+            },
+            "/teams": {"get": op("List teams"), "post": op("Create a team", "201")},
+            "/teams/{name}": {"parameters": name, "delete": op("Remove a team", "204")},
+            "/auth/failures": {"get": op("Recent failed authentications (admin, auditor)")},
             "/config/apply": {"post": op("Apply a declarative configuration")},
             "/config/export": {"get": op("Export the configuration")},
+            "/keys": {"get": op("List credential-encryption keys and the rows each seals")},
+            "/keys/rotate": {
+                "post": op("Re-encrypt every stored credential under a new (or the active) key")
+            },
+            "/keys/{kid}": {
+                "parameters": [{"name": "kid", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "delete": op("Remove a key no stored credential uses"),
+            },
         },
     }

@@ -22,9 +22,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 from starlette.types import Scope
 
+from tollhouse.auth.external import start_all
 from tollhouse.auth.middleware import BearerAuthMiddleware
-from tollhouse.auth.verifiers import ApiKeyVerifier, TokenVerifier, hash_secret
+from tollhouse.auth.server import authorization_server_routes, is_dev_loopback
+from tollhouse.auth.verifiers import TokenVerifier, hash_secret
 from tollhouse.gateway.admin import AdminState, admin_app, apply_loaded
+from tollhouse.gateway.credential_wiring import bearer_identify, build_credential_services
+from tollhouse.gateway.front_door import build_front_door, poll_revocations, protected_resource_routes
 from tollhouse.gateway.guards import OriginGuard
 from tollhouse.gateway.handlers import McpHandlers
 from tollhouse.gateway.mcp_endpoint import McpEndpoint
@@ -39,8 +43,10 @@ from tollhouse.gateway.sse_upstream import SseUpstream
 from tollhouse.gateway.stdio import StdioUpstream
 from tollhouse.gateway.streamable_http import HttpUpstream
 from tollhouse.gateway.upstream import UpstreamConnector
+from tollhouse.gateway.upstream_credentials import UpstreamCredentials
 from tollhouse.gateway.views import AggregateView, ServerView, ToolsetView, View
 from tollhouse.registry.config import LoadedConfig
+from tollhouse.registry.identity_store import SqlIdentityStore
 from tollhouse.registry.migrate import create_engine_for, database_url_for, upgrade
 from tollhouse.registry.models import Upstream
 from tollhouse.registry.store import RegistryStore, SqlRegistryStore
@@ -60,15 +66,18 @@ class Deps:
     verifier: TokenVerifier | None = None
 
 
-def _default_connector_factory(settings: Settings) -> ConnectorFactory:
+def _default_connector_factory(
+    settings: Settings, credentials: UpstreamCredentials | None = None
+) -> ConnectorFactory:
     limit = settings.upstreams.max_response_bytes
 
     def factory(upstream: Upstream) -> UpstreamConnector:
         if upstream.transport == "stdio":
             return StdioUpstream(upstream, max_message_bytes=limit)
+        provider = None if credentials is None else credentials.provider(upstream)
         if upstream.transport == "sse":
-            return SseUpstream(upstream, max_response_bytes=limit)
-        return HttpUpstream(upstream, max_response_bytes=limit)
+            return SseUpstream(upstream, max_response_bytes=limit, credentials=provider)
+        return HttpUpstream(upstream, max_response_bytes=limit, credentials=provider)
 
     return factory
 
@@ -79,11 +88,20 @@ def create_app(
     """Build the tollhouse ASGI app; `apply_config` is applied at start, as `tollhouse apply` would."""
     deps = deps or Deps()
     database_url = database_url_for(settings.database_url, settings.data_dir)
-    store = deps.store or SqlRegistryStore(create_engine_for(database_url))
-    keys = ApiKeyVerifier()
-    verifier = deps.verifier or keys
+    engine = create_engine_for(database_url)
+    store = deps.store or SqlRegistryStore(engine)
+    identity = SqlIdentityStore(engine)
+    door = build_front_door(settings)
+    # Upstream credentials: the sealed store (keys from the door's ring), each connector's provider.
+    creds = build_credential_services(
+        settings, engine, keyring=door.ring, subject_token_for=door.subject_token
+    )
+    keys = door.api_keys
+    verifier = deps.verifier or door.verifier
     pool = UpstreamPool(
-        store, deps.connector_factory or _default_connector_factory(settings), settings.upstreams
+        store,
+        deps.connector_factory or _default_connector_factory(settings, creds.credentials),
+        settings.upstreams,
     )
 
     async def on_session_close(session: DownstreamSession) -> None:
@@ -116,7 +134,18 @@ def create_app(
         return aggregate
 
     endpoint = McpEndpoint(handlers, sessions, settings.limits, resolve_view)
-    admin_state = AdminState(store=store, pool=pool, keys=keys, public_url=settings.public_url)
+    admin_state = AdminState(
+        store=store,
+        pool=pool,
+        keys=keys,
+        public_url=settings.public_url,
+        identity=identity,
+        door=door,
+        secrets=creds.secrets,
+        keyring=creds.keyring,
+    )
+    # `keys rotate` swaps the ring: token signing follows (older keys stay in the JWKS).
+    admin_state.keyring_listeners.append(door.use_ring)
 
     async def on_snapshot(old: Snapshot, new: Snapshot) -> None:
         if old.tool_fingerprint() != new.tool_fingerprint() or old.toolsets != new.toolsets:
@@ -140,6 +169,9 @@ def create_app(
                 await pool.set_toolsets(await store.list_toolsets())
                 await tg.start(sessions.run)
                 await tg.start(parking.run)
+                await tg.start(poll_revocations, door, identity, store, settings.auth.revocation_poll_seconds)
+                # An unreachable provider is logged and retried in the background, never fatal.
+                await start_all(door.external, task_group=tg)
                 if apply_config is not None:
                     await _apply_at_start(admin_state, apply_config)
                 # What start-up built lives as long as the process: keep it out of the garbage
@@ -162,16 +194,48 @@ def create_app(
         )
 
     mcp = OriginGuard(
-        BearerAuthMiddleware(endpoint, verifier=verifier), public_origin=f"{public.scheme}://{public.netloc}"
+        BearerAuthMiddleware(endpoint, verifier=verifier, resources=door.resources, failures=door.failures),
+        public_origin=f"{public.scheme}://{public.netloc}",
     )
+
+    def exists(kind: str, name: str) -> bool:
+        if kind == "server":
+            return pool.upstream(name) is not None
+        if kind == "toolset":
+            return name in pool.snapshot.toolsets
+        return False
+
+    def step_up_scopes() -> frozenset[str]:
+        return frozenset(s for u in pool.upstreams() for scopes in u.scopes.values() for s in scopes)
+
     return Starlette(
         routes=[
+            *protected_resource_routes(door, exists=exists, step_up_scopes=step_up_scopes),
+            *(
+                authorization_server_routes(
+                    public_url=settings.public_url,
+                    issuer=door.issuer,
+                    identity=identity,
+                    registry=store,
+                    ring=door.ring,
+                    dev_loopback=is_dev_loopback(settings.public_url),
+                    on_revoke=door.revoke,
+                    access_ttl_seconds=settings.auth.access_token_ttl_seconds,
+                    known_scopes=step_up_scopes,
+                )
+                if settings.auth.builtin_server
+                else []
+            ),
             Route("/mcp", mcp),
             Route("/mcp/{toolset}", mcp),
             Route("/servers/{server}/mcp", mcp),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Mount("/admin/api/v1", admin_app(admin_state)),
+            Mount(
+                "/oauth/upstreams",
+                creds.connect_app(pool.upstream, bearer_identify(verifier, settings.public_url)),
+            ),
         ],
         lifespan=lifespan,
     )
@@ -196,12 +260,22 @@ async def _admin_token_hash(settings: Settings, store: RegistryStore) -> str:
 
 async def _apply_at_start(state: AdminState, config: LoadedConfig) -> None:
     summary = await apply_loaded(
-        state, config.servers, config.clients, list(config.warnings), prune=False, toolsets=config.toolsets
+        state,
+        config.servers,
+        config.clients,
+        list(config.warnings),
+        prune=False,
+        toolsets=config.toolsets,
+        secrets=config.secrets,
     )
     for client in summary["clients"]:
         # New clients' keys exist only now; print them once, never log them.
+        shown = ", ".join(
+            f"{label}: {client[field]}"
+            for field, label in (("client_secret", "client secret"), ("api_key", "API key"))
+            if client.get(field)
+        )
         print(
-            f"tollhouse: created client {client['name']} ({client['client_id']}), API key (shown once): "
-            f"{client['api_key']}",
+            f"tollhouse: created client {client['name']} ({client['client_id']}) — shown once: {shown}",
             file=sys.stderr,
         )

@@ -28,7 +28,13 @@ from urllib.parse import quote, urlsplit
 import httpx2
 
 from tollhouse import __version__
-from tollhouse.registry.config import ConfigError, config_from_dict, parse_yaml, render_yaml
+from tollhouse.registry.config import (
+    ConfigError,
+    config_from_dict,
+    expand_secret_refs,
+    parse_yaml,
+    render_yaml,
+)
 
 __all__ = ["DEFAULT_URL", "build_parser", "main"]
 
@@ -259,11 +265,9 @@ def _servers_add(args: argparse.Namespace) -> int:
             body["env"] = dict(args.env)
         if args.cwd:
             body["cwd"] = args.cwd
-    if args.bearer_env:
-        body["auth"] = {"type": "bearer", "token_env": args.bearer_env}
-    elif args.header_env:
-        header, variable = args.header_env
-        body["auth"] = {"type": "header", "header": header, "value_env": variable}
+    body_auth = _auth_of(args)
+    if body_auth is not None:
+        body["auth"] = body_auth
     if args.approval:
         body["approval"] = args.approval
     if args.failure_mode:
@@ -534,7 +538,10 @@ def _print_credentials(client: dict[str, Any]) -> None:
 
 def _clients_create(args: argparse.Namespace) -> int:
     with _client(args) as api:
-        client = api.request("POST", "/clients", body={"name": args.name, "team": args.team})
+        body: dict[str, Any] = {"name": args.name, "team": args.team}
+        if args.scope:
+            body["scopes"] = args.scope
+        client = api.request("POST", "/clients", body=body)
     if args.json:
         _print_json(client)
         return 0
@@ -579,6 +586,303 @@ def _clients_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _auth_of(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The `auth` of `servers add`; secrets come from standard input, never from the command line."""
+    oauth_options = {
+        "client_id": args.client_id,
+        "client_secret_env": args.client_secret_env,
+        "token_url": args.token_url,
+        "authorization_url": args.authorization_url,
+        "scope": args.scope,
+        "audience": args.audience,
+        "resource": args.resource,
+    }
+    given = {k: v for k, v in oauth_options.items() if v is not None}
+    if args.oauth is None and (given or args.client_secret_stdin):
+        raise UsageError("--client-id, --scope, ... apply with --oauth only")
+    if args.bearer_env:
+        return {"type": "bearer", "token_env": args.bearer_env}
+    if args.bearer_stdin:
+        return {"type": "bearer", "token": _read_secret("token")}
+    if args.header_env:
+        header, variable = args.header_env
+        return {"type": "header", "header": header, "value_env": variable}
+    if args.header_stdin:
+        return {"type": "header", "header": args.header_stdin, "value": _read_secret("header value")}
+    if args.oauth is None:
+        return None
+    kind = {
+        "client-credentials": "oauth_client_credentials",
+        "token-exchange": "token_exchange",
+        "authorization-code": "oauth_authorization_code",
+    }[args.oauth]
+    auth: dict[str, Any] = {"type": kind, **given}
+    if args.client_secret_stdin:
+        if args.client_secret_env:
+            raise UsageError("give --client-secret-stdin or --client-secret-env, not both")
+        auth["client_secret"] = _read_secret("client secret")
+    return auth
+
+
+def _read_secret(what: str) -> str:
+    """One secret from standard input (a prompt without echo on a terminal)."""
+    if sys.stdin.isatty():
+        import getpass
+
+        value = getpass.getpass(f"{what}: ")
+    else:
+        value = sys.stdin.readline().rstrip("\r\n")
+    if not value:
+        raise CliError(f"no {what} on standard input")
+    return value
+
+
+# --- keys ------------------------------------------------------------------------------------
+
+
+def _keys_table(data: dict[str, Any]) -> None:
+    _table(
+        ("KEY ID", "ACTIVE", "ROWS"),
+        ((k.get("kid"), "yes" if k.get("active") else "", k.get("rows", 0)) for k in _list(data, "keys")),
+    )
+    unknown = data.get("unknown")
+    if isinstance(unknown, dict) and unknown:
+        _warn("rows sealed under keys this gateway does not have: " + ", ".join(map(_clean, unknown)))
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        data = api.request("GET", "/keys")
+    if args.json:
+        _print_json(data)
+        return 0
+    print(f"credential-encryption keys (from {_clean(data.get('source'))}):")
+    _keys_table(data)
+    return 0
+
+
+def _keys_rotate(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {}
+    if args.reencrypt_only:
+        body["generate"] = False
+    with _client(args) as api:
+        data = api.request("POST", "/keys/rotate", body=body)
+    if args.json:
+        _print_json(data)
+        return 0
+    count = data.get("reencrypted", 0)
+    print(f"active key {_clean(data.get('active'))}; re-encrypted {count} stored credentials")
+    _keys_table(data)
+    return 0
+
+
+def _keys_remove(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        data = api.request("DELETE", f"/keys/{_seg(args.kid)}")
+    if args.json:
+        _print_json(data)
+        return 0
+    print(f"removed key {_clean(args.kid)}")
+    return 0
+
+
+# --- users, teams and tokens -----------------------------------------------------------------
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    """The password from standard input (one line; never from the command line, where `ps` shows it)."""
+    if sys.stdin.isatty():
+        import getpass
+
+        first = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != first:
+            raise CliError("the passwords differ")
+        return first
+    line = sys.stdin.readline().rstrip("\r\n")
+    if not line:
+        raise CliError("no password on standard input")
+    return line
+
+
+def _user_fields(user: dict[str, Any]) -> None:
+    _fields(
+        (
+            ("name", _clean(user.get("name"))),
+            ("roles", _clean(", ".join(user.get("roles") or []) or None)),
+            ("teams", _clean(", ".join(user.get("teams") or []) or None)),
+            ("disabled", "yes" if user.get("disabled") else "no"),
+            ("password", "set" if user.get("has_password") else "not set"),
+            ("created", _clean(user.get("created_at"))),
+        )
+    )
+
+
+def _users_create(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"name": args.name, "roles": args.role or [], "teams": args.team or []}
+    if not args.no_password:
+        body["password"] = _read_password(args)
+    with _client(args) as api:
+        user = api.request("POST", "/users", body=body)
+    if args.json:
+        _print_json(user)
+        return 0
+    print(f"created user {_clean(user.get('name'))}")
+    return 0
+
+
+def _users_list(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        data = api.request("GET", "/users")
+    if args.json:
+        _print_json(data)
+        return 0
+    users = _items(data)
+    if not users:
+        print("no users")
+        return 0
+    _table(
+        ("NAME", "ROLES", "TEAMS", "STATUS"),
+        (
+            (
+                u.get("name"),
+                ",".join(u.get("roles") or []) or None,
+                ",".join(u.get("teams") or []) or None,
+                "disabled" if u.get("disabled") else "active",
+            )
+            for u in users
+        ),
+    )
+    return 0
+
+
+def _users_show(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        user = api.request("GET", f"/users/{_seg(args.name)}")
+    if args.json:
+        _print_json(user)
+    else:
+        _user_fields(user)
+    return 0
+
+
+def _users_update(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {}
+    if args.role is not None:
+        body["roles"] = [] if args.role == [""] else args.role
+    if args.team is not None:
+        body["teams"] = [] if args.team == [""] else args.team
+    if args.disable:
+        body["disabled"] = True
+    if args.enable:
+        body["disabled"] = False
+    if args.password:
+        body["password"] = _read_password(args)
+    if not body:
+        raise UsageError("nothing to change: give --role, --team, --enable, --disable or --password")
+    with _client(args) as api:
+        user = api.request("PATCH", f"/users/{_seg(args.name)}", body=body)
+    if args.json:
+        _print_json(user)
+    else:
+        _user_fields(user)
+    return 0
+
+
+def _users_remove(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        api.request("DELETE", f"/users/{_seg(args.name)}")
+    print(f"removed user {_clean(args.name)}")
+    return 0
+
+
+def _teams_create(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        team = api.request("POST", "/teams", body={"name": args.name, "description": args.description})
+    if args.json:
+        _print_json(team)
+    else:
+        print(f"created team {_clean(team.get('name'))}")
+    return 0
+
+
+def _teams_list(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        data = api.request("GET", "/teams")
+    if args.json:
+        _print_json(data)
+        return 0
+    teams = _items(data)
+    if not teams:
+        print("no teams")
+        return 0
+    _table(("NAME", "DESCRIPTION"), ((t.get("name"), t.get("description")) for t in teams))
+    return 0
+
+
+def _teams_remove(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        api.request("DELETE", f"/teams/{_seg(args.name)}")
+    print(f"removed team {_clean(args.name)}")
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    """Client credentials at the gateway's token endpoint: prints the access token."""
+    url = (getattr(args, "url", None) or os.environ.get("TOLLHOUSE_URL") or DEFAULT_URL).rstrip("/")
+    secret = args.client_secret or os.environ.get("TOLLHOUSE_CLIENT_SECRET")
+    if not secret:
+        raise UsageError("give --client-secret or set TOLLHOUSE_CLIENT_SECRET")
+    form = {"grant_type": "client_credentials"}
+    if args.scope:
+        form["scope"] = " ".join(args.scope)
+    if args.resource:
+        form["resource"] = args.resource
+    try:
+        with httpx2.Client(timeout=TIMEOUT_SECONDS, trust_env=False) as http:
+            response = http.post(f"{url}/oauth/token", data=form, auth=(args.client_id, secret))
+    except httpx2.HTTPError:
+        raise CliError(f"cannot reach the gateway at {url} (is it running?)") from None
+    try:
+        document = response.json()
+    except ValueError:
+        document = None
+    if response.status_code != 200 or not isinstance(document, dict) or "access_token" not in document:
+        error = document.get("error") if isinstance(document, dict) else None
+        raise CliError(f"the token request was refused ({response.status_code} {_clean(error)})")
+    if args.json:
+        _print_json(document)
+    else:
+        print(document["access_token"])
+    return 0
+
+
+def _auth_failures(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        data = api.request("GET", "/auth/failures", params={"limit": str(args.limit)})
+    if args.json:
+        _print_json(data)
+        return 0
+    items = _items(data)
+    if not items:
+        print("no failed authentications")
+        return 0
+    _table(
+        ("TIME", "STATUS", "REASON", "PATH", "SOURCE", "TOKEN"),
+        (
+            (
+                datetime.fromtimestamp(float(i.get("at", 0)), UTC).isoformat(timespec="seconds"),
+                i.get("status"),
+                i.get("reason"),
+                i.get("path"),
+                i.get("source"),
+                i.get("token_fingerprint"),
+            )
+            for i in items
+        ),
+    )
+    return 0
+
+
 # --- declarative configuration ---------------------------------------------------------------
 
 
@@ -608,6 +912,9 @@ def _apply(args: argparse.Namespace) -> int:
     # Validate here first: a broken file is reported with its key path and nothing is sent.
     try:
         raw = parse_yaml(text, source=source)
+        # `token: ${VAR}` takes the value from this shell's environment; it travels to the
+        # gateway once, over the admin API, and is stored there encrypted.
+        raw = expand_secret_refs(raw, os.environ)
         loaded = config_from_dict(raw, source=source)
     except ConfigError as exc:
         raise CliError(_clean(str(exc))) from None
@@ -837,6 +1144,36 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VAR",
         help="send header NAME with the value of $VAR upstream (the gateway's env)",
     )
+    auth.add_argument(
+        "--bearer-stdin",
+        action="store_true",
+        help="read a bearer token from standard input; the gateway stores it encrypted, never shows it",
+    )
+    auth.add_argument(
+        "--header-stdin",
+        metavar="NAME",
+        help="send header NAME with a value read from standard input (stored encrypted)",
+    )
+    auth.add_argument(
+        "--oauth",
+        choices=("client-credentials", "token-exchange", "authorization-code"),
+        help="get the upstream token from its OAuth server: the gateway's own (client-credentials), "
+        "per user by RFC 8693 exchange, or per user by consent (authorization-code)",
+    )
+    add.add_argument("--client-id", metavar="ID", help="--oauth: the gateway's client id there")
+    add.add_argument(
+        "--client-secret-stdin",
+        action="store_true",
+        help="--oauth: read the client secret from standard input",
+    )
+    add.add_argument("--client-secret-env", metavar="VAR", help="--oauth: the client secret is $VAR")
+    add.add_argument("--token-url", metavar="URL", help="--oauth: token endpoint (default: discovered)")
+    add.add_argument(
+        "--authorization-url", metavar="URL", help="--oauth authorization-code: authorize endpoint"
+    )
+    add.add_argument("--scope", metavar="SCOPES", help="--oauth: scopes to ask for (space-separated)")
+    add.add_argument("--audience", metavar="AUD", help="--oauth: audience parameter")
+    add.add_argument("--resource", metavar="URI", help="--oauth: RFC 8707 resource (default: the URL)")
     add.add_argument("--approval", choices=("first-use", "manual"), help="tool pinning (default first-use)")
     add.add_argument(
         "--failure-mode",
@@ -893,6 +1230,23 @@ def build_parser() -> argparse.ArgumentParser:
     toolsets_remove = leaf(toolsets, "remove", _toolsets_remove, "remove a toolset")
     toolsets_remove.add_argument("name", metavar="NAME")
 
+    # credential-encryption keys
+    keys = branch("keys", "the keys that encrypt stored upstream credentials")
+    leaf(keys, "list", _keys_list, "list keys and how many stored credentials each seals", with_json=True)
+    keys_rotate = leaf(
+        keys,
+        "rotate",
+        _keys_rotate,
+        "re-encrypt every stored credential under a new key (or, with keys from "
+        "TOLLHOUSE_SECRET_KEYS, under the first one)",
+        with_json=True,
+    )
+    keys_rotate.add_argument(
+        "--reencrypt-only", action="store_true", help="do not add a key; re-encrypt under the active one"
+    )
+    keys_remove = leaf(keys, "remove", _keys_remove, "remove a key no stored credential uses", with_json=True)
+    keys_remove.add_argument("kid", metavar="KID")
+
     # clients
     clients = branch("clients", "API clients (agents, scripts) and their credentials")
     create = leaf(
@@ -900,9 +1254,74 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("name", metavar="NAME")
     create.add_argument("--team", metavar="TEAM", help="team the client's usage bills to")
+    create.add_argument(
+        "--scope", action="append", metavar="SCOPE", help="an extra scope it may be granted (repeatable)"
+    )
     leaf(clients, "list", _clients_list, "list clients", with_json=True)
     revoke = leaf(clients, "revoke", _clients_revoke, "revoke a client's credentials")
     revoke.add_argument("client", metavar="CLIENT", help="client id or name")
+
+    # users and teams
+    users = branch("users", "people who sign in (built-in authorization server) and their roles")
+    users_create = leaf(
+        users,
+        "create",
+        _users_create,
+        "create a user; the password is read from standard input",
+        with_json=True,
+    )
+    users_create.add_argument("name", metavar="NAME")
+    users_create.add_argument(
+        "--role", action="append", choices=("admin", "approver", "auditor", "viewer"), help="(repeatable)"
+    )
+    users_create.add_argument("--team", action="append", metavar="TEAM", help="(repeatable)")
+    users_create.add_argument(
+        "--no-password", action="store_true", help="create without a password (external sign-in only)"
+    )
+    leaf(users, "list", _users_list, "list users", with_json=True)
+    users_show = leaf(users, "show", _users_show, "show one user", with_json=True)
+    users_show.add_argument("name", metavar="NAME")
+    users_update = leaf(
+        users, "update", _users_update, "change a user's roles, teams, status or password", with_json=True
+    )
+    users_update.add_argument("name", metavar="NAME")
+    users_update.add_argument(
+        "--role", action="append", metavar="ROLE", help="the user's roles (repeatable; '' for none)"
+    )
+    users_update.add_argument(
+        "--team", action="append", metavar="TEAM", help="the user's teams (repeatable; '' for none)"
+    )
+    state = users_update.add_mutually_exclusive_group()
+    state.add_argument("--disable", action="store_true", help="refuse sign-in and revoke the user's tokens")
+    state.add_argument("--enable", action="store_true", help="allow sign-in again")
+    users_update.add_argument("--password", action="store_true", help="set a new password (from stdin)")
+    users_remove = leaf(users, "remove", _users_remove, "remove a user and revoke their tokens")
+    users_remove.add_argument("name", metavar="NAME")
+    teams = branch("teams", "teams: what clients bill to and users belong to")
+    teams_create = leaf(teams, "create", _teams_create, "create a team", with_json=True)
+    teams_create.add_argument("name", metavar="NAME")
+    teams_create.add_argument("--description", metavar="TEXT")
+    leaf(teams, "list", _teams_list, "list teams", with_json=True)
+    teams_remove = leaf(teams, "remove", _teams_remove, "remove a team")
+    teams_remove.add_argument("name", metavar="NAME")
+
+    # tokens and authentication
+    token = leaf(
+        commands,
+        "token",
+        _token,
+        "get an access token with client credentials (for scripts and curl)",
+        with_json=True,
+    )
+    token.add_argument("--client-id", required=True, metavar="ID")
+    token.add_argument(
+        "--client-secret", metavar="SECRET", help="the client's secret (env TOLLHOUSE_CLIENT_SECRET)"
+    )
+    token.add_argument("--scope", action="append", metavar="SCOPE", help="(repeatable; default: mcp a2a)")
+    token.add_argument("--resource", metavar="URI", help="the endpoint the token is for (default: all)")
+    auth = branch("auth", "authentication records")
+    failures = leaf(auth, "failures", _auth_failures, "recent failed authentications", with_json=True)
+    failures.add_argument("--limit", type=int, default=50, metavar="N")
     return parser
 
 

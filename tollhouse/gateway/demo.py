@@ -110,9 +110,9 @@ async def _demo(port: int) -> int:
                 await server.ready.wait()
             if not server.started:
                 raise RuntimeError("the gateway did not start")
-            key = await _register(base, admin_token, urls)
+            key, password = await _register(base, admin_token, urls)
             transcript = await _run_agent(f"{base}/mcp", key)
-            _banner(base, admin_token, urls, key, transcript)
+            _banner(base, admin_token, urls, key, password, transcript)
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for _ in signals:
                     break
@@ -133,7 +133,8 @@ async def _demo(port: int) -> int:
         sock.close()
 
 
-async def _register(base: str, admin_token: str, urls: dict[str, str]) -> str:
+async def _register(base: str, admin_token: str, urls: dict[str, str]) -> tuple[str, str]:
+    """Register the servers, a client (its API key) and a user who can sign in (its password)."""
     async with httpx2.AsyncClient(
         base_url=f"{base}/admin/api/v1",
         headers={"Authorization": f"Bearer {admin_token}"},
@@ -146,7 +147,11 @@ async def _register(base: str, admin_token: str, urls: dict[str, str]) -> str:
         response = await admin.post("/clients", json={"name": "demo-agent", "team": "demo"})
         response.raise_for_status()
         key: str = response.json()["api_key"]
-        return key
+        (await admin.post("/teams", json={"name": "demo"})).raise_for_status()
+        password = secrets.token_urlsafe(12)
+        user = {"name": "demo", "password": password, "roles": ["admin"], "teams": ["demo"]}
+        (await admin.post("/users", json=user)).raise_for_status()
+        return key, password
 
 
 async def _run_agent(url: str, key: str) -> list[str]:
@@ -158,7 +163,9 @@ async def _run_agent(url: str, key: str) -> list[str]:
     return lines
 
 
-def _banner(base: str, admin_token: str, urls: dict[str, str], key: str, transcript: list[str]) -> None:
+def _banner(
+    base: str, admin_token: str, urls: dict[str, str], key: str, password: str, transcript: list[str]
+) -> None:
     from examples.agents.scripted_agent import client_config
 
     mcp_url = f"{base}/mcp"
@@ -169,6 +176,9 @@ def _banner(base: str, admin_token: str, urls: dict[str, str], key: str, transcr
         f"  MCP endpoint:     {mcp_url}",
         f"  Admin API:        {base}/admin/api/v1  (admin token: {admin_token})",
         *(f"  upstream {name + ':':<9}{url}" for name, url in urls.items()),
+        f"  OAuth sign-in:    user demo, password {password}",
+        "                    (MCP clients that speak OAuth connect to the endpoint with no header,",
+        f"                    discover {base}/.well-known/oauth-protected-resource/mcp and sign in)",
         "",
         "Scripted agent run through the gateway:",
         *(f"  {line}" for line in transcript),

@@ -19,11 +19,13 @@ __all__ = [
     "METHOD_NOT_FOUND",
     "PARSE_ERROR",
     "GatewayError",
+    "InsufficientScope",
     "InvalidArguments",
     "MethodNotFound",
     "UnknownPrompt",
     "UnknownResource",
     "UnknownTool",
+    "UpstreamAuthorizationRequired",
     "UpstreamProtocolError",
     "UpstreamRpcError",
     "UpstreamTimeout",
@@ -45,6 +47,8 @@ UNSUPPORTED_PROTOCOL_VERSION = -32022
 UPSTREAM_UNAVAILABLE = -31001
 UPSTREAM_TIMEOUT = -31002
 UPSTREAM_PROTOCOL_ERROR = -31003
+INSUFFICIENT_SCOPE = -31010
+UPSTREAM_AUTHORIZATION_REQUIRED = -31004
 
 
 class GatewayError(Exception):
@@ -129,6 +133,22 @@ class UpstreamProtocolError(GatewayError):
         super().__init__(f"Upstream sent an invalid response: {server}", {"server": server})
 
 
+class UpstreamAuthorizationRequired(GatewayError):
+    """The caller has no usable credential of their own for this upstream (per-user OAuth).
+
+    `data.connect_url` is where the user connects their account; it is absent when the
+    gateway cannot get one for them by itself (token exchange had no subject token).
+    """
+
+    code = UPSTREAM_AUTHORIZATION_REQUIRED
+
+    def __init__(self, server: str, connect_url: str | None = None) -> None:
+        data: dict[str, Any] = {"server": server}
+        if connect_url is not None:
+            data["connect_url"] = connect_url
+        super().__init__(f"Authorization required for upstream: {server}", data)
+
+
 class UpstreamRpcError(GatewayError):
     """The upstream answered with a JSON-RPC error; relayed with its own code and message."""
 
@@ -142,6 +162,19 @@ class UpstreamRpcError(GatewayError):
         if self.upstream_data is not None:
             err["data"] = self.upstream_data
         return err
+
+
+class InsufficientScope(GatewayError):
+    """The token lacks scopes this call needs (step-up): HTTP 403 with a Bearer challenge.
+
+    `data.required_scopes` names only the scopes missing for *this* call, never the catalog's.
+    """
+
+    code = INSUFFICIENT_SCOPE
+
+    def __init__(self, scopes: tuple[str, ...]) -> None:
+        super().__init__("Insufficient scope", {"required_scopes": list(scopes)})
+        self.scopes = scopes
 
 
 class MethodNotFound(GatewayError):
@@ -162,10 +195,13 @@ def http_status(error: GatewayError, *, modern: bool) -> int:
     """The HTTP status that carries `error` (the one table of channel 1 vs channel 2).
 
     A well-formed request that cannot be served is answered with HTTP 200 and the JSON-RPC
-    error, in both eras, so every MCP client reads it; the exception is an unknown method on
+    error, in both eras, so every MCP client reads it; the exceptions are an unknown method on
     2026-07-28, which the transport answers with 404 (basic/transports: the body tells it
-    apart from a wrong URL).
+    apart from a wrong URL), and a missing scope, which is a 403 step-up challenge.
     """
     if modern and isinstance(error, MethodNotFound):
         return 404
+    if isinstance(error, InsufficientScope):
+        # MCP authorization §scope challenge: the client re-authorizes with the named scopes.
+        return 403
     return 200

@@ -62,6 +62,7 @@ class RequestContext:
     notify: NotificationCallback | None = None
     log_level: str | None = None
     session: DownstreamSession | None = None
+    resource_metadata: str | None = None  # this endpoint's RFC 9728 URL, for step-up challenges
 
 
 Handler = Callable[[JSONObject, RequestContext], Awaitable[JSONObject]]
@@ -238,7 +239,9 @@ class McpHandlers:
         upstream_params = {k: v for k, v in params.items() if k != "_meta"}
         upstream_params["taskId"] = ref.upstream_id
         connector = self._pool.connector(ref.server)
-        result = await connector.request(method, upstream_params, session_key=ref.session_key)
+        result = await connector.request(
+            method, upstream_params, session_key=ref.session_key, principal_key=rc.principal.key
+        )
         return _own_result(rewrite_task_ids(result, {ref.upstream_id: params["taskId"]}), rc)
 
     async def list_tasks(self, params: JSONObject, rc: RequestContext) -> JSONObject:
@@ -374,6 +377,7 @@ class McpHandlers:
                 on_progress=rc.on_progress,
                 on_notification=rc.notify,
                 log_level=rc.log_level,
+                principal_key=rc.principal.key,
             )
         except (UpstreamUnavailable, UpstreamProtocolError) as exc:
             await self._pool.report_failure(server, exc)

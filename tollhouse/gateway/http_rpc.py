@@ -40,6 +40,7 @@ __all__ = [
     "HttpRpc",
     "Session",
     "SessionExpired",
+    "UpstreamUnauthorized",
     "encode_header_value",
     "encode_request",
 ]
@@ -95,6 +96,14 @@ def encode_request(
 
 class SessionExpired(Exception):
     """A legacy upstream answered 404 for the session: re-initialise it (§1.6)."""
+
+
+class UpstreamUnauthorized(UpstreamUnavailable):
+    """The upstream answered 401: the gateway's credential was refused.
+
+    The connector gives its credential provider one chance to fetch a fresh one and retries;
+    otherwise it is an unavailable upstream like any other.
+    """
 
 
 @dataclass(slots=True)
@@ -252,6 +261,8 @@ class HttpRpc:
             raise UpstreamUnavailable(self.name)
         if status == 404 and session is not None and session.id is not None:
             raise SessionExpired
+        if status == 401:
+            raise UpstreamUnauthorized(self.name)
         content_type = response.content_type
         if content_type == JSON:
             return self.unwrap(self._decode(await self._read_body(response)), request_id, status)

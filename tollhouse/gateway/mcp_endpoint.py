@@ -21,7 +21,7 @@ import anyio
 import orjson
 from starlette.types import Message, Receive, Scope, Send
 
-from tollhouse.auth.middleware import principal_of
+from tollhouse.auth.middleware import RESOURCE_METADATA_KEY, challenge, principal_of
 from tollhouse.gateway.errors import (
     HEADER_MISMATCH,
     INTERNAL_ERROR,
@@ -30,6 +30,7 @@ from tollhouse.gateway.errors import (
     PARSE_ERROR,
     UNSUPPORTED_PROTOCOL_VERSION,
     GatewayError,
+    InsufficientScope,
     MethodNotFound,
     UpstreamRpcError,
     http_status,
@@ -277,6 +278,7 @@ class McpEndpoint:
         stream = _Stream(send, request_id, progress_token, log_level=meta.get(_LOG_LEVEL_KEY))
         rc = RequestContext(
             principal=principal,
+            resource_metadata=scope.get(RESOURCE_METADATA_KEY),
             protocol_version=version,
             modern=True,
             view=scope[VIEW_KEY],
@@ -422,6 +424,7 @@ class McpEndpoint:
         stream = _Stream(send, request_id, progress_token, session.id, legacy=True, session=session)
         rc = RequestContext(
             principal=principal,
+            resource_metadata=scope.get(RESOURCE_METADATA_KEY),
             protocol_version=session.protocol_version,
             modern=False,
             view=scope[VIEW_KEY],
@@ -578,6 +581,24 @@ class _Stream:
         """Run the handler and send its result or error (JSON-RPC errors travel on a 200 here)."""
         try:
             payload: JSONObject = {"jsonrpc": "2.0", "id": self._id, "result": await handler(params, rc)}
+        except InsufficientScope as exc:
+            payload = {"jsonrpc": "2.0", "id": self._id, "error": exc.to_error()}
+            if not self._sse:
+                # Step-up (MCP authorization, scope challenge): 403 + WWW-Authenticate naming
+                # only the scopes this call lacks; the body still carries the JSON-RPC error.
+                header = challenge(
+                    resource_metadata=rc.resource_metadata or "",
+                    scopes=exc.scopes,
+                    error="insufficient_scope",
+                    description="The token lacks a scope this tool needs",
+                )
+                await _send_json(
+                    self._send,
+                    403,
+                    orjson.dumps(payload),
+                    [*self._session_headers, (b"www-authenticate", header)],
+                )
+                return
         except GatewayError as exc:
             payload = {"jsonrpc": "2.0", "id": self._id, "error": exc.to_error()}
         except anyio.get_cancelled_exc_class():

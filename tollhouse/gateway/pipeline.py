@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tollhouse.auth.principal import Principal
-from tollhouse.gateway.errors import UnknownTool, UpstreamProtocolError, UpstreamUnavailable
+from tollhouse.gateway.errors import (
+    InsufficientScope,
+    UnknownTool,
+    UpstreamProtocolError,
+    UpstreamUnavailable,
+)
 from tollhouse.gateway.parking import INPUT_KEY, Parking, Step
 from tollhouse.gateway.pool import UpstreamPool
 from tollhouse.gateway.relay import (
@@ -85,6 +90,24 @@ class ResolveStage:
                 raise UpstreamUnavailable(ctx.name.partition("__")[0])
             raise UnknownTool(ctx.name)
         return await call_next(ctx.replace(tool=tool, snapshot_version=snapshot.version))
+
+
+class ScopeStage:
+    """Step-up: a tool an admin marked as needing scopes is called only with a token holding them."""
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self._pool = pool
+
+    async def __call__(self, ctx: CallContext, call_next: Next) -> JSONObject:
+        tool = ctx.tool
+        assert tool is not None, "ResolveStage runs first"
+        upstream = self._pool.upstream(tool.server)
+        if upstream is not None and upstream.scopes:
+            held = ctx.principal.scopes
+            missing = tuple(s for s in upstream.scopes_for(tool.name) if s not in held)
+            if missing:
+                raise InsufficientScope(missing)
+        return await call_next(ctx)
 
 
 class UpstreamStage:
@@ -192,6 +215,7 @@ class UpstreamStage:
                 client_capabilities=ctx.client_capabilities,
                 on_notification=ctx.notify,
                 log_level=ctx.log_level,
+                principal_key=ctx.principal.key,
             )
         except (UpstreamUnavailable, UpstreamProtocolError) as exc:
             await self._pool.report_failure(tool.server, exc)
@@ -223,7 +247,7 @@ async def _end(ctx: CallContext) -> JSONObject:
 
 def build_pipeline(pool: UpstreamPool, sealer: Sealer, parking: Parking) -> Pipeline:
     """The default chain for tools/call."""
-    return Pipeline([ResolveStage(pool), UpstreamStage(pool, sealer, parking)])
+    return Pipeline([ResolveStage(pool), ScopeStage(pool), UpstreamStage(pool, sealer, parking)])
 
 
 def _requiring(capabilities: JSONObject | None, ask: Ask) -> Ask:

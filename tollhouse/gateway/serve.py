@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from tollhouse.gateway.admin import SUPPORTED_TRANSPORTS
 from tollhouse.gateway.app import create_app
-from tollhouse.gateway.settings import Settings
+from tollhouse.gateway.settings import AuthSettings, Settings
 from tollhouse.registry.config import ConfigError, LoadedConfig, load_config_file
 from tollhouse.registry.migrate import database_url_for, upgrade
 
@@ -31,6 +31,9 @@ def load_settings(
     update: dict[str, object] = {}
     if config is not None and config.gateway.public_url:
         update["public_url"] = config.gateway.public_url
+    if config is not None and config.gateway.auth is not None:
+        # The file's keys win over the environment's, key by key.
+        update["auth"] = AuthSettings.model_validate(settings.auth.model_dump() | dict(config.gateway.auth))
     if host is not None:
         update["host"] = host
     if port is not None:

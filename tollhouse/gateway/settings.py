@@ -10,7 +10,9 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["LimitsSettings", "Settings", "UpstreamDefaults"]
+from tollhouse.auth.settings import AuthSettings
+
+__all__ = ["AuthSettings", "LimitsSettings", "Settings", "UpstreamDefaults"]
 
 
 class LimitsSettings(BaseModel):
@@ -37,6 +39,11 @@ class UpstreamDefaults(BaseModel):
     retry_max_seconds: float = Field(default=30.0, gt=0)
     max_response_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     breaker_threshold: int = Field(default=3, gt=0)
+    # URLs learned from an upstream's OAuth metadata pass the SSRF guard (auth/ssrf.py). Dev
+    # mode lets them be plain-http loopback (a test authorization server); `private` opens
+    # RFC 1918 ranges for an internal authorization server.
+    oauth_allow_loopback_http: bool = False
+    oauth_allow_private: bool = False
 
 
 class Settings(BaseSettings):
@@ -52,6 +59,9 @@ class Settings(BaseSettings):
     data_dir: str = "./.tollhouse"
     database_url: str | None = None
     admin_token: SecretStr | None = None
+    # Master keys `kid:base64url,…`, newest first (auth/keyring.py); unset: kept under data_dir.
+    secret_keys: SecretStr | None = None
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     limits: LimitsSettings = LimitsSettings()
     upstreams: UpstreamDefaults = UpstreamDefaults()
+    auth: AuthSettings = AuthSettings()

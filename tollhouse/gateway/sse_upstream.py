@@ -23,7 +23,7 @@ from anyio.abc import TaskStatus
 from yarl import URL
 
 from tollhouse import __version__
-from tollhouse.gateway.credentials import credential_headers
+from tollhouse.gateway.credentials import CredentialProvider, StaticCredentials
 from tollhouse.gateway.errors import GatewayError, UpstreamProtocolError, UpstreamUnavailable
 from tollhouse.gateway.http_rpc import EVENT_STREAM, JSON
 from tollhouse.gateway.jsonrpc_stream import JsonRpcStream, initialize, list_all
@@ -86,9 +86,11 @@ class _Events:
 class SseUpstream:
     """An `UpstreamConnector` over the 2024-11-05 HTTP+SSE transport (legacy era only).
 
-    `environ` (default `os.environ`) resolves the upstream's credential reference at
-    `start()`; the credential goes on the GET and on every POST, and nothing else of the
-    caller's does.
+    `credentials` gives the gateway's credential (default: the static reference, resolved
+    from `environ`, default `os.environ`, at `start()`); it goes on the GET and on every
+    POST, and nothing else of the caller's does. One session serves every caller, so a
+    per-request provider is asked for the gateway's own credential (never a user's) before
+    each POST, which keeps a cached OAuth token fresh.
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class SseUpstream:
         upstream: Upstream,
         *,
         environ: Mapping[str, str] | None = None,
+        credentials: CredentialProvider | None = None,
         max_response_bytes: int = 16 * 1024 * 1024,
         client_name: str = "tollhouse",
         client_version: str = __version__,
@@ -107,6 +110,7 @@ class SseUpstream:
         self._upstream = upstream
         self._url = URL(upstream.url)
         self._environ: Mapping[str, str] = os.environ if environ is None else environ
+        self._credentials: CredentialProvider = credentials or StaticCredentials(upstream, self._environ)
         self._max_bytes = max_response_bytes
         self._client_info = {"name": client_name, "version": client_version}
         self._http: aiohttp.ClientSession | None = None
@@ -145,7 +149,7 @@ class SseUpstream:
         if self._closed:
             raise UpstreamUnavailable(self.name)
         await self._stop()
-        credential = credential_headers(self._upstream, self._environ)
+        credential = await self._credentials.headers(None)
         base = {"User-Agent": f"tollhouse/{__version__}", **credential}
         self._post_headers = {**base, "Content-Type": JSON}
         self._http = aiohttp.ClientSession(
@@ -248,6 +252,7 @@ class SseUpstream:
         client_capabilities: JSONObject | None = None,
         on_notification: NotificationCallback | None = None,
         log_level: str | None = None,
+        principal_key: str | None = None,
     ) -> JSONObject:
         """Send one request and return its `result`; cancelling the caller cancels it upstream.
 
@@ -309,6 +314,8 @@ class SseUpstream:
         http, endpoint = self._http, self._endpoint
         if http is None or endpoint is None or http.closed:
             raise UpstreamUnavailable(self.name)
+        if self._credentials.per_request:
+            self._post_headers.update(await self._credentials.headers(None))
         try:
             async with http.post(endpoint, data=body, headers=self._post_headers, allow_redirects=False) as r:
                 status = r.status

@@ -268,6 +268,7 @@ class StdioUpstream:
         client_capabilities: JSONObject | None = None,
         on_notification: NotificationCallback | None = None,
         log_level: str | None = None,
+        principal_key: str | None = None,
     ) -> JSONObject:
         """Send one request and return its `result`; cancelling the caller cancels it in the child.
 

@@ -25,7 +25,7 @@ import orjson
 from anyio.abc import TaskStatus
 
 from tollhouse import __version__
-from tollhouse.gateway.credentials import credential_headers
+from tollhouse.gateway.credentials import CredentialProvider, StaticCredentials
 from tollhouse.gateway.errors import (
     METHOD_NOT_FOUND,
     GatewayError,
@@ -40,6 +40,7 @@ from tollhouse.gateway.http_rpc import (
     HttpRpc,
     Session,
     SessionExpired,
+    UpstreamUnauthorized,
     encode_header_value,
     encode_request,
 )
@@ -77,6 +78,8 @@ _LISTEN_FILTER = {"toolsListChanged": True, "promptsListChanged": True, "resourc
 _MAX_PAGES = 1000
 _MAX_CACHED_METHODS = 64
 _SESSION_ID = re.compile(r"[\x21-\x7e]+")  # §1.6: visible ASCII
+# Joins a principal key to a session key: per-user credentials get legacy sessions of their own.
+_PRINCIPAL_SEP = "\x00"
 
 
 class _NotModern(Exception):
@@ -86,8 +89,11 @@ class _NotModern(Exception):
 class HttpUpstream:
     """An `UpstreamConnector` over Streamable HTTP, for modern and legacy upstreams.
 
-    `environ` (default `os.environ`) resolves the upstream's credential reference at
-    `start()`. Nothing from the downstream agent is ever sent upstream: every header is
+    `credentials` gives the gateway's credential for this upstream (default: the static
+    `bearer`/`header` reference, resolved from `environ`, default `os.environ`, at
+    `start()`). A per-request provider is asked on every request for the calling
+    principal, and a 401 makes it fetch a fresh credential once before the request is
+    retried. Nothing from the downstream agent is ever sent upstream: every header is
     built here.
     """
 
@@ -97,6 +103,7 @@ class HttpUpstream:
         *,
         era: Literal["auto", "modern", "legacy"] = "auto",
         environ: Mapping[str, str] | None = None,
+        credentials: CredentialProvider | None = None,
         max_response_bytes: int = 16 * 1024 * 1024,
         max_connections: int = 100,
         client_name: str = "tollhouse",
@@ -109,6 +116,7 @@ class HttpUpstream:
         self._url = upstream.url
         self._requested_era = era
         self._environ: Mapping[str, str] = os.environ if environ is None else environ
+        self._credentials: CredentialProvider = credentials or StaticCredentials(upstream, self._environ)
         self._max_bytes = max_response_bytes
         self._max_connections = max_connections
         self._client_info = {"name": client_name, "version": client_version}
@@ -149,7 +157,7 @@ class HttpUpstream:
         """
         if self._closed:
             raise UpstreamUnavailable(self.name)
-        credential = self._credential_headers()
+        credential = await self._credentials.headers(None)
         rpc = self._rpc
         if rpc is None:
             rpc = self._rpc = HttpRpc(
@@ -195,10 +203,14 @@ class HttpUpstream:
 
     async def end_session(self, session_key: str) -> None:
         """Forget the legacy session bound to `session_key` and DELETE it upstream (best effort)."""
-        session = self._sessions.pop(session_key, None)
-        self._session_locks.pop(session_key, None)
-        if session is not None and self._rpc is not None:
-            await self._rpc.delete(session)
+        keys = [session_key]
+        if self._credentials.per_request:
+            keys += [k for k in self._sessions if k is not None and k.endswith(_PRINCIPAL_SEP + session_key)]
+        for key in keys:
+            session = self._sessions.pop(key, None)
+            self._session_locks.pop(key, None)
+            if session is not None and self._rpc is not None:
+                await self._rpc.delete(session)
 
     async def _end_sessions(self, rpc: HttpRpc) -> None:
         sessions = list(self._sessions.values())
@@ -222,31 +234,56 @@ class HttpUpstream:
         client_capabilities: JSONObject | None = None,
         on_notification: NotificationCallback | None = None,
         log_level: str | None = None,
+        principal_key: str | None = None,
     ) -> JSONObject:
         """Send one request and return its `result`; cancelling the caller cancels it upstream.
 
+        `principal_key` is who the call is for: per-user credentials are chosen by it (and
+        legacy sessions are kept apart per principal then).
+
         Raises:
-            UpstreamUnavailable, UpstreamTimeout, UpstreamProtocolError, UpstreamRpcError.
+            UpstreamUnavailable, UpstreamTimeout, UpstreamProtocolError, UpstreamRpcError,
+            UpstreamAuthorizationRequired.
         """
         rpc = self._rpc
         if rpc is None or self._era is None:
             raise UpstreamUnavailable(self.name)
         timeout = self._upstream.call_timeout_seconds if timeout_seconds is None else timeout_seconds
+        credentials = self._credentials
         try:
             with anyio.fail_after(timeout) as scope:
-                if self._era == "modern":
-                    request_id = next(self._ids)
-                    envelope = self._envelope
-                    if client_capabilities is not None:
-                        envelope = {**envelope, _CAPABILITIES_KEY: client_capabilities}
-                    if log_level is not None:
-                        envelope = {**envelope, _LOG_LEVEL_KEY: log_level}
-                    body = encode_request(request_id, method, params, envelope, on_progress is not None)
-                    headers = self._modern_headers(method, params)
-                    return await rpc.call(body, headers, request_id, None, on_progress, None, on_notification)
-                return await self._legacy_request(
-                    rpc, method, params, session_key, on_progress, on_request, on_notification
-                )
+                for attempt in range(2):
+                    extra = await credentials.headers(principal_key) if credentials.per_request else None
+                    try:
+                        if self._era == "modern":
+                            request_id = next(self._ids)
+                            envelope = self._envelope
+                            if client_capabilities is not None:
+                                envelope = {**envelope, _CAPABILITIES_KEY: client_capabilities}
+                            if log_level is not None:
+                                envelope = {**envelope, _LOG_LEVEL_KEY: log_level}
+                            body = encode_request(
+                                request_id, method, params, envelope, on_progress is not None
+                            )
+                            headers = self._modern_headers(method, params)
+                            if extra:
+                                headers = {**headers, **extra}
+                            return await rpc.call(
+                                body, headers, request_id, None, on_progress, None, on_notification
+                            )
+                        if extra is not None and principal_key is not None:
+                            session_key = f"{principal_key}{_PRINCIPAL_SEP}{session_key or ''}"
+                        return await self._legacy_request(
+                            rpc, method, params, session_key, on_progress, on_request, on_notification, extra
+                        )
+                    except UpstreamUnauthorized as exc:
+                        if not extra:  # nothing was sent that a fresh credential could replace
+                            raise
+                        if attempt:
+                            raise credentials.refused(principal_key) from exc
+                        logger.info("upstream %s: credential refused, fetching a fresh one", self.name)
+                        await credentials.on_unauthorized(principal_key)
+                raise AssertionError("unreachable")  # pragma: no cover
         except TimeoutError as exc:
             if not scope.cancelled_caught:
                 raise
@@ -287,9 +324,13 @@ class HttpUpstream:
         on_progress: ProgressCallback | None,
         on_request: ServerRequestHandler | None = None,
         on_notification: NotificationCallback | None = None,
+        credential: Mapping[str, str] | None = None,
     ) -> JSONObject:
         for _attempt in range(2):
-            session = await self._legacy_session(rpc, session_key)
+            session = await self._legacy_session(rpc, session_key, credential)
+            if credential:
+                # The freshest credential rides on the session from now on (its notifications too).
+                session.headers.update(credential)
             request_id = next(self._ids)
             body = encode_request(request_id, method, params, None, on_progress is not None)
             try:
@@ -304,7 +345,9 @@ class HttpUpstream:
                 logger.info("upstream %s: session expired, re-initialising", self.name)
         raise UpstreamUnavailable(self.name)
 
-    async def _legacy_session(self, rpc: HttpRpc, key: str | None) -> Session:
+    async def _legacy_session(
+        self, rpc: HttpRpc, key: str | None, credential: Mapping[str, str] | None = None
+    ) -> Session:
         session = self._sessions.get(key)
         if session is not None:
             return session
@@ -314,7 +357,7 @@ class HttpUpstream:
         async with lock:  # concurrent first calls share one initialize
             session = self._sessions.get(key)
             if session is None:
-                session, _ = await self._initialize(rpc)
+                session, _ = await self._initialize(rpc, credential)
                 self._sessions[key] = session
         return session
 
@@ -406,8 +449,11 @@ class HttpUpstream:
             instructions=_string(result.get("instructions")),
         )
 
-    async def _initialize(self, rpc: HttpRpc) -> tuple[Session, JSONObject]:
+    async def _initialize(
+        self, rpc: HttpRpc, credential: Mapping[str, str] | None = None
+    ) -> tuple[Session, JSONObject]:
         """Open a legacy session: initialize, then notifications/initialized (§1.3)."""
+        base = {**self._base_headers, **credential} if credential else self._base_headers
         request_id = next(self._ids)
         params = {
             "protocolVersion": LEGACY_PROTOCOL_VERSION,
@@ -418,7 +464,7 @@ class HttpUpstream:
         }
         body = orjson.dumps({"jsonrpc": "2.0", "id": request_id, "method": "initialize", "params": params})
         # initialize is the negotiation itself, so it carries no MCP-Protocol-Version (§1.3).
-        response = await rpc.post(body, self._base_headers)
+        response = await rpc.post(body, base)
         try:
             result = await rpc.read_reply(response, request_id)
             session_id = response.headers.get("Mcp-Session-Id")
@@ -430,7 +476,7 @@ class HttpUpstream:
         ):
             logger.warning("upstream %s: unusable initialize result (version %r)", self.name, version)
             raise UpstreamProtocolError(self.name)
-        headers = {**self._base_headers, "MCP-Protocol-Version": str(version)}
+        headers = {**base, "MCP-Protocol-Version": str(version)}
         if session_id is not None:
             headers["Mcp-Session-Id"] = session_id
         session = Session(session_id, str(version), headers)
@@ -558,16 +604,6 @@ class HttpUpstream:
             if self._sessions.get(_WATCH_KEY) is session:
                 del self._sessions[_WATCH_KEY]
             await rpc.delete(session)
-
-    # -- credentials -----------------------------------------------------------------
-
-    def _credential_headers(self) -> dict[str, str]:
-        """The configured credential as a header; its value is never logged.
-
-        Raises:
-            UpstreamUnavailable: the reference is incomplete or its variable is unset.
-        """
-        return credential_headers(self._upstream, self._environ)
 
 
 def _is_modern_refusal(message: JSONObject | None, request_id: int) -> bool:

@@ -85,6 +85,7 @@ class UpstreamConnector(Protocol):
         client_capabilities: JSONObject | None = None,
         on_notification: NotificationCallback | None = None,
         log_level: str | None = None,
+        principal_key: str | None = None,
     ) -> JSONObject:
         """Send one request and return its `result`.
 
@@ -96,6 +97,8 @@ class UpstreamConnector(Protocol):
 
         `session_key` selects the upstream session on stateful (legacy) upstreams, so one
         downstream session maps to one upstream session; modern upstreams ignore it.
+        `principal_key` (`Principal.key`) is who the call is for: connectors with per-user
+        upstream credentials choose the credential by it; None is the gateway itself.
         Cancelling the awaiting task cancels the upstream request (stream close on
         2026-07-28, `notifications/cancelled` on legacy sessions).
 

@@ -8,8 +8,12 @@ Sections of the contract that later versions implement, and sections this versio
 of, are ignored with a warning, so a file written for a newer version still loads (DESIGN.md,
 "Declarative configuration").
 
-Secrets appear only as references: upstream credentials name environment variables
-(`token_env`, `value_env`); a literal `token:` or `value:` is refused.
+Secrets never appear in a file: upstream credentials name environment variables
+(`token_env`, `value_env`, `client_secret_env`), or a file writes `token: ${VAR}` (also `value`,
+`client_secret`), which `load_config`/`expand_secret_refs` replace with the variable's value so the
+gateway stores it encrypted; a literal value in a file is refused. The admin API's JSON takes
+the value itself (it is how a secret is given once); parsed values travel in
+`LoadedConfig.secrets`, never in the `Upstream` record, and exports write markers only.
 """
 
 from __future__ import annotations
@@ -18,18 +22,22 @@ import difflib
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
+from pydantic import ValidationError
 
+from tollhouse.auth.settings import AuthSettings
 from tollhouse.registry.models import (
     MAX_EXPOSED_NAME,
+    OAUTH_AUTH_TYPES,
     RESERVED_NAMES,
     SEPARATOR,
     UPSTREAM_NAME_RE,
+    AuthType,
     ClientRecord,
     Toolset,
     Transport,
@@ -49,11 +57,13 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "dump_config",
+    "expand_secret_refs",
     "load_config",
     "load_config_file",
     "parse_yaml",
     "render_yaml",
     "server_from_dict",
+    "server_secrets_from_dict",
     "server_to_dict",
     "toolset_from_dict",
     "toolset_to_dict",
@@ -65,7 +75,7 @@ __all__ = [
 IMPLEMENTED_SECTIONS = ("gateway", "servers", "toolsets", "clients")
 PLANNED_SECTIONS = ("agents", "teams", "policies", "limits", "prices")
 
-_GATEWAY_KEYS = ("public_url",)
+_GATEWAY_KEYS = ("public_url", "auth")
 _SERVER_KEYS = (
     "name",
     "url",
@@ -81,16 +91,52 @@ _SERVER_KEYS = (
     "timeouts",
     "connect_timeout_seconds",
     "call_timeout_seconds",
+    "scopes",
 )
-_AUTH_KEYS = ("type", "token_env", "header", "value_env")
+_AUTH_KEYS = (
+    "type",
+    "token_env",
+    "token",
+    "header",
+    "value_env",
+    "value",
+    "client_id",
+    "client_secret_env",
+    "client_secret",
+    "token_url",
+    "authorization_url",
+    "scope",
+    "audience",
+    "resource",
+)
+# Secret-valued auth keys (stored encrypted) and the environment reference each may be given as instead.
+SECRET_AUTH_KEYS = {"token": "token_env", "value": "value_env", "client_secret": "client_secret_env"}
+_OAUTH_KEYS = (
+    "client_id",
+    "client_secret_env",
+    "client_secret",
+    "token_url",
+    "scope",
+    "audience",
+    "resource",
+)
+# Per type: the keys that apply, and those required (a secret is satisfied by its value or its reference).
+_AUTH_FORMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "none": ((), ()),
+    "bearer": (("token_env", "token"), ("token",)),
+    "header": (("header", "value_env", "value"), ("header", "value")),
+    "oauth_client_credentials": (_OAUTH_KEYS, ("client_id",)),
+    "token_exchange": (_OAUTH_KEYS, ("client_id",)),
+    "oauth_authorization_code": ((*_OAUTH_KEYS, "authorization_url"), ("client_id",)),
+}
+# Types whose stored secret must exist (the authorization-code client may be a public one).
+_SECRET_REQUIRED = frozenset({"bearer", "header", "oauth_client_credentials", "token_exchange"})
+_SECRET_REF_RE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _TIMEOUT_KEYS = {"connect_seconds": "connect_timeout_seconds", "call_seconds": "call_timeout_seconds"}
 _CLIENT_KEYS = ("name", "team")
 _TOOLSET_KEYS = ("name", "description", "tools", "aliases")
-# Keys that would put a credential's value into the file; each maps to the reference to use instead.
-_LITERAL_SECRET_KEYS = {"token": "token_env", "value": "value_env", "secret": "token_env"}
 
 _ALL_SECTIONS = IMPLEMENTED_SECTIONS + PLANNED_SECTIONS
-_AuthType = Literal["none", "bearer", "header"]
 
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token
@@ -125,6 +171,8 @@ class GatewayConfig:
     """The `gateway:` section: process-wide settings that a configuration file may set."""
 
     public_url: str | None = None
+    # `gateway.auth` as written (validated against `AuthSettings`); merged over the environment's.
+    auth: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +192,8 @@ class LoadedConfig:
     clients: tuple[ClientSpec, ...] = ()
     warnings: tuple[str, ...] = ()
     toolsets: tuple[Toolset, ...] = ()
+    # server name -> secret field -> value, to be stored encrypted; kept out of repr and logs.
+    secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict, repr=False)
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -178,7 +228,50 @@ def load_config(text: str, *, source: str = "<config>") -> LoadedConfig:
     Raises:
         ConfigError: the text is not valid YAML or not a valid configuration.
     """
-    return config_from_dict(parse_yaml(text, source=source), source=source)
+    raw = parse_yaml(text, source=source)
+    try:
+        raw = expand_secret_refs(raw, os.environ)
+    except ConfigError as exc:
+        raise ConfigError(exc.path, exc.message, source=source) from None
+    return config_from_dict(raw, source=source)
+
+
+def expand_secret_refs(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """A copy of a file's configuration with each `servers[].auth` secret `${VAR}` replaced by its value.
+
+    A file never holds a secret: anything else than `${VAR}` there is refused, and so is a
+    variable that is unset or empty. Errors name the key and the variable, never a value.
+
+    Raises:
+        ConfigError: a literal secret, or a reference to an unset variable.
+    """
+    servers = data.get("servers")
+    if not isinstance(servers, list):
+        return data
+    expanded: list[Any] = []
+    for i, entry in enumerate(servers):
+        auth = entry.get("auth") if isinstance(entry, Mapping) else None
+        if not isinstance(auth, Mapping) or not any(key in auth for key in SECRET_AUTH_KEYS):
+            expanded.append(entry)
+            continue
+        auth = dict(auth)
+        for key, reference in SECRET_AUTH_KEYS.items():
+            if key not in auth:
+                continue
+            where = f"servers[{i}].auth.{key}"
+            match = _SECRET_REF_RE.match(auth[key]) if isinstance(auth[key], str) else None
+            if match is None:
+                raise ConfigError(
+                    where,
+                    f"a literal secret is not accepted in a file; use {reference} to name an environment "
+                    "variable, or write ${VARIABLE} to store its value encrypted",
+                )
+            value = environ.get(match.group(1))
+            if not value:
+                raise ConfigError(where, f"environment variable {match.group(1)} is not set")
+            auth[key] = value
+        expanded.append({**entry, "auth": auth})
+    return {**data, "servers": expanded}
 
 
 def load_config_file(path: str | os.PathLike[str]) -> LoadedConfig:
@@ -226,9 +319,12 @@ def _config(data: Any) -> LoadedConfig:
         elif key not in IMPLEMENTED_SECTIONS:
             warnings.append(f"unknown section '{key}' was ignored{_suggest(key, _ALL_SECTIONS)}")
     gateway = _gateway(data.get("gateway"))
-    servers = tuple(
-        server_from_dict(item, path=f"servers[{i}]") for i, item in enumerate(_list(data, "servers", ""))
-    )
+    parsed = [
+        server_secrets_from_dict(item, path=f"servers[{i}]")
+        for i, item in enumerate(_list(data, "servers", ""))
+    ]
+    servers = tuple(upstream for upstream, _ in parsed)
+    secrets = {upstream.name: values for upstream, values in parsed if values}
     _no_duplicates([s.name for s in servers], "servers")
     toolsets = tuple(
         toolset_from_dict(item, path=f"toolsets[{i}]") for i, item in enumerate(_list(data, "toolsets", ""))
@@ -237,7 +333,12 @@ def _config(data: Any) -> LoadedConfig:
     clients = tuple(_client(item, f"clients[{i}]") for i, item in enumerate(_list(data, "clients", "")))
     _no_duplicates([c.name for c in clients], "clients")
     return LoadedConfig(
-        gateway=gateway, servers=servers, clients=clients, warnings=tuple(warnings), toolsets=toolsets
+        gateway=gateway,
+        servers=servers,
+        clients=clients,
+        warnings=tuple(warnings),
+        toolsets=toolsets,
+        secrets=secrets,
     )
 
 
@@ -248,11 +349,40 @@ def _gateway(value: Any) -> GatewayConfig:
     public_url = _str(data, "public_url", "gateway")
     if public_url is not None:
         _http_url(public_url, "gateway.public_url", base_only=True)
-    return GatewayConfig(public_url=public_url)
+    auth = data.get("auth")
+    if auth is not None:
+        _auth_settings(auth)
+    return GatewayConfig(public_url=public_url, auth=auth)
+
+
+def _auth_settings(value: Any) -> None:
+    """Validate `gateway.auth` like the setting it becomes, so a mistake names its path."""
+    if not isinstance(value, Mapping):
+        raise ConfigError("gateway.auth", f"expected a mapping, got {_kind(value)}")
+    try:
+        AuthSettings.model_validate(value)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        path = "gateway.auth"
+        for part in error["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        raise ConfigError(path, error["msg"]) from None
 
 
 def server_from_dict(data: Any, *, path: str = "") -> Upstream:
     """Validate one server entry (a `servers:` item, or the body of `POST /servers`).
+
+    Secret values in its `auth` are validated and dropped: use `server_secrets_from_dict`
+    where they are to be stored.
+
+    Raises:
+        ConfigError: the entry is invalid; its path is prefixed with `path`.
+    """
+    return server_secrets_from_dict(data, path=path)[0]
+
+
+def server_secrets_from_dict(data: Any, *, path: str = "") -> tuple[Upstream, dict[str, str]]:
+    """Validate one server entry; returns it and the secret values its `auth` gave (field -> value).
 
     Raises:
         ConfigError: the entry is invalid; its path is prefixed with `path`.
@@ -303,20 +433,55 @@ def server_from_dict(data: Any, *, path: str = "") -> Upstream:
     if not isinstance(enabled, bool):
         raise ConfigError(_join(path, "enabled"), f"expected true or false, got {_kind(enabled)}")
     connect, call = _timeouts(entry, path)
-    return Upstream(
+    auth, secrets = _auth(entry.get("auth"), _join(path, "auth"))
+    if auth.type in OAUTH_AUTH_TYPES and kind == "stdio":
+        raise ConfigError(_join(path, "auth.type"), "applies to 'url' servers only")
+    if auth.type in ("token_exchange", "oauth_authorization_code") and kind == "sse":
+        # One SSE session serves every caller, so it cannot carry each user's own token.
+        raise ConfigError(_join(path, "auth.type"), "per-user credentials need a Streamable HTTP server")
+    upstream = Upstream(
         name=name,
         transport=kind,
         url=url,
         command=tuple(command or ()),
         env=env,
         cwd=cwd,
-        auth=_auth(entry.get("auth"), _join(path, "auth")),
+        auth=auth,
         enabled=enabled,
         approval="manual" if approval == "manual" else "first-use",
         failure_mode="closed" if failure_mode == "closed" else "open",
         connect_timeout_seconds=connect,
         call_timeout_seconds=call,
+        scopes=_scopes(entry.get("scopes"), _join(path, "scopes")),
     )
+    return upstream, secrets
+
+
+_SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]{1,64}$")  # RFC 6749 §3.3
+
+
+def _scopes(value: Any, path: str) -> dict[str, tuple[str, ...]]:
+    """Step-up scopes: `{tool name or glob: [scope, …]}`, or a list meaning every tool (`*`)."""
+    if value is None:
+        return {}
+    if isinstance(value, list | tuple):
+        value = {"*": value}
+    if not isinstance(value, Mapping):
+        raise ConfigError(path, f"expected a mapping of tool pattern to scopes, got {_kind(value)}")
+    out: dict[str, tuple[str, ...]] = {}
+    for pattern, scopes in value.items():
+        where = _join(path, str(pattern))
+        if not isinstance(pattern, str) or not pattern or len(pattern) > 128:
+            raise ConfigError(where, "a tool name or glob of 1-128 characters")
+        if isinstance(scopes, str):
+            scopes = [scopes]
+        if not isinstance(scopes, list | tuple) or not scopes:
+            raise ConfigError(where, f"expected a non-empty list of scopes, got {_kind(scopes)}")
+        for scope in scopes:
+            if not isinstance(scope, str) or not _SCOPE_TOKEN.match(scope):
+                raise ConfigError(where, f"{scope!r} is not a valid OAuth scope")
+        out[pattern] = tuple(sorted(set(scopes)))
+    return out
 
 
 def _name(entry: Mapping[str, Any], path: str) -> str:
@@ -349,44 +514,51 @@ def _env(entry: Mapping[str, Any], path: str) -> dict[str, str]:
     return dict(env)
 
 
-def _auth(value: Any, path: str) -> UpstreamAuth:
+def _auth(value: Any, path: str) -> tuple[UpstreamAuth, dict[str, str]]:
+    """The credential settings, and the secret values given inline (field -> value)."""
     if value is None:
-        return UpstreamAuth()
-    if isinstance(value, Mapping):
-        for key, reference in _LITERAL_SECRET_KEYS.items():
-            if key in value:
-                raise ConfigError(
-                    _join(path, key),
-                    f"a literal secret is not accepted; use {reference} to name an environment variable",
-                )
+        return UpstreamAuth(), {}
     data = _mapping(value, path, _AUTH_KEYS)
     kind = _str(data, "type", path)
     if kind is None:
-        raise ConfigError(_join(path, "type"), "required: none, bearer or header")
-    wanted = {"none": (), "bearer": ("token_env",), "header": ("header", "value_env")}.get(kind)
-    if wanted is None:
-        raise ConfigError(_join(path, "type"), "must be 'none', 'bearer' or 'header'")
-    refs: dict[str, str] = {}
+        raise ConfigError(_join(path, "type"), "required: " + ", ".join(f"'{k}'" for k in _AUTH_FORMS))
+    form = _AUTH_FORMS.get(kind)
+    if form is None:
+        raise ConfigError(_join(path, "type"), "must be one of " + ", ".join(f"'{k}'" for k in _AUTH_FORMS))
+    applies, required = form
+    values: dict[str, str] = {}
     for key in _AUTH_KEYS[1:]:
-        item = _str(data, key, path)
+        if key in SECRET_AUTH_KEYS:
+            item = data.get(key)
+            if item is not None and (not isinstance(item, str) or not item):
+                # The value is never echoed, whatever it is.
+                raise ConfigError(_join(path, key), "expected a non-empty string")
+        else:
+            item = _str(data, key, path)
         if item is None:
-            if key in wanted:
-                raise ConfigError(_join(path, key), f"required for type '{kind}'")
             continue
-        if key not in wanted:
+        if key not in applies:
             raise ConfigError(_join(path, key), f"does not apply to type '{kind}'")
-        pattern = _HEADER_NAME_RE if key == "header" else _ENV_NAME_RE
-        if not pattern.match(item):
-            what = "an HTTP header name" if key == "header" else "an environment variable name"
-            raise ConfigError(_join(path, key), f"{item!r} is not {what}")
-        refs[key] = item
-    auth_type: _AuthType = "bearer" if kind == "bearer" else "header" if kind == "header" else "none"
-    return UpstreamAuth(
-        type=auth_type,
-        token_env=refs.get("token_env"),
-        header=refs.get("header"),
-        value_env=refs.get("value_env"),
-    )
+        values[key] = item
+    for key in required:
+        reference = SECRET_AUTH_KEYS.get(key)
+        if key not in values and (reference is None or reference not in values):
+            if reference is None:
+                raise ConfigError(_join(path, key), f"required for type '{kind}'")
+            raise ConfigError(_join(path, reference), f"required for type '{kind}' (or {key})")
+    for key, reference in SECRET_AUTH_KEYS.items():
+        if key in values and reference in values:
+            raise ConfigError(_join(path, key), f"give either {key} or {reference}, not both")
+    for key, item in values.items():
+        if key.endswith("_env") and not _ENV_NAME_RE.match(item):
+            raise ConfigError(_join(path, key), f"{item!r} is not an environment variable name")
+        if key == "header" and not _HEADER_NAME_RE.match(item):
+            raise ConfigError(_join(path, key), f"{item!r} is not an HTTP header name")
+        if key.endswith("_url") or key == "resource":
+            _http_url(item, _join(path, key), base_only=False)
+    secrets = {key: values.pop(key) for key in SECRET_AUTH_KEYS if key in values}
+    auth_type: AuthType = kind  # type: ignore[assignment]  # checked against _AUTH_FORMS above
+    return UpstreamAuth(type=auth_type, **values), secrets
 
 
 def _timeouts(entry: Mapping[str, Any], path: str) -> tuple[float, float]:
@@ -627,8 +799,13 @@ def _no_duplicates(names: Sequence[str], section: str) -> None:
 # --- rendering -------------------------------------------------------------------------------
 
 
-def server_to_dict(upstream: Upstream) -> dict[str, Any]:
-    """One server as a configuration entry, defaults omitted and credentials as references only."""
+def server_to_dict(upstream: Upstream, secret_fields: Collection[str] = ()) -> dict[str, Any]:
+    """One server as a configuration entry, defaults omitted and credentials as references only.
+
+    A stored secret (`secret_fields`, or the one its auth type requires) is written as a
+    `${SERVER_FIELD}` reference: applying the file gives the value again from that variable.
+    The value itself is never read for an export.
+    """
     out: dict[str, Any] = {"name": upstream.name}
     if upstream.transport == "stdio":
         out["command"] = list(upstream.command)
@@ -644,12 +821,20 @@ def server_to_dict(upstream: Upstream) -> dict[str, Any]:
         out["approval"] = upstream.approval
     if upstream.failure_mode != _DEFAULTS.failure_mode:
         out["failure_mode"] = upstream.failure_mode
+    if upstream.scopes:
+        out["scopes"] = {pattern: list(scopes) for pattern, scopes in upstream.scopes.items()}
     if not upstream.enabled:
         out["enabled"] = False
     auth = upstream.auth
     if auth.type != "none":
-        refs = {"token_env": auth.token_env, "header": auth.header, "value_env": auth.value_env}
-        out["auth"] = {"type": auth.type, **{k: v for k, v in refs.items() if v is not None}}
+        # Settings and references only: a stored secret is exported as the `${VAR}` form that
+        # gives it again on apply (the value itself is never read for an export).
+        settings = {k: v for k, v in vars(auth).items() if k != "type" and v is not None}
+        out["auth"] = {"type": auth.type, **settings}
+        field_name = auth.stored_secret_field
+        if field_name is not None and (field_name in secret_fields or auth.type in _SECRET_REQUIRED):
+            variable = f"{upstream.name.upper().replace('-', '_')}_{field_name.upper()}"
+            out["auth"][field_name] = "${" + variable + "}"
     for key in ("connect_timeout_seconds", "call_timeout_seconds"):
         value = getattr(upstream, key)
         if value != getattr(_DEFAULTS, key):
@@ -674,16 +859,24 @@ def config_to_dict(
     servers: Sequence[Upstream],
     clients: Sequence[ClientRecord | ClientSpec],
     toolsets: Sequence[Toolset] = (),
+    secret_fields: Mapping[str, Collection[str]] | None = None,
 ) -> dict[str, Any]:
     """The configuration as a plain mapping in the file's shape; empty sections are omitted.
+
+    `secret_fields` names the stored secrets by server (never their values), see `server_to_dict`.
 
     Revoked clients are left out: applying the result must not bring them back.
     """
     out: dict[str, Any] = {}
-    if gateway is not None and gateway.public_url is not None:
-        out["gateway"] = {"public_url": gateway.public_url}
+    if gateway is not None and (gateway.public_url is not None or gateway.auth is not None):
+        out["gateway"] = {
+            **({"public_url": gateway.public_url} if gateway.public_url is not None else {}),
+            # Secrets are only ever named here (`client_secret_env`), so the section is safe to write.
+            **({"auth": dict(gateway.auth)} if gateway.auth is not None else {}),
+        }
     if servers:
-        out["servers"] = [server_to_dict(s) for s in servers]
+        stored = secret_fields or {}
+        out["servers"] = [server_to_dict(s, stored.get(s.name, ())) for s in servers]
     if toolsets:
         out["toolsets"] = [toolset_to_dict(t) for t in toolsets]
     entries: list[dict[str, Any]] = []

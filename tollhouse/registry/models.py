@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from fnmatch import fnmatchcase
 from typing import Any, Literal
 
 import orjson
@@ -45,18 +46,49 @@ def valid_upstream_name(name: str) -> bool:
     return bool(UPSTREAM_NAME_RE.match(name)) and name not in RESERVED_NAMES
 
 
+AuthType = Literal[
+    "none", "bearer", "header", "oauth_client_credentials", "token_exchange", "oauth_authorization_code"
+]
+OAUTH_AUTH_TYPES: frozenset[str] = frozenset(
+    {"oauth_client_credentials", "token_exchange", "oauth_authorization_code"}
+)
+
+
 @dataclass(frozen=True)
 class UpstreamAuth:
-    """The gateway's own credential for one upstream: a reference, never the agent's token.
+    """The gateway's own credential for one upstream: references and settings, never a secret value.
 
-    `bearer` sends `Authorization: Bearer <value of env token_env>`; `header` sends
-    `<header>: <value of env value_env>`. Values are resolved when the connector starts.
+    `bearer` sends `Authorization: Bearer <token>`; `header` sends `<header>: <value>`. The
+    token or value comes from the environment variable `token_env`/`value_env` or, when that
+    is unset, from the encrypted secret store (field `token`/`value`). The OAuth types get
+    a token from an authorization server: the gateway's own (`oauth_client_credentials`),
+    one per user by RFC 8693 exchange (`token_exchange`) or by the user's consent
+    (`oauth_authorization_code`); their client secret is `client_secret_env` or the stored
+    field `client_secret`. The agent's token is never one of these.
     """
 
-    type: Literal["none", "bearer", "header"] = "none"
+    type: AuthType = "none"
     token_env: str | None = None
     header: str | None = None
     value_env: str | None = None
+    client_id: str | None = None
+    client_secret_env: str | None = None
+    token_url: str | None = None
+    authorization_url: str | None = None
+    scope: str | None = None
+    audience: str | None = None
+    resource: str | None = None
+
+    @property
+    def stored_secret_field(self) -> str | None:
+        """The secret-store field this credential reads (None when it names a variable or has none)."""
+        if self.type == "bearer":
+            return None if self.token_env else "token"
+        if self.type == "header":
+            return None if self.value_env else "value"
+        if self.type in OAUTH_AUTH_TYPES:
+            return None if self.client_secret_env else "client_secret"
+        return None
 
 
 @dataclass(frozen=True)
@@ -75,8 +107,17 @@ class Upstream:
     failure_mode: FailureMode = "open"  # closed: while down, the aggregate refuses to list
     connect_timeout_seconds: float = 5.0
     call_timeout_seconds: float = 60.0
+    # Step-up: original tool name (or glob) -> the OAuth scopes a token needs to call it.
+    scopes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     created_at: datetime | None = None
     updated_at: datetime | None = None
+
+    def scopes_for(self, tool: str) -> tuple[str, ...]:
+        """Every scope a call of `tool` needs (the union of all matching patterns), sorted."""
+        if not self.scopes:
+            return ()
+        needed = {s for pattern, scopes in self.scopes.items() if fnmatchcase(tool, pattern) for s in scopes}
+        return tuple(sorted(needed))
 
 
 @dataclass(frozen=True)
@@ -160,8 +201,75 @@ class ClientRecord:
     key_prefix: str | None = None
     created_at: datetime | None = None
     revoked_at: datetime | None = None
+    # OAuth: a confidential client holds a secret's hash; public clients (DCR, CIMD) hold none.
+    secret_hash: str | None = None
+    kind: ClientKind = "confidential"
+    registration: Registration = "admin"
+    redirect_uris: tuple[str, ...] = ()
+    grant_types: tuple[str, ...] = ("client_credentials",)
+    scopes: tuple[str, ...] = ()  # the scopes it may be granted; empty means the default set
+    client_name: str | None = None
 
     @property
     def active(self) -> bool:
         """False once revoked."""
         return self.revoked_at is None
+
+
+ClientKind = Literal["confidential", "public"]
+Registration = Literal["admin", "dcr", "cimd"]
+ROLES: tuple[str, ...] = ("admin", "approver", "auditor", "viewer")
+TEAM_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+USER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class Team:
+    """A team: what clients bill to and users belong to."""
+
+    name: str
+    description: str | None = None
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class User:
+    """A person who signs in to the built-in authorization server (or the console)."""
+
+    subject: str
+    password_hash: str | None = None  # argon2id; None: cannot sign in with a password
+    display_name: str | None = None
+    roles: tuple[str, ...] = ()
+    teams: tuple[str, ...] = ()
+    disabled: bool = False
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AuthCode:
+    """A pending authorization code (stored by hash, used at most once)."""
+
+    code_hash: str
+    client_id: str
+    subject: str
+    redirect_uri: str
+    scope: str
+    resource: str
+    code_challenge: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class RefreshGrant:
+    """A refresh token (stored by hash) in its rotation family."""
+
+    token_hash: str
+    family_id: str
+    client_id: str
+    subject: str
+    scope: str
+    resource: str
+    expires_at: datetime
+    used_at: datetime | None = None
+    revoked_at: datetime | None = None

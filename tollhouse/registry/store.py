@@ -24,13 +24,17 @@ from tollhouse.registry.tables import (
     CLIENTS,
     TOOLSETS,
     UPSTREAM_META,
+    UPSTREAM_SECRETS,
     UPSTREAMS,
+    USER_UPSTREAM_TOKENS,
     CatalogEntryRow,
     ClientRow,
     SettingRow,
     ToolsetRow,
     UpstreamMetaRow,
     UpstreamRow,
+    UpstreamSecretRow,
+    UserUpstreamTokenRow,
     catalog_of,
     utc,
 )
@@ -231,7 +235,7 @@ class SqlRegistryStore:
         return await self._run(work)
 
     async def delete_upstream(self, name: str) -> bool:
-        """Delete an upstream and its catalog; False if it did not exist."""
+        """Delete an upstream, its catalog and its sealed credentials; False if it did not exist."""
 
         def work(session: Session) -> bool:
             row = session.get(UpstreamRow, name, with_for_update=True)
@@ -239,6 +243,8 @@ class SqlRegistryStore:
                 return False
             # ON DELETE CASCADE covers this, but not on a SQLite connection without foreign_keys=ON.
             session.execute(sa.delete(CatalogEntryRow).where(CATALOG_ENTRIES.c.server == name))
+            session.execute(sa.delete(UpstreamSecretRow).where(UPSTREAM_SECRETS.c.upstream == name))
+            session.execute(sa.delete(UserUpstreamTokenRow).where(USER_UPSTREAM_TOKENS.c.upstream == name))
             meta = session.get(UpstreamMetaRow, name)
             if meta is not None:
                 session.delete(meta)

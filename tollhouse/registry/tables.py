@@ -1,8 +1,9 @@
 """SQLModel tables of the registry and their mapping to and from the frozen records.
 
 The only module that imports sqlmodel. Rows never leave the store: it converts them to
-`models` records inside the session. Secrets are never stored here: an upstream's `auth`
-holds the *names* of environment variables, and a client holds only its key's hash.
+`models` records inside the session. No secret is stored in plaintext: an upstream's `auth`
+holds the *names* of environment variables, a client holds only its key's hash, and
+`upstream_secrets` / `user_upstream_tokens` hold AES-GCM ciphertexts (auth/vault.py).
 Keep `migrations/versions/` in step with these classes (a test compares them).
 """
 
@@ -33,6 +34,8 @@ __all__ = [
     "TOOLSETS",
     "UPSTREAMS",
     "UPSTREAM_META",
+    "UPSTREAM_SECRETS",
+    "USER_UPSTREAM_TOKENS",
     "CatalogEntryRow",
     "ClientRow",
     "SettingRow",
@@ -40,6 +43,8 @@ __all__ = [
     "UTCDateTime",
     "UpstreamMetaRow",
     "UpstreamRow",
+    "UpstreamSecretRow",
+    "UserUpstreamTokenRow",
     "catalog_of",
     "metadata",
     "utc",
@@ -96,6 +101,7 @@ class UpstreamRow(SQLModel, table=True):
     failure_mode: str = Field(default="open", sa_column_kwargs={"server_default": "open"})
     connect_timeout_seconds: float
     call_timeout_seconds: float
+    scopes: dict[str, list[str]] = Field(default_factory=dict, sa_type=sa.JSON)
     health_status: str = Field(default="unknown")
     last_error: str | None = Field(default=None, sa_type=sa.Text)
     checked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
@@ -130,6 +136,7 @@ class UpstreamRow(SQLModel, table=True):
             failure_mode=self.failure_mode,  # type: ignore[arg-type]  # written from a FailureMode
             connect_timeout_seconds=self.connect_timeout_seconds,
             call_timeout_seconds=self.call_timeout_seconds,
+            scopes={pattern: tuple(scopes) for pattern, scopes in (self.scopes or {}).items()},
             created_at=self.created_at,
             updated_at=self.updated_at,
         )
@@ -156,6 +163,7 @@ def _config(upstream: Upstream) -> dict[str, Any]:
         "failure_mode": upstream.failure_mode,
         "connect_timeout_seconds": upstream.connect_timeout_seconds,
         "call_timeout_seconds": upstream.call_timeout_seconds,
+        "scopes": {pattern: list(scopes) for pattern, scopes in upstream.scopes.items()},
     }
 
 
@@ -229,6 +237,13 @@ class ClientRow(SQLModel, table=True):
     key_prefix: str | None = None
     created_at: datetime = Field(sa_type=UTCDateTime)
     revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    secret_hash: str | None = None
+    kind: str = Field(default="confidential", sa_column_kwargs={"server_default": "confidential"})
+    registration: str = Field(default="admin", sa_column_kwargs={"server_default": "admin"})
+    redirect_uris: list[str] = Field(default_factory=list, sa_type=sa.JSON)
+    grant_types: list[str] = Field(default_factory=list, sa_type=sa.JSON)
+    scopes: list[str] = Field(default_factory=list, sa_type=sa.JSON)
+    client_name: str | None = Field(default=None, sa_type=sa.Text)
 
     @classmethod
     def of(cls, client: ClientRecord, created_at: datetime) -> ClientRow:
@@ -241,6 +256,13 @@ class ClientRow(SQLModel, table=True):
             key_prefix=client.key_prefix,
             created_at=utc(created_at),
             revoked_at=None if client.revoked_at is None else utc(client.revoked_at),
+            secret_hash=client.secret_hash,
+            kind=client.kind,
+            registration=client.registration,
+            redirect_uris=list(client.redirect_uris),
+            grant_types=list(client.grant_types),
+            scopes=list(client.scopes),
+            client_name=client.client_name,
         )
 
     def to_client(self) -> ClientRecord:
@@ -253,7 +275,92 @@ class ClientRow(SQLModel, table=True):
             key_prefix=self.key_prefix,
             created_at=self.created_at,
             revoked_at=self.revoked_at,
+            secret_hash=self.secret_hash,
+            kind=self.kind,  # type: ignore[arg-type]  # written from a ClientKind
+            registration=self.registration,  # type: ignore[arg-type]
+            redirect_uris=tuple(self.redirect_uris or ()),
+            grant_types=tuple(self.grant_types or ()),
+            scopes=tuple(self.scopes or ()),
+            client_name=self.client_name,
         )
+
+
+class TeamRow(SQLModel, table=True):
+    """A team."""
+
+    __tablename__ = "teams"
+
+    name: str = Field(primary_key=True)
+    description: str | None = Field(default=None, sa_type=sa.Text)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class UserRow(SQLModel, table=True):
+    """A person; `password_hash` is argon2id, never the password."""
+
+    __tablename__ = "users"
+
+    subject: str = Field(primary_key=True)
+    password_hash: str | None = Field(default=None, sa_type=sa.Text)
+    display_name: str | None = Field(default=None, sa_type=sa.Text)
+    roles: list[str] = Field(default_factory=list, sa_type=sa.JSON)
+    teams: list[str] = Field(default_factory=list, sa_type=sa.JSON)
+    disabled: bool = False
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class AuthCodeRow(SQLModel, table=True):
+    """An authorization code awaiting its token request; the code itself is stored as a hash."""
+
+    __tablename__ = "oauth_codes"
+
+    code_hash: str = Field(primary_key=True)
+    client_id: str = Field(sa_type=sa.Text)
+    subject: str
+    redirect_uri: str = Field(sa_type=sa.Text)
+    scope: str = Field(sa_type=sa.Text)
+    resource: str = Field(sa_type=sa.Text)
+    code_challenge: str
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class RefreshTokenRow(SQLModel, table=True):
+    """A refresh token (by hash) in its rotation family; a reused one revokes the family."""
+
+    __tablename__ = "refresh_tokens"
+
+    token_hash: str = Field(primary_key=True)
+    family_id: str = Field(index=True)
+    client_id: str = Field(sa_type=sa.Text)
+    subject: str
+    scope: str = Field(sa_type=sa.Text)
+    resource: str = Field(sa_type=sa.Text)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class RevokedTokenRow(SQLModel, table=True):
+    """An access token revoked before its expiry (by `jti`), kept until it would have expired."""
+
+    __tablename__ = "revoked_tokens"
+
+    jti: str = Field(primary_key=True)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    revoked_at: datetime = Field(sa_type=UTCDateTime, index=True)
+
+
+class ConsentRow(SQLModel, table=True):
+    """A user's consent to a client for some scopes (the per-user registry of approved clients)."""
+
+    __tablename__ = "consents"
+
+    subject: str = Field(primary_key=True)
+    client_id: str = Field(primary_key=True, sa_type=sa.Text)
+    scopes: list[str] = Field(default_factory=list, sa_type=sa.JSON)
+    created_at: datetime = Field(sa_type=UTCDateTime)
 
 
 class SettingRow(SQLModel, table=True):
@@ -327,9 +434,40 @@ def catalog_of(meta: UpstreamMetaRow, rows: list[CatalogEntryRow]) -> UpstreamCa
     )
 
 
+class UpstreamSecretRow(SQLModel, table=True):
+    """One stored secret of an upstream (`token`, `value`, `client_secret`), sealed by auth/vault.py."""
+
+    __tablename__ = "upstream_secrets"
+
+    upstream: str = Field(primary_key=True, foreign_key="upstreams.name", ondelete="CASCADE")
+    field: str = Field(primary_key=True)
+    kid: str
+    ciphertext: str = Field(sa_type=sa.Text)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class UserUpstreamTokenRow(SQLModel, table=True):
+    """One user's OAuth tokens for one upstream (JSON, sealed by auth/vault.py)."""
+
+    __tablename__ = "user_upstream_tokens"
+
+    subject: str = Field(primary_key=True)
+    upstream: str = Field(primary_key=True, foreign_key="upstreams.name", ondelete="CASCADE")
+    kid: str
+    ciphertext: str = Field(sa_type=sa.Text)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
 # Typed handles for building WHERE/ORDER BY clauses: mypy sees model attributes as plain values.
+UPSTREAM_SECRETS = metadata.tables["upstream_secrets"]
+USER_UPSTREAM_TOKENS = metadata.tables["user_upstream_tokens"]
 UPSTREAMS = metadata.tables["upstreams"]
 UPSTREAM_META = metadata.tables["upstream_meta"]
 CATALOG_ENTRIES = metadata.tables["catalog_entries"]
 CLIENTS = metadata.tables["clients"]
 TOOLSETS = metadata.tables["toolsets"]
+USERS = metadata.tables["users"]
+REFRESH_TOKENS = metadata.tables["refresh_tokens"]
+REVOKED_TOKENS = metadata.tables["revoked_tokens"]
+OAUTH_CODES = metadata.tables["oauth_codes"]
+CONSENTS = metadata.tables["consents"]
