@@ -318,15 +318,25 @@ async def register(http: aiohttp.ClientSession, base: str, admin_token: str, ser
             raise RuntimeError(f"registering {server['name']} failed: {r.status} {await r.text()}")
 
 
-async def create_client(http: aiohttp.ClientSession, base: str, admin_token: str) -> str:
-    """Create the `bench` client; returns its API key."""
+async def create_client(
+    http: aiohttp.ClientSession, base: str, admin_token: str, credential: str = "api-key"
+) -> str:
+    """Create the `bench` client; returns its API key, or an OAuth client-credentials token."""
     auth = {"Authorization": f"Bearer {admin_token}"}
     body = {"name": "bench", "team": "bench"}
     async with http.post(f"{base}/admin/api/v1/clients", json=body, headers=auth) as r:
         if r.status != 201:
             raise RuntimeError(f"creating a client failed: {r.status} {await r.text()}")
-        key: str = (await r.json())["api_key"]
+        created = await r.json()
+    if credential == "api-key":
+        key: str = created["api_key"]
         return key
+    basic = aiohttp.BasicAuth(created["client_id"], created["client_secret"])
+    async with http.post(f"{base}/oauth/token", data={"grant_type": "client_credentials"}, auth=basic) as r:
+        if r.status != 200:
+            raise RuntimeError(f"the token request failed: {r.status} {await r.text()}")
+        token: str = (await r.json())["access_token"]
+        return token
 
 
 async def wait_callable(http: aiohttp.ClientSession, base: str, key: str, tool: str, deadline: float) -> None:
@@ -338,13 +348,15 @@ async def wait_callable(http: aiohttp.ClientSession, base: str, key: str, tool: 
         await asyncio.sleep(0.05)
 
 
-async def set_up_gateway(base: str, admin_token: str, upstream: str, proc: subprocess.Popen[str]) -> str:
-    """Wait for /healthz, register studio, create a client; returns its API key."""
+async def set_up_gateway(
+    base: str, admin_token: str, upstream: str, proc: subprocess.Popen[str], credential: str = "api-key"
+) -> str:
+    """Wait for /healthz, register studio, create a client; returns its API key (or OAuth token)."""
     deadline = time.monotonic() + 60
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
         await wait_healthy(http, base, proc, deadline)
         await register(http, base, admin_token, {"name": "studio", "url": upstream})
-        key = await create_client(http, base, admin_token)
+        key = await create_client(http, base, admin_token, credential)
         await wait_callable(http, base, key, "studio__echo", deadline)
         return key
 
@@ -433,6 +445,12 @@ def load_args(description: str, name: str, *, concurrency: str, eras: str) -> tu
     parser.add_argument("--warmup", type=int, default=200, help="calls before each run (default 200)")
     parser.add_argument("--quick", action="store_true", help="1 s runs, 50 warm-up calls (smoke test)")
     parser.add_argument("--out", type=Path, help=f"JSON file (default bench/results/{name}-TS.json)")
+    parser.add_argument(
+        "--credential",
+        choices=("api-key", "oauth"),
+        default="api-key",
+        help="the agent's bearer: an API key, or an OAuth client-credentials JWT (default api-key)",
+    )
     args = parser.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.eras = [e.strip() for e in args.eras.split(",")]
@@ -465,7 +483,7 @@ def main() -> int:
             upstream = read_ready(studio, time.monotonic() + 60)
             with child(GATEWAY_ARGV, gw_env, Path(tmp) / "gateway.log", pipe=False) as gateway:
                 try:
-                    key = runner.run(set_up_gateway(base, admin_token, upstream, gateway))
+                    key = runner.run(set_up_gateway(base, admin_token, upstream, gateway, args.credential))
                 except RuntimeError:
                     print((Path(tmp) / "gateway.log").read_text()[-4000:], file=sys.stderr)
                     raise
@@ -477,7 +495,9 @@ def main() -> int:
         "benchmark": "mcp_overhead",
         "timestamp": args.stamp,
         "machine": machine(),
-        "settings": {k: getattr(args, k) for k in ("duration", "warmup", "concurrency", "eras")},
+        "settings": {
+            k: getattr(args, k) for k in ("duration", "warmup", "concurrency", "eras", "credential")
+        },
         "runs": runs,
         "summary": summary,
     }

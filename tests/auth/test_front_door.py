@@ -464,3 +464,32 @@ async def test_subject_tokens_for_token_exchange_are_not_tokens_for_the_gateway(
     # Principals of other issuers: the gateway holds nothing to vouch for them with.
     assert await door.subject_token("https://idp.example|alice|app") is None
     assert await door.subject_token("https://gw.example||") is None
+
+
+async def test_discovery_and_token_endpoints_allow_browser_clients_and_nothing_else_does(
+    tmp_path: Path,
+) -> None:
+    async with front_door(tmp_path) as s:
+        base = s.gw.base_url
+        origin = {"Origin": "https://inspector.example"}
+        for path in ("/oauth/token", "/oauth/register", "/.well-known/oauth-protected-resource/mcp"):
+            preflight = await s.http.options(
+                base + path, headers={**origin, "Access-Control-Request-Method": "POST"}
+            )
+            assert preflight.status_code == 204
+            assert preflight.headers["access-control-allow-origin"] == "*"
+            assert "access-control-allow-credentials" not in preflight.headers
+        for path in (
+            "/.well-known/oauth-authorization-server",
+            "/.well-known/oauth-protected-resource/mcp",
+            "/oauth/jwks.json",
+        ):
+            response = await s.http.get(base + path, headers=origin)
+            assert response.status_code == 200
+            assert response.headers["access-control-allow-origin"] == "*"
+        # The MCP endpoint and the admin API keep their own policy: no CORS grant.
+        refused = await post_call(s, s.token(), **origin)
+        assert refused.status_code == 403
+        assert "access-control-allow-origin" not in refused.headers
+        admin = await s.http.get(base + "/admin/api/v1/servers", headers=origin)
+        assert "access-control-allow-origin" not in admin.headers

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import anyio
 import httpx2
 import pytest
 from mcp import Client
@@ -41,10 +40,6 @@ from starlette.routing import Route
 from tests.harness import MODES, Gateway, Mode, running_gateway
 from tests.servers import serve
 from tests.upstreams import echo_upstream
-from tollhouse.auth.passwords import Passwords
-from tollhouse.registry.identity_store import SqlIdentityStore
-from tollhouse.registry.migrate import create_engine_for, database_url_for
-from tollhouse.registry.models import User
 
 pytestmark = pytest.mark.anyio
 
@@ -128,15 +123,11 @@ async def gateway_with_echo(tmp_path: Path) -> AsyncIterator[Gateway]:
         running_gateway(tmp_path) as gateway,
     ):
         await gateway.add_server("echo", upstream)
-        # The same database the gateway uses (its data_dir); no admin API for users is needed here.
-        engine = create_engine_for(database_url_for(None, str(tmp_path / "data")))
-        try:
-            password_hash = await anyio.to_thread.run_sync(Passwords().hash, PASSWORD)
-            await SqlIdentityStore(engine).create_user(
-                User(subject="alice", password_hash=password_hash, teams=("platform",))
-            )
-        finally:
-            engine.dispose()
+        await gateway.admin.post("/teams", json={"name": "platform"})
+        created = await gateway.admin.post(
+            "/users", json={"name": "alice", "password": PASSWORD, "teams": ["platform"]}
+        )
+        assert created.status_code == 201, created.text
         yield gateway
 
 

@@ -20,6 +20,7 @@ from tests.databases import scratch_postgres
 from tests.harness import running_gateway
 from tests.servers import serve
 from tollhouse.gateway.cli import main
+from tollhouse.gateway.serve import load_settings, serve_main
 
 pytestmark = pytest.mark.anyio
 
@@ -150,3 +151,23 @@ async def test_the_openapi_document_lists_every_admin_route(tmp_path: Path) -> N
             "/teams/{name}",
             "/auth/failures",
         } == paths
+
+
+def test_serve_refuses_a_plain_http_issuer_off_loopback_and_names_the_way_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TOLLHOUSE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("TOLLHOUSE_PUBLIC_URL", "http://gw.example")
+    assert serve_main() == 2
+    err = capsys.readouterr().err
+    assert "invalid settings: public_url must be https://" in err
+    assert "TOLLHOUSE_AUTH__BUILTIN_SERVER=false" in err
+    # Loopback http (demo, tests) and https are fine; so is http with the built-in server off.
+    for url, builtin in (
+        ("http://127.0.0.1:9", "true"),
+        ("https://gw.example", "true"),
+        ("http://gw.example", "false"),
+    ):
+        monkeypatch.setenv("TOLLHOUSE_PUBLIC_URL", url)
+        monkeypatch.setenv("TOLLHOUSE_AUTH__BUILTIN_SERVER", builtin)
+        assert load_settings().public_url == url

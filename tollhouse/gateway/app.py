@@ -20,13 +20,14 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
-from starlette.types import Scope
+from starlette.types import ASGIApp, Scope
 
 from tollhouse.auth.external import start_all
 from tollhouse.auth.middleware import BearerAuthMiddleware
 from tollhouse.auth.server import authorization_server_routes, is_dev_loopback
 from tollhouse.auth.verifiers import TokenVerifier, hash_secret
 from tollhouse.gateway.admin import AdminState, admin_app, apply_loaded
+from tollhouse.gateway.cors import DiscoveryCors
 from tollhouse.gateway.credential_wiring import bearer_identify, build_credential_services
 from tollhouse.gateway.front_door import build_front_door, poll_revocations, protected_resource_routes
 from tollhouse.gateway.guards import OriginGuard
@@ -84,7 +85,7 @@ def _default_connector_factory(
 
 def create_app(
     settings: Settings, deps: Deps | None = None, *, apply_config: LoadedConfig | None = None
-) -> Starlette:
+) -> ASGIApp:
     """Build the tollhouse ASGI app; `apply_config` is applied at start, as `tollhouse apply` would."""
     deps = deps or Deps()
     database_url = database_url_for(settings.database_url, settings.data_dir)
@@ -208,7 +209,7 @@ def create_app(
     def step_up_scopes() -> frozenset[str]:
         return frozenset(s for u in pool.upstreams() for scopes in u.scopes.values() for s in scopes)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             *protected_resource_routes(door, exists=exists, step_up_scopes=step_up_scopes),
             *(
@@ -239,6 +240,7 @@ def create_app(
         ],
         lifespan=lifespan,
     )
+    return DiscoveryCors(app)
 
 
 async def _admin_token_hash(settings: Settings, store: RegistryStore) -> str:

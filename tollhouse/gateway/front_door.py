@@ -165,7 +165,7 @@ def protected_resource_routes(
         return Response(
             orjson.dumps(body),
             media_type="application/json",
-            headers={"Cache-Control": "public, max-age=300", "Access-Control-Allow-Origin": "*"},
+            headers={"Cache-Control": "public, max-age=300"},
         )
 
     def not_found() -> Response:

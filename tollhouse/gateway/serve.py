@@ -44,7 +44,8 @@ def load_settings(
         shown = "127.0.0.1" if shown in ("0.0.0.0", "::") else shown  # noqa: S104 - a comparison
         shown = f"[{shown}]" if ":" in str(shown) else shown  # an IPv6 literal in a URL
         update["public_url"] = f"http://{shown}:{update.get('port', settings.port)}"
-    return settings.model_copy(update=update)
+    # Validated again as a whole: a flag or the file may make the combination invalid.
+    return Settings.model_validate({**settings.model_dump(), **update})
 
 
 def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
@@ -94,7 +95,12 @@ def serve_main(config: str | None = None, host: str | None = None, port: int | N
     try:
         settings = load_settings(loaded, host=host, port=port)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+            if e["loc"]
+            else e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
+        )
         print(f"tollhouse: error: invalid settings: {problems}", file=sys.stderr)
         return 2
     servers = loaded.servers if loaded else ()

@@ -6,13 +6,16 @@ Only `serve.py` builds Settings from the environment; library code receives them
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tollhouse.auth.settings import AuthSettings
 
 __all__ = ["AuthSettings", "LimitsSettings", "Settings", "UpstreamDefaults"]
+
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 class LimitsSettings(BaseModel):
@@ -65,3 +68,15 @@ class Settings(BaseSettings):
     limits: LimitsSettings = LimitsSettings()
     upstreams: UpstreamDefaults = UpstreamDefaults()
     auth: AuthSettings = AuthSettings()
+
+    @model_validator(mode="after")
+    def _issuer_over_tls(self) -> Settings:
+        # OAuth 2.1 §1.5: an authorization server's endpoints need TLS; plain http is for loopback.
+        parts = urlsplit(self.public_url)
+        if self.auth.builtin_server and parts.scheme != "https" and parts.hostname not in _LOOPBACK:
+            raise ValueError(
+                "public_url must be https:// while the built-in authorization server is on (plain http "
+                "only on loopback): set TOLLHOUSE_PUBLIC_URL to the https URL clients use, or "
+                "TOLLHOUSE_AUTH__BUILTIN_SERVER=false"
+            )
+        return self
