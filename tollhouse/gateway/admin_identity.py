@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -55,7 +56,7 @@ def identity_routes(state: AdminState, guarded: Guard, passwords: Passwords) -> 
         display = body.get("display_name")
         user = User(
             subject=subject,
-            password_hash=_hash(password) if password else None,
+            password_hash=await _hash(password) if password else None,
             display_name=display if isinstance(display, str) else None,
             roles=roles,
             teams=teams,
@@ -87,7 +88,7 @@ def identity_routes(state: AdminState, guarded: Guard, passwords: Passwords) -> 
         display = body.get("display_name")
         user = await store().update_user(
             name,
-            password_hash=_hash(password) if password else None,
+            password_hash=await _hash(password) if password else None,
             roles=_roles(body["roles"]) if "roles" in body else None,
             teams=await _teams(body["teams"]) if "teams" in body else None,
             disabled=disabled,
@@ -145,9 +146,10 @@ def identity_routes(state: AdminState, guarded: Guard, passwords: Passwords) -> 
             {"items": [f.to_json() for f in failures.recent(limit)], "counts": dict(failures.counts)}
         )
 
-    def _hash(password: str) -> str:
+    async def _hash(password: str) -> str:
         try:
-            return passwords.hash(password)
+            # argon2 costs tens of milliseconds of CPU: off the event loop.
+            return await anyio.to_thread.run_sync(passwords.hash, password)
         except PasswordError as exc:
             raise Problem(400, "Bad Request", str(exc)) from None
 
