@@ -196,3 +196,24 @@ async def test_users_and_teams_through_the_cli_with_the_password_on_stdin(
         monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
         code, _, err = await run_cli(capsys, *g, "users", "create", "nopass")
         assert code == 1 and "no password" in err
+
+
+async def test_apply_creates_teams_and_scoped_clients_and_export_writes_them_back(tmp_path: Path) -> None:
+    async with identity_gateway(tmp_path) as s:
+        config = {
+            "teams": [{"name": "platform"}, {"name": "finance", "description": "Pays"}],
+            "clients": [{"name": "ci-bot", "team": "platform", "scopes": ["calc:write"]}],
+        }
+        first = (await s.gw.admin.post("/config/apply", json={"config": config})).json()
+        assert {"team/platform", "team/finance", "client/ci-bot"} <= set(first["created"])
+        assert first["clients"][0]["client_secret"].startswith("ths_")
+        again = (await s.gw.admin.post("/config/apply", json={"config": config})).json()
+        assert again["created"] == [] and {"team/platform", "team/finance"} <= set(again["unchanged"])
+        assert [t["name"] for t in (await s.gw.admin.get("/teams")).json()["items"]] == [
+            "finance",
+            "platform",
+        ]
+        exported = (await s.gw.admin.get("/config/export")).json()
+        assert exported["teams"] == [{"name": "finance", "description": "Pays"}, {"name": "platform"}]
+        assert exported["clients"] == [{"name": "ci-bot", "team": "platform", "scopes": ["calc:write"]}]
+        assert "ths_" not in str(exported) and "thk_" not in str(exported)

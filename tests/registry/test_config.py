@@ -22,7 +22,7 @@ from tollhouse.registry.config import (
     toolset_from_dict,
     valid_tool_pattern,
 )
-from tollhouse.registry.models import ClientRecord, Toolset, Upstream, UpstreamAuth
+from tollhouse.registry.models import ClientRecord, Team, Toolset, Upstream, UpstreamAuth
 
 # The example of DESIGN.md, "Declarative configuration", verbatim.
 DESIGN_EXAMPLE = """\
@@ -118,11 +118,38 @@ def test_design_example_loads_and_warns_about_sections_of_later_versions() -> No
     )
     assert config.toolsets == (Toolset(name="support", tools=("calc__add", "files__read_*")),)
     assert config.clients == (ClientSpec(name="ci-bot", team="platform"),)
+    assert config.teams == (Team(name="platform"), Team(name="finance"))
     assert config.warnings == tuple(
         f"section '{name}' is not supported by this version yet and was ignored"
-        for name in ("agents", "teams", "policies", "limits", "prices")
+        for name in ("agents", "policies", "limits", "prices")
     )
-    assert set(PLANNED_SECTIONS) == {"agents", "teams", "policies", "limits", "prices"}
+    assert set(PLANNED_SECTIONS) == {"agents", "policies", "limits", "prices"}
+
+
+def test_teams_and_client_scopes_load_validate_and_round_trip() -> None:
+    text = """
+teams:
+  - platform
+  - {name: finance, description: "Pays for it"}
+clients:
+  - {name: ci-bot, team: platform, scopes: ["calc:write"]}
+"""
+    config = load_config(text)
+    assert config.teams == (Team("platform"), Team("finance", "Pays for it"))
+    assert config.clients == (ClientSpec("ci-bot", "platform", ("calc:write",)),)
+    data = config_to_dict(None, [], config.clients, teams=config.teams)
+    assert data["teams"] == [{"name": "platform"}, {"name": "finance", "description": "Pays for it"}]
+    assert data["clients"] == [{"name": "ci-bot", "team": "platform", "scopes": ["calc:write"]}]
+    assert config_from_dict(data) == config
+    for bad, where in (
+        ("teams: [{name: Bad Team}]", "teams[0].name"),
+        ("teams: [{name: a, colour: red}]", "teams[0].colour"),
+        ("teams: [a, a]", "teams[1].name"),
+        ('clients: [{name: x, scopes: ["has space"]}]', "clients[0].scopes"),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            load_config(bad)
+        assert caught.value.path == where, (bad, caught.value)
 
 
 def test_every_field_is_read() -> None:

@@ -51,7 +51,7 @@ from tollhouse.registry.config import (
     toolset_from_dict,
 )
 from tollhouse.registry.identity_store import SqlIdentityStore
-from tollhouse.registry.models import ClientRecord, Toolset, Upstream
+from tollhouse.registry.models import ClientRecord, Team, Toolset, Upstream
 from tollhouse.registry.secrets_store import SqlSecretStore
 from tollhouse.registry.store import RegistryStore, StoreConflictError
 
@@ -270,6 +270,7 @@ def admin_app(state: AdminState) -> Starlette:
                 prune,
                 toolsets=loaded.toolsets,
                 secrets=loaded.secrets,
+                teams=loaded.teams,
             )
         )
 
@@ -278,7 +279,10 @@ def admin_app(state: AdminState) -> Starlette:
         toolsets = await state.store.list_toolsets()
         # Names of stored secrets only: the export writes `${VAR}` references, never a value.
         stored = await _stored_fields(state)
-        return _json(config_to_dict(None, state.pool.upstreams(), clients, toolsets, secret_fields=stored))
+        teams = await state.identity.list_teams() if state.identity is not None else []
+        return _json(
+            config_to_dict(None, state.pool.upstreams(), clients, toolsets, secret_fields=stored, teams=teams)
+        )
 
     async def list_keys(request: Request) -> Response:
         return _json(await _keys_out(state))
@@ -371,8 +375,9 @@ async def apply_loaded(
     *,
     toolsets: Sequence[Toolset] = (),
     secrets: Mapping[str, Mapping[str, str]] | None = None,
+    teams: Sequence[Team] = (),
 ) -> dict[str, Any]:
-    """Upsert what a config names (servers and their secrets, toolsets, clients).
+    """Upsert what a config names (servers and their secrets, toolsets, teams, clients).
 
     With `prune`, also delete the servers and toolsets it omits; clients are never deleted (revoke them).
     A secret given again with the same value changes nothing.
@@ -406,12 +411,20 @@ async def apply_loaded(
         await state.store.upsert_toolset(toolset)
         (updated if known else created).append(f"toolset/{toolset.name}")
         toolsets_changed = True
+    if teams and state.identity is not None:
+        known_teams = {t.name: t for t in await state.identity.list_teams()}
+        for team in teams:
+            if team.name in known_teams and known_teams[team.name].description == team.description:
+                unchanged.append(f"team/{team.name}")
+                continue
+            await state.identity.upsert_team(team)
+            (updated if team.name in known_teams else created).append(f"team/{team.name}")
     for spec in clients:
         existing_client = await state.store.get_client_by_name(spec.name)
         if existing_client is not None:
             unchanged.append(f"client/{spec.name}")
             continue
-        client, credentials = await _new_client(state, spec.name, spec.team)
+        client, credentials = await _new_client(state, spec.name, spec.team, spec.scopes)
         created.append(f"client/{spec.name}")
         new_keys.append(
             {"client_id": client.client_id, "name": client.name, "team": client.team, **credentials}

@@ -269,6 +269,7 @@ async def _apply_at_start(state: AdminState, config: LoadedConfig) -> None:
         prune=False,
         toolsets=config.toolsets,
         secrets=config.secrets,
+        teams=config.teams,
     )
     for client in summary["clients"]:
         # New clients' keys exist only now; print them once, never log them.

@@ -36,9 +36,11 @@ from tollhouse.registry.models import (
     OAUTH_AUTH_TYPES,
     RESERVED_NAMES,
     SEPARATOR,
+    TEAM_NAME_RE,
     UPSTREAM_NAME_RE,
     AuthType,
     ClientRecord,
+    Team,
     Toolset,
     Transport,
     Upstream,
@@ -72,8 +74,8 @@ __all__ = [
     "valid_tool_pattern",
 ]
 
-IMPLEMENTED_SECTIONS = ("gateway", "servers", "toolsets", "clients")
-PLANNED_SECTIONS = ("agents", "teams", "policies", "limits", "prices")
+IMPLEMENTED_SECTIONS = ("gateway", "servers", "toolsets", "teams", "clients")
+PLANNED_SECTIONS = ("agents", "policies", "limits", "prices")
 
 _GATEWAY_KEYS = ("public_url", "auth")
 _SERVER_KEYS = (
@@ -133,7 +135,8 @@ _AUTH_FORMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 _SECRET_REQUIRED = frozenset({"bearer", "header", "oauth_client_credentials", "token_exchange"})
 _SECRET_REF_RE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _TIMEOUT_KEYS = {"connect_seconds": "connect_timeout_seconds", "call_seconds": "call_timeout_seconds"}
-_CLIENT_KEYS = ("name", "team")
+_CLIENT_KEYS = ("name", "team", "scopes")
+_TEAM_KEYS = ("name", "description")
 _TOOLSET_KEYS = ("name", "description", "tools", "aliases")
 
 _ALL_SECTIONS = IMPLEMENTED_SECTIONS + PLANNED_SECTIONS
@@ -181,6 +184,7 @@ class ClientSpec:
 
     name: str
     team: str | None = None
+    scopes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -192,6 +196,7 @@ class LoadedConfig:
     clients: tuple[ClientSpec, ...] = ()
     warnings: tuple[str, ...] = ()
     toolsets: tuple[Toolset, ...] = ()
+    teams: tuple[Team, ...] = ()
     # server name -> secret field -> value, to be stored encrypted; kept out of repr and logs.
     secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict, repr=False)
 
@@ -332,12 +337,15 @@ def _config(data: Any) -> LoadedConfig:
     _no_duplicates([t.name for t in toolsets], "toolsets")
     clients = tuple(_client(item, f"clients[{i}]") for i, item in enumerate(_list(data, "clients", "")))
     _no_duplicates([c.name for c in clients], "clients")
+    teams = tuple(_team(item, f"teams[{i}]") for i, item in enumerate(_list(data, "teams", "")))
+    _no_duplicates([t.name for t in teams], "teams")
     return LoadedConfig(
         gateway=gateway,
         servers=servers,
         clients=clients,
         warnings=tuple(warnings),
         toolsets=toolsets,
+        teams=teams,
         secrets=secrets,
     )
 
@@ -596,7 +604,26 @@ def _client(value: Any, path: str) -> ClientSpec:
                 f"{item!r} is not a valid {key}: use 1-64 letters, digits, '.', '_' and '-', "
                 "starting with a letter or digit",
             )
-    return ClientSpec(name=name, team=team)
+    scopes = data.get("scopes")
+    if scopes is None:
+        scopes = []
+    if not isinstance(scopes, list) or not all(isinstance(x, str) and _SCOPE_TOKEN.match(x) for x in scopes):
+        raise ConfigError(_join(path, "scopes"), "expected a list of OAuth scopes")
+    return ClientSpec(name=name, team=team, scopes=tuple(sorted(set(scopes))))
+
+
+def _team(value: Any, path: str) -> Team:
+    if isinstance(value, str):
+        value = {"name": value}
+    data = _mapping(value, path, _TEAM_KEYS)
+    name = _str(data, "name", path)
+    if name is None:
+        raise ConfigError(_join(path, "name"), "required")
+    if not TEAM_NAME_RE.match(name):
+        raise ConfigError(
+            _join(path, "name"), f"{name!r} is not a valid team name: use [a-z0-9][a-z0-9_.-]{{0,63}}"
+        )
+    return Team(name=name, description=_str(data, "description", path))
 
 
 def valid_tool_name(name: str) -> bool:
@@ -860,6 +887,7 @@ def config_to_dict(
     clients: Sequence[ClientRecord | ClientSpec],
     toolsets: Sequence[Toolset] = (),
     secret_fields: Mapping[str, Collection[str]] | None = None,
+    teams: Sequence[Team] = (),
 ) -> dict[str, Any]:
     """The configuration as a plain mapping in the file's shape; empty sections are omitted.
 
@@ -879,11 +907,20 @@ def config_to_dict(
         out["servers"] = [server_to_dict(s, stored.get(s.name, ())) for s in servers]
     if toolsets:
         out["toolsets"] = [toolset_to_dict(t) for t in toolsets]
+    if teams:
+        out["teams"] = [
+            {"name": t.name} | ({"description": t.description} if t.description else {}) for t in teams
+        ]
     entries: list[dict[str, Any]] = []
     for client in clients:
-        if isinstance(client, ClientRecord) and not client.active:
-            continue
-        entries.append({"name": client.name} | ({"team": client.team} if client.team is not None else {}))
+        if isinstance(client, ClientRecord) and (not client.active or client.registration != "admin"):
+            continue  # revoked clients, and those that registered themselves (DCR), are not config
+        entry: dict[str, Any] = {"name": client.name}
+        if client.team is not None:
+            entry["team"] = client.team
+        if client.scopes:
+            entry["scopes"] = list(client.scopes)
+        entries.append(entry)
     if entries:
         out["clients"] = entries
     return out
