@@ -25,7 +25,11 @@ from tests.servers import serve
 from tests.upstreams import HeaderRecorder, echo_upstream, legacy_only
 from tollhouse.auth.ssrf import UrlPolicy
 from tollhouse.gateway.cli import main
-from tollhouse.gateway.errors import UPSTREAM_AUTHORIZATION_REQUIRED, UpstreamAuthorizationRequired
+from tollhouse.gateway.errors import (
+    UPSTREAM_AUTHORIZATION_REQUIRED,
+    URL_ELICITATION_REQUIRED,
+    UpstreamAuthorizationRequired,
+)
 from tollhouse.gateway.settings import UpstreamDefaults
 from tollhouse.gateway.streamable_http import HttpUpstream
 from tollhouse.gateway.upstream_credentials import ClientCredentials, OAuthClient, TokenExchangeCredentials
@@ -347,10 +351,22 @@ async def test_per_user_authorization_code_connect_flow(tmp_path: Path) -> None:
         async with gw.client(bob, "2026-07-28") as client:
             with pytest.raises(MCPError) as bobs:
                 await client.call_tool("docs__echo", {"text": "hi"})
+
+        async def no_form(context: Any, params: Any) -> Any:
+            raise AssertionError("the gateway asks for a URL, not a form")
+
+        # A 2025-11-25 session client that supports URL elicitation gets MCP's own -32042.
+        async with gw.client(bob, "legacy", elicitation_callback=no_form) as client:
+            with pytest.raises(MCPError) as url_mode:
+                await client.call_tool("docs__echo", {"text": "hi"})
         shown = (await gw.admin.get("/servers/docs")).text
 
     assert anonymous.status_code == 401
     assert bobs.value.code == UPSTREAM_AUTHORIZATION_REQUIRED
+    assert url_mode.value.code == URL_ELICITATION_REQUIRED
+    (elicitation,) = url_mode.value.data["elicitations"]
+    assert elicitation["mode"] == "url" and urlsplit(elicitation["url"]).path == path
+    assert elicitation["elicitationId"] and "docs" in elicitation["message"]
     assert guard.subjects("tools/call") == ["alice@upstream"] * 3
     assert issuer.grants[:1] == ["authorization_code"] and issuer.grants.count("refresh_token") >= 2
     assert "gw-secret" not in shown

@@ -30,6 +30,7 @@ __all__ = [
     "UpstreamRpcError",
     "UpstreamTimeout",
     "UpstreamUnavailable",
+    "UrlElicitationRequired",
     "http_status",
 ]
 
@@ -49,6 +50,8 @@ UPSTREAM_TIMEOUT = -31002
 UPSTREAM_PROTOCOL_ERROR = -31003
 INSUFFICIENT_SCOPE = -31010
 UPSTREAM_AUTHORIZATION_REQUIRED = -31004
+# MCP 2025-11-25: "URL elicitation required" (the client sends the user to a URL, then retries).
+URL_ELICITATION_REQUIRED = -32042
 
 
 class GatewayError(Exception):
@@ -147,6 +150,27 @@ class UpstreamAuthorizationRequired(GatewayError):
         if connect_url is not None:
             data["connect_url"] = connect_url
         super().__init__(f"Authorization required for upstream: {server}", data)
+
+
+class UrlElicitationRequired(GatewayError):
+    """2025-11-25 clients that support URL-mode elicitation get the connect URL in MCP's own error.
+
+    The client shows `message` and opens `url` (the upstream-account connect flow), then
+    retries the call; clients without the capability get -31004 with `data.connect_url`.
+    """
+
+    code = URL_ELICITATION_REQUIRED
+
+    def __init__(self, server: str, url: str, elicitation_id: str) -> None:
+        message = f"Connect your account for {server} to continue"
+        super().__init__(
+            "URL elicitation required",
+            {
+                "elicitations": [
+                    {"mode": "url", "message": message, "url": url, "elicitationId": elicitation_id}
+                ]
+            },
+        )
 
 
 class UpstreamRpcError(GatewayError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,8 +22,10 @@ from tollhouse.gateway.errors import (
     MethodNotFound,
     UnknownPrompt,
     UnknownResource,
+    UpstreamAuthorizationRequired,
     UpstreamProtocolError,
     UpstreamUnavailable,
+    UrlElicitationRequired,
 )
 from tollhouse.gateway.pipeline import CallContext, Pipeline
 from tollhouse.gateway.pool import UpstreamPool
@@ -217,7 +220,15 @@ class McpHandlers:
             request_state=params.get("requestState"),
             task=_object_or_none(params.get("task")),
         )
-        result = await self._pipeline(ctx)
+        try:
+            result = await self._pipeline(ctx)
+        except UpstreamAuthorizationRequired as exc:
+            connect_url = (exc.data or {}).get("connect_url")
+            if connect_url and _supports_url_elicitation(rc):
+                raise UrlElicitationRequired(
+                    str((exc.data or {}).get("server")), str(connect_url), secrets.token_urlsafe(12)
+                ) from None
+            raise
         upstream_task = _created_task(result)
         if upstream_task is not None:
             server = ctx.name.partition("__")[0]
@@ -449,3 +460,11 @@ def _decode_cursor(params: JSONObject, kind: str) -> str | None:
     if prefix != kind or not sep:
         raise InvalidArguments("Invalid cursor")
     return value
+
+
+def _supports_url_elicitation(rc: RequestContext) -> bool:
+    """A 2025-11-25 session client that declared `elicitation.url` (its error -32042 is session-era only)."""
+    if rc.modern or rc.protocol_version < "2025-11-25":
+        return False
+    elicitation = (rc.client_capabilities or {}).get("elicitation")
+    return isinstance(elicitation, dict) and isinstance(elicitation.get("url"), dict)
