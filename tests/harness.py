@@ -74,6 +74,20 @@ class Gateway:
             yield c
 
 
+def initialize_request(version: str = "2025-11-25", request_id: int = 1) -> dict[str, Any]:
+    """A raw session-era `initialize` request body, for tests that speak HTTP themselves."""
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": version,
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "0"},
+        },
+    }
+
+
 def gateway_settings(tmp_path: Path, **overrides: Any) -> Settings:
     """Settings for a test gateway: SQLite under tmp_path, a known admin token, fast retries."""
     values: dict[str, Any] = {

@@ -25,7 +25,7 @@ import pytest
 from joserfc import jwt
 from pydantic import SecretStr
 
-from tests.harness import Gateway, running_gateway
+from tests.harness import Gateway, initialize_request, running_gateway
 from tests.servers import serve
 from tests.upstreams import HeaderRecorder, echo_upstream
 from tollhouse.auth.keyring import KeyRing, format_secret_key
@@ -367,16 +367,7 @@ async def _legacy_call(s: Setup, token: str, tool: str, arguments: dict[str, Any
         "Content-Type": "application/json",
         "Accept": "application/json, text/event-stream",
     }
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "raw", "version": "0"},
-        },
-    }
+    init = initialize_request()
     response = await s.http.post(s.gw.mcp_url, json=init, headers=headers)
     assert response.status_code == 200, response.text
     session = response.headers["mcp-session-id"]

@@ -17,7 +17,7 @@ import pytest
 from pydantic import SecretStr
 
 from tests.databases import scratch_postgres
-from tests.harness import running_gateway
+from tests.harness import initialize_request, running_gateway
 from tests.servers import serve
 from tests.upstreams import echo_upstream
 from tollhouse.auth.keyring import KeyRing, format_secret_key
@@ -26,16 +26,7 @@ from tollhouse.auth.tokens import TokenIssuer
 
 pytestmark = pytest.mark.anyio
 
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "t", "version": "0"},
-    },
-}
+INIT = initialize_request()
 HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
 
 

@@ -10,7 +10,7 @@ from mcp import MCPError
 from mcp.types import PromptReference, TextContent, TextResourceContents
 
 from examples.servers import notes, studio
-from tests.harness import MODES, Mode, running_gateway
+from tests.harness import MODES, Mode, initialize_request, running_gateway
 from tests.servers import serve
 from tollhouse.gateway.errors import INVALID_PARAMS
 
@@ -56,16 +56,7 @@ async def test_unknown_server_endpoints_are_404_and_sessions_stay_on_their_endpo
         await gw.add_server("studio", studio_url)
         key = await gw.create_client("agent")
         auth = {"Authorization": f"Bearer {key}", "Accept": "application/json, text/event-stream"}
-        init = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "t", "version": "0"},
-            },
-        }
+        init = initialize_request()
         async with httpx2.AsyncClient(trust_env=False) as http:
             missing = await http.post(f"{gw.base_url}/servers/nope/mcp", json=init, headers=auth)
             assert missing.status_code == 404

@@ -16,7 +16,7 @@ from mcp import MCPError
 from mcp.types import CallToolResult, TextContent
 
 from examples.servers import notes, studio
-from tests.harness import ADMIN_TOKEN, MODES, Gateway, Mode, running_gateway
+from tests.harness import ADMIN_TOKEN, MODES, Gateway, Mode, initialize_request, running_gateway
 from tests.servers import serve
 from tollhouse.gateway.cli import main
 from tollhouse.gateway.errors import INVALID_PARAMS
@@ -30,16 +30,7 @@ SUPPORT = {
     "aliases": {"plus": "studio__add"},
     "description": "What the support agent may use.",
 }
-LEGACY_INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "t", "version": "0"},
-    },
-}
+LEGACY_INIT = initialize_request()
 PING = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
 
 

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 
 from examples.servers import studio
 from tests.e2e.test_cli import run_cli
-from tests.harness import ADMIN_TOKEN, Gateway, running_gateway
+from tests.harness import ADMIN_TOKEN, Gateway, initialize_request, running_gateway
 from tests.servers import serve
 from tollhouse.auth.keyring import KeyRing, format_secret_key
 from tollhouse.auth.tokens import TokenIssuer
@@ -137,16 +137,7 @@ async def test_disabling_or_removing_a_user_revokes_their_tokens_at_once(tmp_pat
             "Content-Type": "application/json",
             "Accept": "application/json, text/event-stream",
         }
-        init = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "t", "version": "0"},
-            },
-        }
+        init = initialize_request()
 
         async def status(token: str) -> int:
             response = await s.http.post(

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from examples.servers import studio
-from tests.harness import Gateway, running_gateway
+from tests.harness import Gateway, initialize_request, running_gateway
 from tests.servers import serve
 from tollhouse.gateway.errors import (
     HEADER_MISMATCH,
@@ -228,16 +228,7 @@ async def test_transport_level_refusals_use_http_status(setup: Any) -> None:
 async def test_a_session_belongs_to_the_principal_that_created_it(setup: Any) -> None:
     gw, key, http = setup
     other = await gw.create_client("other")
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "raw", "version": "0"},
-        },
-    }
+    init = initialize_request()
     legacy = {"Content-Type": "application/json", "Accept": ACCEPT}
     response = await http.post(gw.mcp_url, json=init, headers={**legacy, "Authorization": f"Bearer {key}"})
     assert response.status_code == 200
@@ -372,16 +363,7 @@ async def _read_events(response: httpx2.Response, count: int) -> list[dict[str, 
 
 async def test_a_session_stream_resumes_after_last_event_id_with_what_it_missed(setup: Any) -> None:
     gw, key, http = setup
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "raw", "version": "0"},
-        },
-    }
+    init = initialize_request()
     auth = {"Authorization": f"Bearer {key}", "Accept": ACCEPT}
     created = await http.post(gw.mcp_url, json=init, headers=auth)
     stream_headers = {
