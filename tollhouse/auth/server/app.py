@@ -514,9 +514,12 @@ class _Handlers:
 
     # -- token, registration, revocation ---------------------------------------------------
 
-    async def token(self, request: Request) -> Response:
+    async def _client_form(
+        self, request: Request, limit: Buckets, path: str
+    ) -> tuple[FormRequest, str] | Response:
+        """The throttled, size-capped form of a client-authenticated POST, or the refusal."""
         address = self.source_address(request)
-        wait = self.limits.token.take(address) or self.limits.token_failures.exhausted(address)
+        wait = limit.take(address) or self.limits.token_failures.exhausted(address)
         if wait:
             return json_too_many(wait)
         form = await self._form(request)
@@ -525,11 +528,21 @@ class _Handlers:
         if not basic_header_ok(request):
             self.limits.token_failures.take(address)
             return json_error("invalid_client", "Malformed Basic credentials.", 401)
-        oauth_request = self._oauth_request("POST", "/oauth/token", form, request)
-        answer: AuthlibResponse = await self.server.call(self.server.create_token_response, oauth_request)
+        return self._oauth_request("POST", path, form, request), address
+
+    def _answer_client(self, answer: AuthlibResponse, address: str) -> Response:
         if is_client_failure(answer):
+            # Failed client authentication counts towards the address's lockout.
             self.limits.token_failures.take(address)
         return to_response(answer)
+
+    async def token(self, request: Request) -> Response:
+        prepared = await self._client_form(request, self.limits.token, "/oauth/token")
+        if isinstance(prepared, Response):
+            return prepared
+        oauth_request, address = prepared
+        answer: AuthlibResponse = await self.server.call(self.server.create_token_response, oauth_request)
+        return self._answer_client(answer, address)
 
     async def register(self, request: Request) -> Response:
         wait = self.limits.register.take(self.source_address(request))
@@ -551,23 +564,14 @@ class _Handlers:
         return to_response(answer)
 
     async def revoke(self, request: Request) -> Response:
-        address = self.source_address(request)
-        wait = self.limits.revoke.take(address) or self.limits.token_failures.exhausted(address)
-        if wait:
-            return json_too_many(wait)
-        form = await self._form(request)
-        if form is None:
-            return json_error("invalid_request", "The request body is too large or malformed.", 400)
-        if not basic_header_ok(request):
-            self.limits.token_failures.take(address)
-            return json_error("invalid_client", "Malformed Basic credentials.", 401)
-        oauth_request = self._oauth_request("POST", "/oauth/revoke", form, request)
+        prepared = await self._client_form(request, self.limits.revoke, "/oauth/revoke")
+        if isinstance(prepared, Response):
+            return prepared
+        oauth_request, address = prepared
         answer: AuthlibResponse = await self.server.call(
             self.server.create_endpoint_response, "revocation", oauth_request
         )
-        if is_client_failure(answer):
-            self.limits.token_failures.take(address)
-        return to_response(answer)
+        return self._answer_client(answer, address)
 
     # -- helpers ---------------------------------------------------------------------------
 
