@@ -514,6 +514,18 @@ class _OAuthBase:
         """The upstream's name."""
         return self._upstream.name
 
+    async def _fresh(self, key: str, load: Callable[[], Awaitable[TokenSet]]) -> TokenSet:
+        """The cached token for `key`, or a new one from `load` (one load per key at a time)."""
+        token = self._cache.get(key)
+        if token is None or not token.fresh(self._oauth.clock()):
+            async with self._locks.hold(key):
+                # Whoever waited for the lock finds the token the holder loaded.
+                token = self._cache.get(key)
+                if token is None or not token.fresh(self._oauth.clock()):
+                    token = await load()
+                    self._cache.put(key, token)
+        return token
+
     async def _client_secret(self) -> str | None:
         try:
             return await client_secret(self._upstream, self._environ, self._secrets)
@@ -555,14 +567,7 @@ class ClientCredentials(_OAuthBase):
         Raises:
             UpstreamUnavailable: no token could be had.
         """
-        token = self._cache.get(self._KEY)
-        if token is None or not token.fresh(self._oauth.clock()):
-            async with self._locks.hold(self._KEY):
-                token = self._cache.get(self._KEY)
-                if token is None or not token.fresh(self._oauth.clock()):
-                    token = await self._fetch()
-                    self._cache.put(self._KEY, token)
-        return self._header(token)
+        return self._header(await self._fresh(self._KEY, self._fetch))
 
     async def _fetch(self) -> TokenSet:
         try:
@@ -609,14 +614,7 @@ class TokenExchangeCredentials(_OAuthBase):
         """
         if principal_key is None:
             return {}
-        token = self._cache.get(principal_key)
-        if token is None or not token.fresh(self._oauth.clock()):
-            async with self._locks.hold(principal_key):
-                token = self._cache.get(principal_key)
-                if token is None or not token.fresh(self._oauth.clock()):
-                    token = await self._exchange(principal_key)
-                    self._cache.put(principal_key, token)
-        return self._header(token)
+        return self._header(await self._fresh(principal_key, lambda: self._exchange(principal_key)))
 
     async def _exchange(self, principal_key: str) -> TokenSet:
         subject = None if self._subject_token_for is None else await self._subject_token_for(principal_key)
@@ -678,14 +676,7 @@ class AuthorizationCodeCredentials(_OAuthBase):
         if principal_key is None:
             return {}
         subject = vault_subject(principal_key)
-        token = self._cache.get(subject)
-        if token is None or not token.fresh(self._oauth.clock()):
-            async with self._locks.hold(subject):
-                token = self._cache.get(subject)
-                if token is None or not token.fresh(self._oauth.clock()):
-                    token = await self._load(subject)
-                    self._cache.put(subject, token)
-        return self._header(token)
+        return self._header(await self._fresh(subject, lambda: self._load(subject)))
 
     async def _load(self, subject: str) -> TokenSet:
         try:
