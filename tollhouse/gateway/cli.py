@@ -18,16 +18,32 @@ import math
 import os
 import shlex
 import sys
-from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, date, datetime
+from collections.abc import Callable
+from datetime import date, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Any
-from urllib.parse import quote, urlsplit
-
-import httpx2
 
 from tollhouse import __version__
+from tollhouse.gateway import cli_identity
+from tollhouse.gateway.cli_common import (
+    DEFAULT_URL,
+    PROG,
+    CliError,
+    UsageError,
+    admin_client,
+    clean,
+    fields,
+    items_of,
+    list_of,
+    print_json,
+    seconds_text,
+    seg,
+    short,
+    sub_document,
+    table,
+    warn,
+    when,
+)
 from tollhouse.registry.config import (
     ConfigError,
     config_from_dict,
@@ -38,191 +54,8 @@ from tollhouse.registry.config import (
 
 __all__ = ["DEFAULT_URL", "build_parser", "main"]
 
-DEFAULT_URL = "http://127.0.0.1:8000"
-API_PREFIX = "/admin/api/v1"
-TIMEOUT_SECONDS = 30.0
-PROG = "tollhouse"
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-class CliError(Exception):
-    """A failure reported as one line on stderr; the command exits 1."""
-
-
-class UsageError(CliError):
-    """Arguments that parse but do not make sense together; the command exits 2 with its usage."""
-
-
-# --- the admin API client --------------------------------------------------------------------
-
-
-class AdminClient:
-    """A short-lived synchronous client of one gateway's admin API."""
-
-    def __init__(self, url: str, token: str | None) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise CliError(f"invalid gateway URL {url!r}: expected http://HOST[:PORT] or https://HOST[:PORT]")
-        self.url = url.rstrip("/")
-        self.token = token
-        self.last_status: int | None = None  # HTTP status of the last successful answer
-        headers = {"Accept": "application/json", "User-Agent": f"tollhouse-cli/{__version__}"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        # trust_env=False: a proxy variable must not divert admin credentials.
-        self._http = httpx2.Client(
-            base_url=self.url + API_PREFIX, headers=headers, timeout=TIMEOUT_SECONDS, trust_env=False
-        )
-
-    def __enter__(self) -> AdminClient:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._http.close()
-
-    def request(
-        self, method: str, path: str, *, body: Any = None, params: dict[str, str] | None = None
-    ) -> dict[str, Any]:
-        """Send one request; returns the JSON object it answers (empty for 204 No Content).
-
-        Raises:
-            CliError: the gateway is unreachable, or answered with an error.
-        """
-        content = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if content is not None else None
-        try:
-            response = self._http.request(method, path, content=content, params=params, headers=headers)
-        except httpx2.ConnectError:
-            raise CliError(f"cannot reach the gateway at {self.url} (is it running?)") from None
-        except httpx2.TimeoutException:
-            raise CliError(
-                f"the gateway at {self.url} did not answer within {TIMEOUT_SECONDS:g} seconds"
-            ) from None
-        except httpx2.HTTPError as exc:
-            raise CliError(f"request to the gateway at {self.url} failed: {_clean(str(exc))}") from None
-        if response.status_code >= 400:
-            raise CliError(self._problem(response))
-        if response.is_redirect:
-            where = _clean(response.headers.get("location"))
-            raise CliError(
-                f"the gateway at {self.url} redirects to {where}; pass the address it names with --url"
-            )
-        self.last_status = response.status_code
-        if response.status_code == 204:
-            return {}
-        try:
-            document = response.json()
-        except ValueError:
-            document = None
-        if not isinstance(document, dict):
-            raise CliError(
-                f"the gateway at {self.url} did not answer with a JSON object (is it a tollhouse gateway?)"
-            )
-        return document
-
-    def _problem(self, response: httpx2.Response) -> str:
-        """The `detail` of an application/problem+json answer (RFC 9457), as one line."""
-        detail = None
-        try:
-            problem = response.json()
-        except ValueError:
-            problem = None
-        if isinstance(problem, dict):
-            detail = problem.get("detail") or problem.get("title")
-        if not isinstance(detail, str) or not detail.strip():
-            detail = f"the gateway answered HTTP {response.status_code} {response.reason_phrase}".rstrip()
-        detail = _clean(detail)
-        if response.status_code == 401 and not self.token:
-            detail += " (pass --token or set TOLLHOUSE_ADMIN_TOKEN)"
-        return detail
-
-
-def _client(args: argparse.Namespace) -> AdminClient:
-    url = getattr(args, "url", None) or os.environ.get("TOLLHOUSE_URL") or DEFAULT_URL
-    token = getattr(args, "token", None) or os.environ.get("TOLLHOUSE_ADMIN_TOKEN") or None
-    return AdminClient(url, token)
-
-
-def _seg(value: str) -> str:
-    """One URL path segment: names never smuggle in a '/' or a query."""
-    return quote(value, safe="")
-
-
-# --- output ----------------------------------------------------------------------------------
-
-
-def _print_json(data: Any) -> None:
-    # ensure_ascii (the default) escapes control characters, so upstream text cannot drive the terminal.
-    print(json.dumps(data, indent=2))
-
-
-def _clean(value: Any) -> str:
-    """A value as one printable line: upstream text may carry newlines or terminal escape sequences."""
-    if value is None:
-        return "-"
-    text = "".join(ch if ch.isprintable() else " " for ch in str(value))
-    return " ".join(text.split()) or "-"
-
-
-def _short(value: Any, width: int = 60) -> str:
-    text = _clean(value)
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _when(value: Any) -> str:
-    if not isinstance(value, str):
-        return "-"
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return _clean(value)
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%d %H:%M") + (" UTC" if moment.tzinfo is not None else "")
-
-
-def _seconds_text(value: Any) -> str:
-    return f"{value:g}s" if isinstance(value, int | float) else "-"
-
-
-def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    cells = [[_clean(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    for row in [list(headers), *cells]:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
-def _fields(pairs: Iterable[tuple[str, Any]]) -> None:
-    pairs = list(pairs)
-    width = max(len(k) for k, _ in pairs) + 1
-    for key, value in pairs:
-        print(f"{key + ':':<{width}} {value}")
-
-
-def _sub(document: dict[str, Any], key: str) -> dict[str, Any]:
-    """A nested object of an answer, or an empty one."""
-    value = document.get(key)
-    return value if isinstance(value, dict) else {}
-
-
-def _list(document: dict[str, Any], key: str) -> list[Any]:
-    """A nested list of an answer, or an empty one."""
-    value = document.get(key)
-    return value if isinstance(value, list) else []
-
-
-def _items(data: dict[str, Any]) -> list[dict[str, Any]]:
-    items = data.get("items")
-    if not isinstance(items, list):
-        raise CliError("unexpected answer from the gateway: no 'items' list")
-    return [i for i in items if isinstance(i, dict)]
-
-
-def _warn(message: str) -> None:
-    print(f"{PROG}: warning: {_clean(message)}", file=sys.stderr)
 
 
 # --- servers ---------------------------------------------------------------------------------
@@ -231,8 +64,8 @@ def _warn(message: str) -> None:
 def _target(server: dict[str, Any]) -> str:
     command = server.get("command")
     if command and isinstance(command, list):
-        return _clean(shlex.join(str(w) for w in command))
-    return _clean(server.get("url"))
+        return clean(shlex.join(str(w) for w in command))
+    return clean(server.get("url"))
 
 
 def _command_words(words: list[str], extra: list[str] | None) -> list[str]:
@@ -276,37 +109,37 @@ def _servers_add(args: argparse.Namespace) -> int:
         body["connect_timeout_seconds"] = args.connect_timeout
     if args.call_timeout is not None:
         body["call_timeout_seconds"] = args.call_timeout
-    with _client(args) as api:
+    with admin_client(args) as api:
         server = api.request("POST", "/servers", body=body)
     if args.json:
-        _print_json(server)
+        print_json(server)
         return 0
-    health = _sub(server, "health").get("status", "unknown")
+    health = sub_document(server, "health").get("status", "unknown")
     print(
-        f"added server {_clean(server.get('name'))} ({_clean(server.get('transport'))}, {_target(server)}): "
-        f"{server.get('tool_count', 0)} tools, health {_clean(health)}"
+        f"added server {clean(server.get('name'))} ({clean(server.get('transport'))}, {_target(server)}): "
+        f"{server.get('tool_count', 0)} tools, health {clean(health)}"
     )
     return 0
 
 
 def _servers_list(args: argparse.Namespace) -> int:
-    with _client(args) as api:
+    with admin_client(args) as api:
         data = api.request("GET", "/servers")
     if args.json:
-        _print_json(data)
+        print_json(data)
         return 0
-    servers = _items(data)
+    servers = items_of(data)
     if not servers:
         print("no servers registered")
         return 0
-    _table(
+    table(
         ("NAME", "TRANSPORT", "TARGET", "HEALTH", "MODE", "ERA", "TOOLS"),
         (
             (
                 s.get("name"),
                 s.get("transport"),
                 _target(s),
-                _sub(s, "health").get("status"),
+                sub_document(s, "health").get("status"),
                 s.get("failure_mode", "open"),
                 s.get("era"),
                 s.get("tool_count"),
@@ -318,67 +151,67 @@ def _servers_list(args: argparse.Namespace) -> int:
 
 
 def _servers_show(args: argparse.Namespace) -> int:
-    with _client(args) as api:
-        server = api.request("GET", f"/servers/{_seg(args.name)}")
+    with admin_client(args) as api:
+        server = api.request("GET", f"/servers/{seg(args.name)}")
     if args.json:
-        _print_json(server)
+        print_json(server)
         return 0
-    health, auth = _sub(server, "health"), _sub(server, "auth")
-    auth_text = _clean(auth.get("type", "none"))
+    health, auth = sub_document(server, "health"), sub_document(server, "auth")
+    auth_text = clean(auth.get("type", "none"))
     for key in ("token_env", "header", "value_env"):
         if auth.get(key):
-            auth_text += f" {key}={_clean(auth[key])}"
+            auth_text += f" {key}={clean(auth[key])}"
     pairs: list[tuple[str, Any]] = [
-        ("name", _clean(server.get("name"))),
-        ("transport", _clean(server.get("transport"))),
+        ("name", clean(server.get("name"))),
+        ("transport", clean(server.get("transport"))),
         ("url" if server.get("url") else "command", _target(server)),
     ]
-    if env := _sub(server, "env"):
-        pairs.append(("env", " ".join(f"{_clean(k)}={_clean(v)}" for k, v in env.items())))
+    if env := sub_document(server, "env"):
+        pairs.append(("env", " ".join(f"{clean(k)}={clean(v)}" for k, v in env.items())))
     if server.get("cwd"):
-        pairs.append(("cwd", _clean(server["cwd"])))
+        pairs.append(("cwd", clean(server["cwd"])))
     pairs += [
         ("auth", auth_text),
         ("enabled", "yes" if server.get("enabled", True) else "no"),
-        ("approval", _clean(server.get("approval"))),
-        ("fail mode", _clean(server.get("failure_mode", "open"))),
+        ("approval", clean(server.get("approval"))),
+        ("fail mode", clean(server.get("failure_mode", "open"))),
         (
             "timeouts",
-            f"connect {_seconds_text(server.get('connect_timeout_seconds'))}, "
-            f"call {_seconds_text(server.get('call_timeout_seconds'))}",
+            f"connect {seconds_text(server.get('connect_timeout_seconds'))}, "
+            f"call {seconds_text(server.get('call_timeout_seconds'))}",
         ),
-        ("health", _clean(health.get("status")) + f" (checked {_when(health.get('checked_at'))})"),
+        ("health", clean(health.get("status")) + f" (checked {when(health.get('checked_at'))})"),
     ]
     if health.get("last_error"):
-        pairs.append(("last error", _clean(health["last_error"])))
+        pairs.append(("last error", clean(health["last_error"])))
     pairs += [
-        ("era", _clean(server.get("era"))),
-        ("protocol", _clean(server.get("protocol_version"))),
-        ("created", _when(server.get("created_at"))),
-        ("updated", _when(server.get("updated_at"))),
+        ("era", clean(server.get("era"))),
+        ("protocol", clean(server.get("protocol_version"))),
+        ("created", when(server.get("created_at"))),
+        ("updated", when(server.get("updated_at"))),
         ("tools", str(server.get("tool_count", 0))),
     ]
-    _fields(pairs)
-    for tool in _list(server, "tools"):
-        print(f"  {_clean(tool)}")
+    fields(pairs)
+    for tool in list_of(server, "tools"):
+        print(f"  {clean(tool)}")
     return 0
 
 
 def _servers_remove(args: argparse.Namespace) -> int:
-    with _client(args) as api:
-        api.request("DELETE", f"/servers/{_seg(args.name)}")
-    print(f"removed server {_clean(args.name)}")
+    with admin_client(args) as api:
+        api.request("DELETE", f"/servers/{seg(args.name)}")
+    print(f"removed server {clean(args.name)}")
     return 0
 
 
 def _servers_refresh(args: argparse.Namespace) -> int:
-    with _client(args) as api:
-        result = api.request("POST", f"/servers/{_seg(args.name)}/refresh")
+    with admin_client(args) as api:
+        result = api.request("POST", f"/servers/{seg(args.name)}/refresh")
     if args.json:
-        _print_json(result)
+        print_json(result)
         return 0
     print(
-        f"refreshed {_clean(result.get('server'))} (snapshot {_clean(result.get('snapshot_version'))}): "
+        f"refreshed {clean(result.get('server'))} (snapshot {clean(result.get('snapshot_version'))}): "
         f"{result.get('tools', 0)} tools, {result.get('resources', 0)} resources, "
         f"{result.get('resource_templates', 0)} resource templates, {result.get('prompts', 0)} prompts"
     )
@@ -390,37 +223,37 @@ def _servers_refresh(args: argparse.Namespace) -> int:
 
 def _tools_list(args: argparse.Namespace) -> int:
     params = {"server": args.server} if args.server else None
-    with _client(args) as api:
+    with admin_client(args) as api:
         data = api.request("GET", "/tools", params=params)
     if args.json:
-        _print_json(data)
+        print_json(data)
         return 0
-    tools = _items(data)
+    tools = items_of(data)
     if not tools:
         print("no tools")
         return 0
-    _table(
+    table(
         ("NAME", "SERVER", "DESCRIPTION"),
-        ((t.get("name"), t.get("server"), _short(t.get("title") or t.get("description"))) for t in tools),
+        ((t.get("name"), t.get("server"), short(t.get("title") or t.get("description"))) for t in tools),
     )
     return 0
 
 
 def _tools_show(args: argparse.Namespace) -> int:
-    with _client(args) as api:
-        tool = api.request("GET", f"/tools/{_seg(args.name)}")
+    with admin_client(args) as api:
+        tool = api.request("GET", f"/tools/{seg(args.name)}")
     if args.json:
-        _print_json(tool)
+        print_json(tool)
         return 0
-    definition = _sub(tool, "definition")
-    _fields(
+    definition = sub_document(tool, "definition")
+    fields(
         [
-            ("name", _clean(tool.get("name"))),
-            ("server", _clean(tool.get("server"))),
-            ("tool", _clean(tool.get("tool"))),
-            ("title", _clean(tool.get("title") or definition.get("title"))),
-            ("description", _clean(tool.get("description") or definition.get("description"))),
-            ("sha256", _clean(tool.get("sha256"))),
+            ("name", clean(tool.get("name"))),
+            ("server", clean(tool.get("server"))),
+            ("tool", clean(tool.get("tool"))),
+            ("title", clean(tool.get("title") or definition.get("title"))),
+            ("description", clean(tool.get("description") or definition.get("description"))),
+            ("sha256", clean(tool.get("sha256"))),
         ]
     )
     print("definition:")
@@ -436,36 +269,36 @@ def _tools_show(args: argparse.Namespace) -> int:
 
 
 def _strings(document: dict[str, Any], key: str) -> list[str]:
-    return [_clean(v) for v in _list(document, key)]
+    return [clean(v) for v in list_of(document, key)]
 
 
 def _toolset_entries(toolset: dict[str, Any]) -> str:
     """Patterns and aliases of a toolset on one line: `calc__* plus=calc__add`."""
-    aliases = [f"{_clean(a)}={_clean(t)}" for a, t in _sub(toolset, "aliases").items()]
+    aliases = [f"{clean(a)}={clean(t)}" for a, t in sub_document(toolset, "aliases").items()]
     return " ".join(_strings(toolset, "tools") + aliases) or "-"
 
 
 def _print_members(toolset: dict[str, Any]) -> None:
-    aliases = _sub(toolset, "aliases")
-    for member in _list(toolset, "members"):
+    aliases = sub_document(toolset, "aliases")
+    for member in list_of(toolset, "members"):
         target = aliases.get(member) if isinstance(member, str) else None
-        print(f"  {_clean(member)}" + (f" -> {_clean(target)}" if target else ""))
+        print(f"  {clean(member)}" + (f" -> {clean(target)}" if target else ""))
 
 
 def _toolsets_list(args: argparse.Namespace) -> int:
-    with _client(args) as api:
+    with admin_client(args) as api:
         data = api.request("GET", "/toolsets")
     if args.json:
-        _print_json(data)
+        print_json(data)
         return 0
-    toolsets = _items(data)
+    toolsets = items_of(data)
     if not toolsets:
         print("no toolsets")
         return 0
-    _table(
+    table(
         ("NAME", "MEMBERS", "TOOLS", "DESCRIPTION"),
         (
-            (t.get("name"), len(_list(t, "members")), _toolset_entries(t), _short(t.get("description"), 40))
+            (t.get("name"), len(list_of(t, "members")), _toolset_entries(t), short(t.get("description"), 40))
             for t in toolsets
         ),
     )
@@ -473,21 +306,21 @@ def _toolsets_list(args: argparse.Namespace) -> int:
 
 
 def _toolsets_show(args: argparse.Namespace) -> int:
-    with _client(args) as api:
-        toolset = api.request("GET", f"/toolsets/{_seg(args.name)}")
+    with admin_client(args) as api:
+        toolset = api.request("GET", f"/toolsets/{seg(args.name)}")
     if args.json:
-        _print_json(toolset)
+        print_json(toolset)
         return 0
-    aliases = _sub(toolset, "aliases")
-    _fields(
+    aliases = sub_document(toolset, "aliases")
+    fields(
         [
-            ("name", _clean(toolset.get("name"))),
-            ("description", _clean(toolset.get("description"))),
+            ("name", clean(toolset.get("name"))),
+            ("description", clean(toolset.get("description"))),
             ("tools", " ".join(_strings(toolset, "tools")) or "-"),
-            ("aliases", " ".join(f"{_clean(a)}={_clean(t)}" for a, t in aliases.items()) or "-"),
-            ("created", _when(toolset.get("created_at"))),
-            ("updated", _when(toolset.get("updated_at"))),
-            ("members", str(len(_list(toolset, "members")))),
+            ("aliases", " ".join(f"{clean(a)}={clean(t)}" for a, t in aliases.items()) or "-"),
+            ("created", when(toolset.get("created_at"))),
+            ("updated", when(toolset.get("updated_at"))),
+            ("members", str(len(list_of(toolset, "members")))),
         ]
     )
     _print_members(toolset)
@@ -505,15 +338,15 @@ def _toolsets_set(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"tools": list(args.tool or []), "aliases": aliases}
     if args.description is not None:
         body["description"] = args.description
-    with _client(args) as api:
-        toolset = api.request("PUT", f"/toolsets/{_seg(args.name)}", body=body)
+    with admin_client(args) as api:
+        toolset = api.request("PUT", f"/toolsets/{seg(args.name)}", body=body)
         created = api.last_status == 201
     if args.json:
-        _print_json(toolset)
+        print_json(toolset)
         return 0
-    count = len(_list(toolset, "members"))
+    count = len(list_of(toolset, "members"))
     print(
-        f"{'created' if created else 'updated'} toolset {_clean(toolset.get('name'))}: "
+        f"{'created' if created else 'updated'} toolset {clean(toolset.get('name'))}: "
         f"{count} live tool{'' if count == 1 else 's'}"
     )
     _print_members(toolset)
@@ -521,9 +354,9 @@ def _toolsets_set(args: argparse.Namespace) -> int:
 
 
 def _toolsets_remove(args: argparse.Namespace) -> int:
-    with _client(args) as api:
-        api.request("DELETE", f"/toolsets/{_seg(args.name)}")
-    print(f"removed toolset {_clean(args.name)}")
+    with admin_client(args) as api:
+        api.request("DELETE", f"/toolsets/{seg(args.name)}")
+    print(f"removed toolset {clean(args.name)}")
     return 0
 
 
@@ -537,32 +370,32 @@ def _print_credentials(client: dict[str, Any]) -> None:
 
 
 def _clients_create(args: argparse.Namespace) -> int:
-    with _client(args) as api:
+    with admin_client(args) as api:
         body: dict[str, Any] = {"name": args.name, "team": args.team}
         if args.scope:
             body["scopes"] = args.scope
         client = api.request("POST", "/clients", body=body)
     if args.json:
-        _print_json(client)
+        print_json(client)
         return 0
-    team = f", team {_clean(client.get('team'))}" if client.get("team") else ""
-    print(f"created client {_clean(client.get('name'))} (id {_clean(client.get('client_id'))}{team})")
+    team = f", team {clean(client.get('team'))}" if client.get("team") else ""
+    print(f"created client {clean(client.get('name'))} (id {clean(client.get('client_id'))}{team})")
     _print_credentials(client)
     print("Store the credentials now: they are not shown again.")
     return 0
 
 
 def _clients_list(args: argparse.Namespace) -> int:
-    with _client(args) as api:
+    with admin_client(args) as api:
         data = api.request("GET", "/clients")
     if args.json:
-        _print_json(data)
+        print_json(data)
         return 0
-    clients = _items(data)
+    clients = items_of(data)
     if not clients:
         print("no clients")
         return 0
-    _table(
+    table(
         ("CLIENT ID", "NAME", "TEAM", "KEY PREFIX", "CREATED", "STATUS"),
         (
             (
@@ -570,8 +403,8 @@ def _clients_list(args: argparse.Namespace) -> int:
                 c.get("name"),
                 c.get("team"),
                 c.get("key_prefix"),
-                _when(c.get("created_at")),
-                f"revoked {_when(c['revoked_at'])}" if c.get("revoked_at") else "active",
+                when(c.get("created_at")),
+                f"revoked {when(c['revoked_at'])}" if c.get("revoked_at") else "active",
             )
             for c in clients
         ),
@@ -580,9 +413,9 @@ def _clients_list(args: argparse.Namespace) -> int:
 
 
 def _clients_revoke(args: argparse.Namespace) -> int:
-    with _client(args) as api:
-        client = api.request("POST", f"/clients/{_seg(args.client)}/revoke")
-    print(f"revoked client {_clean(client.get('name'))} ({_clean(client.get('client_id'))})")
+    with admin_client(args) as api:
+        client = api.request("POST", f"/clients/{seg(args.client)}/revoke")
+    print(f"revoked client {clean(client.get('name'))} ({clean(client.get('client_id'))})")
     return 0
 
 
@@ -637,252 +470,6 @@ def _read_secret(what: str) -> str:
     return value
 
 
-# --- keys ------------------------------------------------------------------------------------
-
-
-def _keys_table(data: dict[str, Any]) -> None:
-    _table(
-        ("KEY ID", "ACTIVE", "ROWS"),
-        ((k.get("kid"), "yes" if k.get("active") else "", k.get("rows", 0)) for k in _list(data, "keys")),
-    )
-    unknown = data.get("unknown")
-    if isinstance(unknown, dict) and unknown:
-        _warn("rows sealed under keys this gateway does not have: " + ", ".join(map(_clean, unknown)))
-
-
-def _keys_list(args: argparse.Namespace) -> int:
-    with _client(args) as api:
-        data = api.request("GET", "/keys")
-    if args.json:
-        _print_json(data)
-        return 0
-    print(f"credential-encryption keys (from {_clean(data.get('source'))}):")
-    _keys_table(data)
-    return 0
-
-
-def _keys_rotate(args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {}
-    if args.reencrypt_only:
-        body["generate"] = False
-    with _client(args) as api:
-        data = api.request("POST", "/keys/rotate", body=body)
-    if args.json:
-        _print_json(data)
-        return 0
-    count = data.get("reencrypted", 0)
-    print(f"active key {_clean(data.get('active'))}; re-encrypted {count} stored credentials")
-    _keys_table(data)
-    return 0
-
-
-def _keys_remove(args: argparse.Namespace) -> int:
-    with _client(args) as api:
-        data = api.request("DELETE", f"/keys/{_seg(args.kid)}")
-    if args.json:
-        _print_json(data)
-        return 0
-    print(f"removed key {_clean(args.kid)}")
-    return 0
-
-
-# --- users, teams and tokens -----------------------------------------------------------------
-
-
-def _read_password(args: argparse.Namespace) -> str:
-    """The password from standard input (one line; never from the command line, where `ps` shows it)."""
-    if sys.stdin.isatty():
-        import getpass
-
-        first = getpass.getpass("password: ")
-        if getpass.getpass("again: ") != first:
-            raise CliError("the passwords differ")
-        return first
-    line = sys.stdin.readline().rstrip("\r\n")
-    if not line:
-        raise CliError("no password on standard input")
-    return line
-
-
-def _user_fields(user: dict[str, Any]) -> None:
-    _fields(
-        (
-            ("name", _clean(user.get("name"))),
-            ("roles", _clean(", ".join(user.get("roles") or []) or None)),
-            ("teams", _clean(", ".join(user.get("teams") or []) or None)),
-            ("disabled", "yes" if user.get("disabled") else "no"),
-            ("password", "set" if user.get("has_password") else "not set"),
-            ("created", _clean(user.get("created_at"))),
-        )
-    )
-
-
-def _users_create(args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {"name": args.name, "roles": args.role or [], "teams": args.team or []}
-    if not args.no_password:
-        body["password"] = _read_password(args)
-    with _client(args) as api:
-        user = api.request("POST", "/users", body=body)
-    if args.json:
-        _print_json(user)
-        return 0
-    print(f"created user {_clean(user.get('name'))}")
-    return 0
-
-
-def _users_list(args: argparse.Namespace) -> int:
-    with _client(args) as api:
-        data = api.request("GET", "/users")
-    if args.json:
-        _print_json(data)
-        return 0
-    users = _items(data)
-    if not users:
-        print("no users")
-        return 0
-    _table(
-        ("NAME", "ROLES", "TEAMS", "STATUS"),
-        (
-            (
-                u.get("name"),
-                ",".join(u.get("roles") or []) or None,
-                ",".join(u.get("teams") or []) or None,
-                "disabled" if u.get("disabled") else "active",
-            )
-            for u in users
-        ),
-    )
-    return 0
-
-
-def _users_show(args: argparse.Namespace) -> int:
-    with _client(args) as api:
-        user = api.request("GET", f"/users/{_seg(args.name)}")
-    if args.json:
-        _print_json(user)
-    else:
-        _user_fields(user)
-    return 0
-
-
-def _users_update(args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {}
-    if args.role is not None:
-        body["roles"] = [] if args.role == [""] else args.role
-    if args.team is not None:
-        body["teams"] = [] if args.team == [""] else args.team
-    if args.disable:
-        body["disabled"] = True
-    if args.enable:
-        body["disabled"] = False
-    if args.password:
-        body["password"] = _read_password(args)
-    if not body:
-        raise UsageError("nothing to change: give --role, --team, --enable, --disable or --password")
-    with _client(args) as api:
-        user = api.request("PATCH", f"/users/{_seg(args.name)}", body=body)
-    if args.json:
-        _print_json(user)
-    else:
-        _user_fields(user)
-    return 0
-
-
-def _users_remove(args: argparse.Namespace) -> int:
-    with _client(args) as api:
-        api.request("DELETE", f"/users/{_seg(args.name)}")
-    print(f"removed user {_clean(args.name)}")
-    return 0
-
-
-def _teams_create(args: argparse.Namespace) -> int:
-    with _client(args) as api:
-        team = api.request("POST", "/teams", body={"name": args.name, "description": args.description})
-    if args.json:
-        _print_json(team)
-    else:
-        print(f"created team {_clean(team.get('name'))}")
-    return 0
-
-
-def _teams_list(args: argparse.Namespace) -> int:
-    with _client(args) as api:
-        data = api.request("GET", "/teams")
-    if args.json:
-        _print_json(data)
-        return 0
-    teams = _items(data)
-    if not teams:
-        print("no teams")
-        return 0
-    _table(("NAME", "DESCRIPTION"), ((t.get("name"), t.get("description")) for t in teams))
-    return 0
-
-
-def _teams_remove(args: argparse.Namespace) -> int:
-    with _client(args) as api:
-        api.request("DELETE", f"/teams/{_seg(args.name)}")
-    print(f"removed team {_clean(args.name)}")
-    return 0
-
-
-def _token(args: argparse.Namespace) -> int:
-    """Client credentials at the gateway's token endpoint: prints the access token."""
-    url = (getattr(args, "url", None) or os.environ.get("TOLLHOUSE_URL") or DEFAULT_URL).rstrip("/")
-    secret = args.client_secret or os.environ.get("TOLLHOUSE_CLIENT_SECRET")
-    if not secret:
-        raise UsageError("give --client-secret or set TOLLHOUSE_CLIENT_SECRET")
-    form = {"grant_type": "client_credentials"}
-    if args.scope:
-        form["scope"] = " ".join(args.scope)
-    if args.resource:
-        form["resource"] = args.resource
-    try:
-        with httpx2.Client(timeout=TIMEOUT_SECONDS, trust_env=False) as http:
-            response = http.post(f"{url}/oauth/token", data=form, auth=(args.client_id, secret))
-    except httpx2.HTTPError:
-        raise CliError(f"cannot reach the gateway at {url} (is it running?)") from None
-    try:
-        document = response.json()
-    except ValueError:
-        document = None
-    if response.status_code != 200 or not isinstance(document, dict) or "access_token" not in document:
-        error = document.get("error") if isinstance(document, dict) else None
-        raise CliError(f"the token request was refused ({response.status_code} {_clean(error)})")
-    if args.json:
-        _print_json(document)
-    else:
-        print(document["access_token"])
-    return 0
-
-
-def _auth_failures(args: argparse.Namespace) -> int:
-    with _client(args) as api:
-        data = api.request("GET", "/auth/failures", params={"limit": str(args.limit)})
-    if args.json:
-        _print_json(data)
-        return 0
-    items = _items(data)
-    if not items:
-        print("no failed authentications")
-        return 0
-    _table(
-        ("TIME", "STATUS", "REASON", "PATH", "SOURCE", "TOKEN"),
-        (
-            (
-                datetime.fromtimestamp(float(i.get("at", 0)), UTC).isoformat(timespec="seconds"),
-                i.get("status"),
-                i.get("reason"),
-                i.get("path"),
-                i.get("source"),
-                i.get("token_fingerprint"),
-            )
-            for i in items
-        ),
-    )
-    return 0
-
-
 # --- declarative configuration ---------------------------------------------------------------
 
 
@@ -917,33 +504,33 @@ def _apply(args: argparse.Namespace) -> int:
         raw = expand_secret_refs(raw, os.environ)
         loaded = config_from_dict(raw, source=source)
     except ConfigError as exc:
-        raise CliError(_clean(str(exc))) from None
+        raise CliError(clean(str(exc))) from None
     for warning in loaded.warnings:
-        _warn(f"{source}: {warning}")
+        warn(f"{source}: {warning}")
     body = {"config": _jsonable(raw, ""), "prune": bool(args.prune)}
-    with _client(args) as api:
+    with admin_client(args) as api:
         result = api.request("POST", "/config/apply", body=body)
     if args.json:
-        _print_json(result)
+        print_json(result)
         return 0
-    for warning in _list(result, "warnings"):
+    for warning in list_of(result, "warnings"):
         if warning not in loaded.warnings:
-            _warn(str(warning))
+            warn(str(warning))
     counts = []
     for change in ("created", "updated", "deleted", "unchanged"):
-        names = _list(result, change)
+        names = list_of(result, change)
         counts.append(f"{len(names)} {change}")
         if change != "unchanged":
             for name in names:
-                print(f"{change:<9} {_clean(name)}")
+                print(f"{change:<9} {clean(name)}")
     print(f"applied {source}: " + ", ".join(counts))
     new_clients = [
         c
-        for c in _list(result, "clients")
+        for c in list_of(result, "clients")
         if isinstance(c, dict) and (c.get("api_key") or c.get("client_secret"))
     ]
     for client in new_clients:
-        print(f"client {_clean(client.get('name'))} (id {_clean(client.get('client_id'))}):")
+        print(f"client {clean(client.get('name'))} (id {clean(client.get('client_id'))}):")
         _print_credentials(client)
     if new_clients:
         print("Store the credentials now: they are not shown again.")
@@ -951,7 +538,7 @@ def _apply(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    with _client(args) as api:
+    with admin_client(args) as api:
         data = api.request("GET", "/config/export")
     text = render_yaml(data)
     if args.out is None:
@@ -1232,11 +819,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     # credential-encryption keys
     keys = branch("keys", "the keys that encrypt stored upstream credentials")
-    leaf(keys, "list", _keys_list, "list keys and how many stored credentials each seals", with_json=True)
+    leaf(
+        keys,
+        "list",
+        cli_identity.keys_list,
+        "list keys and how many stored credentials each seals",
+        with_json=True,
+    )
     keys_rotate = leaf(
         keys,
         "rotate",
-        _keys_rotate,
+        cli_identity.keys_rotate,
         "re-encrypt every stored credential under a new key (or, with keys from "
         "TOLLHOUSE_SECRET_KEYS, under the first one)",
         with_json=True,
@@ -1244,7 +837,9 @@ def build_parser() -> argparse.ArgumentParser:
     keys_rotate.add_argument(
         "--reencrypt-only", action="store_true", help="do not add a key; re-encrypt under the active one"
     )
-    keys_remove = leaf(keys, "remove", _keys_remove, "remove a key no stored credential uses", with_json=True)
+    keys_remove = leaf(
+        keys, "remove", cli_identity.keys_remove, "remove a key no stored credential uses", with_json=True
+    )
     keys_remove.add_argument("kid", metavar="KID")
 
     # clients
@@ -1266,7 +861,7 @@ def build_parser() -> argparse.ArgumentParser:
     users_create = leaf(
         users,
         "create",
-        _users_create,
+        cli_identity.users_create,
         "create a user; the password is read from standard input",
         with_json=True,
     )
@@ -1278,11 +873,15 @@ def build_parser() -> argparse.ArgumentParser:
     users_create.add_argument(
         "--no-password", action="store_true", help="create without a password (external sign-in only)"
     )
-    leaf(users, "list", _users_list, "list users", with_json=True)
-    users_show = leaf(users, "show", _users_show, "show one user", with_json=True)
+    leaf(users, "list", cli_identity.users_list, "list users", with_json=True)
+    users_show = leaf(users, "show", cli_identity.users_show, "show one user", with_json=True)
     users_show.add_argument("name", metavar="NAME")
     users_update = leaf(
-        users, "update", _users_update, "change a user's roles, teams, status or password", with_json=True
+        users,
+        "update",
+        cli_identity.users_update,
+        "change a user's roles, teams, status or password",
+        with_json=True,
     )
     users_update.add_argument("name", metavar="NAME")
     users_update.add_argument(
@@ -1295,21 +894,21 @@ def build_parser() -> argparse.ArgumentParser:
     state.add_argument("--disable", action="store_true", help="refuse sign-in and revoke the user's tokens")
     state.add_argument("--enable", action="store_true", help="allow sign-in again")
     users_update.add_argument("--password", action="store_true", help="set a new password (from stdin)")
-    users_remove = leaf(users, "remove", _users_remove, "remove a user and revoke their tokens")
+    users_remove = leaf(users, "remove", cli_identity.users_remove, "remove a user and revoke their tokens")
     users_remove.add_argument("name", metavar="NAME")
     teams = branch("teams", "teams: what clients bill to and users belong to")
-    teams_create = leaf(teams, "create", _teams_create, "create a team", with_json=True)
+    teams_create = leaf(teams, "create", cli_identity.teams_create, "create a team", with_json=True)
     teams_create.add_argument("name", metavar="NAME")
     teams_create.add_argument("--description", metavar="TEXT")
-    leaf(teams, "list", _teams_list, "list teams", with_json=True)
-    teams_remove = leaf(teams, "remove", _teams_remove, "remove a team")
+    leaf(teams, "list", cli_identity.teams_list, "list teams", with_json=True)
+    teams_remove = leaf(teams, "remove", cli_identity.teams_remove, "remove a team")
     teams_remove.add_argument("name", metavar="NAME")
 
     # tokens and authentication
     token = leaf(
         commands,
         "token",
-        _token,
+        cli_identity.token,
         "get an access token with client credentials (for scripts and curl)",
         with_json=True,
     )
@@ -1320,7 +919,9 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--scope", action="append", metavar="SCOPE", help="(repeatable; default: mcp a2a)")
     token.add_argument("--resource", metavar="URI", help="the endpoint the token is for (default: all)")
     auth = branch("auth", "authentication records")
-    failures = leaf(auth, "failures", _auth_failures, "recent failed authentications", with_json=True)
+    failures = leaf(
+        auth, "failures", cli_identity.auth_failures, "recent failed authentications", with_json=True
+    )
     failures.add_argument("--limit", type=int, default=50, metavar="N")
     return parser
 
