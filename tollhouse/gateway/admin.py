@@ -20,10 +20,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tollhouse import __version__
-from tollhouse.auth.keyring import KeyRing, KeyRingError
+from tollhouse.auth.keyring import KeyRing
 from tollhouse.auth.passwords import Passwords
-from tollhouse.auth.vault import CredentialCipher, VaultError
+from tollhouse.auth.vault import VaultError
 from tollhouse.auth.verifiers import (
     API_KEY_PREFIX,
     ApiKeyVerifier,
@@ -37,6 +36,8 @@ from tollhouse.gateway.admin_http import json_response as _json
 from tollhouse.gateway.admin_http import problem_response as _problem
 from tollhouse.gateway.admin_http import read_body as _body
 from tollhouse.gateway.admin_identity import identity_routes
+from tollhouse.gateway.admin_keys import key_routes
+from tollhouse.gateway.admin_openapi import openapi_document
 from tollhouse.gateway.errors import GatewayError
 from tollhouse.gateway.front_door import FrontDoor, revoke_principal
 from tollhouse.gateway.pool import SyncResult, UpstreamPool
@@ -284,55 +285,8 @@ def admin_app(state: AdminState) -> Starlette:
             config_to_dict(None, state.pool.upstreams(), clients, toolsets, secret_fields=stored, teams=teams)
         )
 
-    async def list_keys(request: Request) -> Response:
-        return _json(await _keys_out(state))
-
-    async def rotate_keys(request: Request) -> Response:
-        body = await _body(request)
-        generate = body.get("generate")
-        if generate is not None and not isinstance(generate, bool):
-            raise _Problem(400, "Bad Request", "'generate' must be true or false")
-        async with state.keys_lock:
-            ring, secrets = _key_ring(state)
-            if generate is None:
-                # Keys from the environment change only there: then rotation is the re-encryption.
-                generate = ring.source != "env"
-            if generate:
-                try:
-                    ring = ring.rotated()
-                except KeyRingError as exc:
-                    raise _Problem(409, "Conflict", str(exc)) from None
-                _set_ring(state, ring)
-            try:
-                report = await secrets.reencrypt_all(CredentialCipher.from_keyring(ring))
-            except VaultError as exc:
-                raise _Problem(409, "Conflict", f"re-encryption stopped, nothing changed: {exc}") from None
-        out = await _keys_out(state)
-        out["reencrypted"] = report.reencrypted
-        return _json(out)
-
-    async def remove_key(request: Request) -> Response:
-        kid = request.path_params["kid"]
-        async with state.keys_lock:
-            ring, secrets = _key_ring(state)
-            if kid not in ring.kids:
-                raise _Problem(404, "Not Found", f"no key '{kid}'")
-            rows = (await secrets.rows_by_kid()).get(kid, 0)
-            if rows:
-                raise _Problem(
-                    409,
-                    "Conflict",
-                    f"key '{kid}' still seals {rows} stored credentials: run keys rotate first",
-                )
-            try:
-                ring = ring.without(kid)
-            except KeyRingError as exc:
-                raise _Problem(409, "Conflict", str(exc)) from None
-            _set_ring(state, ring)
-        return _json(await _keys_out(state))
-
     async def openapi(request: Request) -> Response:
-        return _json(_openapi())
+        return _json(openapi_document())
 
     routes = [
         Route("/servers", guarded(list_servers), methods=["GET"]),
@@ -351,9 +305,7 @@ def admin_app(state: AdminState) -> Starlette:
         Route("/clients/{ref}/revoke", guarded(revoke_client), methods=["POST"]),
         Route("/config/apply", guarded(apply_config), methods=["POST"]),
         Route("/config/export", guarded(export_config), methods=["GET"]),
-        Route("/keys", guarded(list_keys), methods=["GET"]),
-        Route("/keys/rotate", guarded(rotate_keys), methods=["POST"]),
-        Route("/keys/{kid}", guarded(remove_key), methods=["DELETE"]),
+        *key_routes(state, guarded),
         *identity_routes(state, guarded, Passwords()),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
@@ -627,35 +579,6 @@ async def _store_secrets(state: AdminState, name: str, values: Mapping[str, str]
         await state.secrets.put_secret(name, field_name, value)
 
 
-def _key_ring(state: AdminState) -> tuple[KeyRing, SqlSecretStore]:
-    if state.keyring is None or state.secrets is None:
-        raise _Problem(409, "Conflict", "this gateway has no key ring")
-    return state.keyring, state.secrets
-
-
-def _set_ring(state: AdminState, ring: KeyRing) -> None:
-    state.keyring = ring
-    if state.secrets is not None:
-        state.secrets.use_cipher(CredentialCipher.from_keyring(ring))
-    for listener in state.keyring_listeners:
-        listener(ring)
-
-
-async def _keys_out(state: AdminState) -> dict[str, Any]:
-    ring, secrets = _key_ring(state)
-    rows = await secrets.rows_by_kid()
-    source = "env" if ring.source == "env" else "file" if ring.source.startswith("file:") else ring.source
-    return {
-        "active": ring.active_kid,
-        "source": source,
-        "keys": [
-            {"kid": kid, "active": kid == ring.active_kid, "rows": rows.get(kid, 0)} for kid in ring.kids
-        ],
-        # Rows sealed under a key this gateway does not have (a key removed out of band).
-        "unknown": {kid: n for kid, n in rows.items() if kid not in ring.kids},
-    }
-
-
 def _check_transport(upstream: Upstream) -> None:
     if upstream.transport not in SUPPORTED_TRANSPORTS:
         raise _Problem(
@@ -741,59 +664,4 @@ def _client_out(c: ClientRecord) -> dict[str, Any]:
         "key_prefix": c.key_prefix,
         "created_at": _iso(c.created_at),
         "revoked_at": _iso(c.revoked_at),
-    }
-
-
-def _openapi() -> dict[str, Any]:
-    def op(summary: str, status: str = "200") -> dict[str, Any]:
-        return {"summary": summary, "security": [{"admin": []}], "responses": {status: {"description": "OK"}}}
-
-    name = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "tollhouse admin API", "version": __version__},
-        "components": {"securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}}},
-        "paths": {
-            "/servers": {"get": op("List upstream MCP servers"), "post": op("Register a server", "201")},
-            "/servers/{name}": {
-                "parameters": name,
-                "get": op("Show a server"),
-                "delete": op("Remove a server", "204"),
-            },
-            "/servers/{name}/refresh": {"parameters": name, "post": op("Sync a server's catalog now")},
-            "/tools": {"get": op("List exposed tools")},
-            "/tools/{name}": {"parameters": name, "get": op("Show a tool")},
-            "/toolsets": {"get": op("List toolsets with their live members")},
-            "/toolsets/{name}": {
-                "parameters": name,
-                "get": op("Show a toolset"),
-                "put": op("Create or replace a toolset (201 when created)"),
-                "delete": op("Remove a toolset", "204"),
-            },
-            "/clients": {"get": op("List clients"), "post": op("Create a client and its credentials", "201")},
-            "/clients/{ref}/revoke": {
-                "parameters": [{"name": "ref", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "post": op("Revoke a client"),
-            },
-            "/users": {"get": op("List users"), "post": op("Create a user", "201")},
-            "/users/{name}": {
-                "parameters": name,
-                "get": op("Show a user"),
-                "patch": op("Change a user's roles, teams, status or password"),
-                "delete": op("Remove a user and revoke their tokens", "204"),
-            },
-            "/teams": {"get": op("List teams"), "post": op("Create a team", "201")},
-            "/teams/{name}": {"parameters": name, "delete": op("Remove a team", "204")},
-            "/auth/failures": {"get": op("Recent failed authentications (admin, auditor)")},
-            "/config/apply": {"post": op("Apply a declarative configuration")},
-            "/config/export": {"get": op("Export the configuration")},
-            "/keys": {"get": op("List credential-encryption keys and the rows each seals")},
-            "/keys/rotate": {
-                "post": op("Re-encrypt every stored credential under a new (or the active) key")
-            },
-            "/keys/{kid}": {
-                "parameters": [{"name": "kid", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "delete": op("Remove a key no stored credential uses"),
-            },
-        },
     }

@@ -1,0 +1,66 @@
+"""The admin API's OpenAPI 3.1 document (`GET /admin/api/v1/openapi.json`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tollhouse import __version__
+
+__all__ = ["openapi_document"]
+
+
+def openapi_document() -> dict[str, Any]:
+    """Every admin route, its summary and its success status."""
+
+    def op(summary: str, status: str = "200") -> dict[str, Any]:
+        return {"summary": summary, "security": [{"admin": []}], "responses": {status: {"description": "OK"}}}
+
+    name = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "tollhouse admin API", "version": __version__},
+        "components": {"securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}}},
+        "paths": {
+            "/servers": {"get": op("List upstream MCP servers"), "post": op("Register a server", "201")},
+            "/servers/{name}": {
+                "parameters": name,
+                "get": op("Show a server"),
+                "delete": op("Remove a server", "204"),
+            },
+            "/servers/{name}/refresh": {"parameters": name, "post": op("Sync a server's catalog now")},
+            "/tools": {"get": op("List exposed tools")},
+            "/tools/{name}": {"parameters": name, "get": op("Show a tool")},
+            "/toolsets": {"get": op("List toolsets with their live members")},
+            "/toolsets/{name}": {
+                "parameters": name,
+                "get": op("Show a toolset"),
+                "put": op("Create or replace a toolset (201 when created)"),
+                "delete": op("Remove a toolset", "204"),
+            },
+            "/clients": {"get": op("List clients"), "post": op("Create a client and its credentials", "201")},
+            "/clients/{ref}/revoke": {
+                "parameters": [{"name": "ref", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "post": op("Revoke a client"),
+            },
+            "/users": {"get": op("List users"), "post": op("Create a user", "201")},
+            "/users/{name}": {
+                "parameters": name,
+                "get": op("Show a user"),
+                "patch": op("Change a user's roles, teams, status or password"),
+                "delete": op("Remove a user and revoke their tokens", "204"),
+            },
+            "/teams": {"get": op("List teams"), "post": op("Create a team", "201")},
+            "/teams/{name}": {"parameters": name, "delete": op("Remove a team", "204")},
+            "/auth/failures": {"get": op("Recent failed authentications (admin, auditor)")},
+            "/config/apply": {"post": op("Apply a declarative configuration")},
+            "/config/export": {"get": op("Export the configuration")},
+            "/keys": {"get": op("List credential-encryption keys and the rows each seals")},
+            "/keys/rotate": {
+                "post": op("Re-encrypt every stored credential under a new (or the active) key")
+            },
+            "/keys/{kid}": {
+                "parameters": [{"name": "kid", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "delete": op("Remove a key no stored credential uses"),
+            },
+        },
+    }
