@@ -328,6 +328,11 @@ async def create_client(
         if r.status != 201:
             raise RuntimeError(f"creating a client failed: {r.status} {await r.text()}")
         created = await r.json()
+    # Policy denies by default: the bench team may use everything (one policy, as a small deployment has).
+    grant = {"cedar": 'permit(principal in Team::"bench", action, resource);'}
+    async with http.put(f"{base}/admin/api/v1/policies/bench-team", json=grant, headers=auth) as r:
+        if r.status not in (200, 201):
+            raise RuntimeError(f"adding the bench policy failed: {r.status} {await r.text()}")
     if credential == "api-key":
         key: str = created["api_key"]
         return key

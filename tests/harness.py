@@ -100,14 +100,19 @@ def gateway_settings(tmp_path: Path, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
+ALLOW_ALL = "permit(principal, action, resource);"
+
+
 @asynccontextmanager
 async def running_gateway(
-    tmp_path: Path, deps: Deps | None = None, **overrides: Any
+    tmp_path: Path, deps: Deps | None = None, *, allow_all: bool = True, **overrides: Any
 ) -> AsyncIterator[Gateway]:
     """Serve a fresh gateway on 127.0.0.1:0 for the duration of the block.
 
     The port is bound first so the gateway's public URL (its OAuth issuer and the base of
-    every resource URI) is the address clients actually use.
+    every resource URI) is the address clients actually use. Policy denies by default, so
+    unless `allow_all=False` the gateway gets one policy permitting everything (id
+    `tests-allow-all`): tests of other features need not write policies.
     """
     sock = loopback_socket()
     overrides.setdefault("public_url", f"http://127.0.0.1:{sock.getsockname()[1]}")
@@ -121,6 +126,9 @@ async def running_gateway(
             timeout=30,
         ) as admin,
     ):
+        if allow_all:
+            response = await admin.put("/policies/tests-allow-all", json={"cedar": ALLOW_ALL})
+            assert response.status_code in (200, 201), response.text
         yield Gateway(base_url=base_url, admin=admin)
 
 

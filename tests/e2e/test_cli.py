@@ -115,9 +115,9 @@ policies:
         code, out, err = await run_cli(capsys, *g, "apply", str(config), "--json")
         assert code == 0, err
         first = json.loads(out)
-        assert sorted(first["created"]) == ["client/ci-bot", "server/notes", "server/studio"]
+        assert sorted(first["created"]) == ["client/ci-bot", "policy/later", "server/notes", "server/studio"]
         assert first["clients"][0]["api_key"].startswith("thk_")
-        assert any("policies" in w for w in first["warnings"])
+        assert first["warnings"] == []
 
         code, out, err = await run_cli(capsys, *g, "apply", str(config), "--json")
         assert code == 0, err
@@ -133,8 +133,9 @@ policies:
         assert [s.name for s in loaded.servers] == ["notes", "studio"]
         assert {s.name: s.call_timeout_seconds for s in loaded.servers}["notes"] == 30
         assert [c.name for c in loaded.clients] == ["ci-bot"]
+        assert [p.id for p in loaded.policies] == ["later", "tests-allow-all"]
 
-        # --prune deletes what the file omits.
+        # --prune deletes what the file omits, in the sections it has (no policies section here).
         config.write_text(f'servers:\n  - name: studio\n    url: "{studio_url}"\n')
         code, out, err = await run_cli(capsys, *g, "apply", str(config), "--prune", "--json")
         assert code == 0, err

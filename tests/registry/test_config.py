@@ -22,7 +22,7 @@ from tollhouse.registry.config import (
     toolset_from_dict,
     valid_tool_pattern,
 )
-from tollhouse.registry.models import ClientRecord, Team, Toolset, Upstream, UpstreamAuth
+from tollhouse.registry.models import ClientRecord, PolicyEntry, Team, Toolset, Upstream, UpstreamAuth
 
 # The example of DESIGN.md, "Declarative configuration", verbatim.
 DESIGN_EXAMPLE = """\
@@ -119,11 +119,51 @@ def test_design_example_loads_and_warns_about_sections_of_later_versions() -> No
     assert config.toolsets == (Toolset(name="support", tools=("calc__add", "files__read_*")),)
     assert config.clients == (ClientSpec(name="ci-bot", team="platform"),)
     assert config.teams == (Team(name="platform"), Team(name="finance"))
+    assert config.policies == (
+        PolicyEntry(
+            id="platform-calc",
+            cedar='permit(principal in Team::"platform", action == Action::"call_tool", '
+            'resource in Server::"calc");',
+        ),
+    )
     assert config.warnings == tuple(
         f"section '{name}' is not supported by this version yet and was ignored"
-        for name in ("agents", "policies", "limits", "prices")
+        for name in ("agents", "limits", "prices")
     )
-    assert set(PLANNED_SECTIONS) == {"agents", "policies", "limits", "prices"}
+    assert set(PLANNED_SECTIONS) == {"agents", "limits", "prices"}
+
+
+def test_policies_are_cedar_or_sugar_and_round_trip_as_written() -> None:
+    text = """
+policies:
+  - id: calc-for-platform
+    description: "platform may use calc"
+    cedar: 'permit(principal in Team::"platform", action, resource in Server::"calc");'
+  - id: support-read
+    allow: {team: support, tools: ["files__read_*"]}
+    guardrails: {results: {secrets: block}}
+"""
+    config = load_config(text)
+    cedar, sugar = config.policies
+    assert cedar.description == "platform may use calc" and cedar.sugar is None
+    assert sugar.cedar == "" and sugar.sugar == {
+        "allow": {"team": "support", "tools": ["files__read_*"]},
+        "guardrails": {"results": {"secrets": "block"}},
+    }
+    data = config_to_dict(None, [], [], policies=config.policies)
+    assert config_from_dict(data).policies == config.policies
+    for bad, where in (
+        ("policies: [{cedar: 'permit(principal, action, resource);'}]", "policies[0].id"),
+        ("policies: [{id: 'has space', cedar: x}]", "policies[0].id"),
+        ("policies: [{id: a}]", "policies[0]"),
+        ("policies: [{id: a, cedar: x, allow: {}}]", "policies[0]"),
+        ("policies: [{id: a, cedar: x, guardrails: {}}]", "policies[0].guardrails"),
+        ("policies: [{id: a, cedar: x}, {id: a, cedar: y}]", "policies[1].id"),
+        ("policies: [{id: a, alow: {}}]", "policies[0].alow"),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            load_config(bad)
+        assert caught.value.path == where, (bad, caught.value)
 
 
 def test_teams_and_client_scopes_load_validate_and_round_trip() -> None:

@@ -17,7 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from tollhouse.registry.migrate import alembic_config, create_engine_for, database_url_for, upgrade
 from tollhouse.registry.tables import metadata
 
-HEAD = "0005"
+HEAD = "0007"
 TABLES = {
     "alembic_version",
     "upstreams",
@@ -34,6 +34,8 @@ TABLES = {
     "refresh_tokens",
     "revoked_tokens",
     "consents",
+    "tool_pins",
+    "policies",
 }
 
 

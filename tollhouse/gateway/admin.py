@@ -38,6 +38,9 @@ from tollhouse.gateway.admin_http import read_body as _body
 from tollhouse.gateway.admin_identity import identity_routes
 from tollhouse.gateway.admin_keys import key_routes
 from tollhouse.gateway.admin_openapi import openapi_document
+from tollhouse.gateway.admin_pins import pin_items, pin_out, pin_routes
+from tollhouse.gateway.admin_policies import policy_routes
+from tollhouse.gateway.authorization import PolicyProblem, PolicyService
 from tollhouse.gateway.errors import GatewayError
 from tollhouse.gateway.front_door import FrontDoor, revoke_principal
 from tollhouse.gateway.pool import SyncResult, UpstreamPool
@@ -52,7 +55,7 @@ from tollhouse.registry.config import (
     toolset_from_dict,
 )
 from tollhouse.registry.identity_store import SqlIdentityStore
-from tollhouse.registry.models import ClientRecord, Team, Toolset, Upstream
+from tollhouse.registry.models import ClientRecord, PolicyEntry, Team, Toolset, Upstream
 from tollhouse.registry.secrets_store import SqlSecretStore
 from tollhouse.registry.store import RegistryStore, StoreConflictError
 
@@ -72,6 +75,7 @@ class AdminState:
     admin_token_hash: str | None = None
     public_url: str = ""
     identity: SqlIdentityStore | None = None
+    policies: PolicyService | None = None
     door: FrontDoor | None = None
     # Serialises "read the toolsets, swap them into the pool" so the last swap saw every write.
     toolsets_lock: anyio.Lock = field(default_factory=anyio.Lock)
@@ -91,7 +95,10 @@ def admin_app(state: AdminState) -> Starlette:
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             try:
-                await _authorize(state, request, need or ("read" if request.method == "GET" else "admin"))
+                # Who decided, for the records a change leaves (pins, policies, audit).
+                request.state.subject = await _authorize(
+                    state, request, need or ("read" if request.method == "GET" else "admin")
+                )
                 return await fn(request)
             except _Problem as p:
                 return _problem(p)
@@ -144,6 +151,8 @@ def admin_app(state: AdminState) -> Starlette:
 
     async def list_tools(request: Request) -> Response:
         server = request.query_params.get("server")
+        if "state" in request.query_params:  # pins: ?state=pending|changed|rejected|approved|all
+            return _json({"items": _pin_list(state, request.query_params["state"], server)})
         items = [
             {
                 "name": t.exposed,
@@ -152,6 +161,7 @@ def admin_app(state: AdminState) -> Starlette:
                 "title": t.definition.get("title"),
                 "description": t.definition.get("description"),
                 "sha256": _sha(state, t.server, t.name),
+                "status": "approved",
             }
             for t in state.pool.snapshot.tools
             if server is None or t.server == server
@@ -178,6 +188,7 @@ def admin_app(state: AdminState) -> Starlette:
                     "definition": {**upstream_def, "name": name},
                     "upstream_definition": upstream_def,
                     "sha256": _sha(state, parts[0], parts[1]),
+                    "pin": _pin(state, parts[0], parts[1]),
                 }
             )
         return _json(
@@ -189,6 +200,7 @@ def admin_app(state: AdminState) -> Starlette:
                 "definition": tool.definition,
                 "upstream_definition": tool.upstream_definition,
                 "sha256": _sha(state, tool.server, tool.name),
+                "pin": _pin(state, tool.server, tool.name),
             }
         )
 
@@ -272,6 +284,9 @@ def admin_app(state: AdminState) -> Starlette:
                 toolsets=loaded.toolsets,
                 secrets=loaded.secrets,
                 teams=loaded.teams,
+                policies=loaded.policies,
+                prune_policies=prune and "policies" in loaded.sections,
+                by=request.state.subject,
             )
         )
 
@@ -281,8 +296,17 @@ def admin_app(state: AdminState) -> Starlette:
         # Names of stored secrets only: the export writes `${VAR}` references, never a value.
         stored = await _stored_fields(state)
         teams = await state.identity.list_teams() if state.identity is not None else []
+        policies = state.policies.entries() if state.policies is not None else []
         return _json(
-            config_to_dict(None, state.pool.upstreams(), clients, toolsets, secret_fields=stored, teams=teams)
+            config_to_dict(
+                None,
+                state.pool.upstreams(),
+                clients,
+                toolsets,
+                secret_fields=stored,
+                teams=teams,
+                policies=policies,
+            )
         )
 
     async def openapi(request: Request) -> Response:
@@ -306,7 +330,9 @@ def admin_app(state: AdminState) -> Starlette:
         Route("/config/apply", guarded(apply_config), methods=["POST"]),
         Route("/config/export", guarded(export_config), methods=["GET"]),
         *key_routes(state, guarded),
+        *pin_routes(state, guarded),
         *identity_routes(state, guarded, Passwords()),
+        *policy_routes(state, guarded),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
     return Starlette(routes=routes)
@@ -328,13 +354,28 @@ async def apply_loaded(
     toolsets: Sequence[Toolset] = (),
     secrets: Mapping[str, Mapping[str, str]] | None = None,
     teams: Sequence[Team] = (),
+    policies: Sequence[PolicyEntry] = (),
+    prune_policies: bool = False,
+    by: str | None = None,
 ) -> dict[str, Any]:
-    """Upsert what a config names (servers and their secrets, toolsets, teams, clients).
+    """Upsert what a config names (servers and their secrets, toolsets, teams, clients, policies).
 
-    With `prune`, also delete the servers and toolsets it omits; clients are never deleted (revoke them).
+    With `prune`, also delete the servers and toolsets it omits; clients are never deleted (revoke them);
+    policies are pruned only with `prune_policies` (the file has a `policies` section).
     A secret given again with the same value changes nothing.
     """
     secrets = secrets or {}
+    if state.policies is not None and (policies or prune_policies):
+        # Policies are checked before anything is applied: a bad policy changes nothing.
+        others = (
+            []
+            if prune_policies
+            else [e for e in state.policies.entries() if e.id not in {p.id for p in policies}]
+        )
+        problems = state.policies.validate([*others, *policies])
+        if problems:
+            raise _Problem(400, "Invalid policy", "; ".join(problems))
+    previous_policies = {e.id for e in state.policies.entries()} if state.policies is not None else set()
     stored_fields = await _stored_fields(state)
     for upstream in servers:
         _check_transport(upstream)
@@ -396,6 +437,20 @@ async def apply_loaded(
                 toolsets_changed = True
     if toolsets_changed:
         await publish_toolsets(state)
+    if state.policies is not None and (policies or prune_policies):
+        try:
+            changed = await state.policies.replace_all(policies, by=by, prune=prune_policies)
+        except PolicyProblem as exc:
+            raise _Problem(400, "Invalid policy", "; ".join(exc.errors)) from None
+        known_ids = {p.id for p in policies}
+        for item in changed:
+            if item.startswith("-"):
+                deleted.append(f"policy/{item[1:]}")
+            else:
+                (created if item in known_ids and item not in previous_policies else updated).append(
+                    f"policy/{item}"
+                )
+        unchanged.extend(f"policy/{p.id}" for p in policies if p.id not in changed)
     return {
         "created": created,
         "updated": updated,
@@ -597,15 +652,21 @@ def _known(state: AdminState, name: str) -> Upstream:
 
 
 def _sha(state: AdminState, server: str, tool: str) -> str | None:
-    from tollhouse.registry.models import definition_sha256
+    """The pin hash (RFC 8785) of the tool's current definition."""
+    pin = state.pool.pinning.pin(server, "tool", tool)
+    return pin.sha256 if pin is not None else None
 
-    catalog = state.pool.catalog(server)
-    if catalog is None:
-        return None
-    for t in catalog.tools:
-        if t["name"] == tool:
-            return definition_sha256(t)
-    return None
+
+def _pin(state: AdminState, server: str, tool: str) -> dict[str, Any] | None:
+    pin = state.pool.pinning.pin(server, "tool", tool)
+    return pin_out(state.pool, pin) if pin is not None else None
+
+
+def _pin_list(state: AdminState, wanted: str, server: str | None) -> list[dict[str, Any]]:
+    states = ("pending", "changed", "rejected", "approved") if wanted == "all" else tuple(wanted.split(","))
+    if not set(states) <= {"pending", "changed", "rejected", "approved"}:
+        raise _Problem(400, "Bad Request", "'state' takes pending, changed, rejected, approved or all")
+    return [i for i in pin_items(state.pool, states, server) if i["kind"] == "tool"]
 
 
 def _server_out(pool: UpstreamPool, u: Upstream, stored: Sequence[str] = ()) -> dict[str, Any]:

@@ -28,8 +28,33 @@ def openapi_document() -> dict[str, Any]:
                 "delete": op("Remove a server", "204"),
             },
             "/servers/{name}/refresh": {"parameters": name, "post": op("Sync a server's catalog now")},
-            "/tools": {"get": op("List exposed tools")},
-            "/tools/{name}": {"parameters": name, "get": op("Show a tool")},
+            "/tools": {"get": op("List exposed tools (?state=pending|changed|rejected|approved|all: pins)")},
+            "/tools/{name}": {"parameters": name, "get": op("Show a tool and its pin")},
+            "/tools/{name}/diff": {
+                "parameters": name,
+                "get": op("The approved and current definition of a tool, their diff and scan findings"),
+            },
+            "/tools/{name}/approve": {
+                "parameters": name,
+                "post": op("Approve a tool's current definition (approver role; body: optional sha256)"),
+            },
+            "/tools/{name}/reject": {
+                "parameters": name,
+                "post": op("Reject a tool's current definition (approver role)"),
+            },
+            "/approvals": {"get": op("Pins awaiting a decision (?state=…, ?server=…)")},
+            "/servers/{name}/instructions/diff": {
+                "parameters": name,
+                "get": op("The approved and current instructions of a server, and their diff"),
+            },
+            "/servers/{name}/instructions/approve": {
+                "parameters": name,
+                "post": op("Approve a server's current instructions (approver role)"),
+            },
+            "/servers/{name}/instructions/reject": {
+                "parameters": name,
+                "post": op("Reject a server's current instructions: the server stays held"),
+            },
             "/toolsets": {"get": op("List toolsets with their live members")},
             "/toolsets/{name}": {
                 "parameters": name,

@@ -27,9 +27,11 @@ from tollhouse.auth.middleware import BearerAuthMiddleware
 from tollhouse.auth.server import authorization_server_routes, is_dev_loopback
 from tollhouse.auth.verifiers import TokenVerifier, hash_secret
 from tollhouse.gateway.admin import AdminState, admin_app, apply_loaded
+from tollhouse.gateway.authorization import AuthorizeStage, PolicyService
 from tollhouse.gateway.cors import DiscoveryCors
 from tollhouse.gateway.credential_wiring import bearer_identify, build_credential_services
 from tollhouse.gateway.front_door import build_front_door, poll_revocations, protected_resource_routes
+from tollhouse.gateway.guard_stages import GuardStage, ValidateStage
 from tollhouse.gateway.guards import OriginGuard
 from tollhouse.gateway.handlers import McpHandlers
 from tollhouse.gateway.mcp_endpoint import McpEndpoint
@@ -50,6 +52,8 @@ from tollhouse.registry.config import LoadedConfig
 from tollhouse.registry.identity_store import SqlIdentityStore
 from tollhouse.registry.migrate import create_engine_for, database_url_for, upgrade
 from tollhouse.registry.models import Upstream
+from tollhouse.registry.pin_store import SqlPinStore
+from tollhouse.registry.policy_store import SqlPolicyStore
 from tollhouse.registry.store import RegistryStore, SqlRegistryStore
 
 __all__ = ["ADMIN_TOKEN_SETTING", "Deps", "create_app"]
@@ -103,6 +107,7 @@ def create_app(
         store,
         deps.connector_factory or _default_connector_factory(settings, creds.credentials),
         settings.upstreams,
+        pins=SqlPinStore(engine),
     )
 
     async def on_session_close(session: DownstreamSession) -> None:
@@ -121,7 +126,15 @@ def create_app(
     )
     sealer = Sealer(load_or_create_key(settings.data_dir, "request-state"))
     parking = Parking()
-    handlers = McpHandlers(pool, build_pipeline(pool, sealer, parking), page_size=settings.limits.page_size)
+    policies = PolicyService(SqlPolicyStore(engine), upstream=pool.upstream)
+    pipeline = build_pipeline(
+        pool,
+        sealer,
+        parking,
+        authorize=AuthorizeStage(policies, lambda: pool.snapshot),
+        checks=[ValidateStage(), GuardStage(on_findings=policies.decisions.note_findings)],
+    )
+    handlers = McpHandlers(pool, pipeline, page_size=settings.limits.page_size, policies=policies)
     public = urlsplit(settings.public_url)
     aggregate = AggregateView()
 
@@ -144,6 +157,7 @@ def create_app(
         door=door,
         secrets=creds.secrets,
         keyring=creds.keyring,
+        policies=policies,
     )
     # `keys rotate` swaps the ring: token signing follows (older keys stay in the JWKS).
     admin_state.keyring_listeners.append(door.use_ring)
@@ -171,6 +185,8 @@ def create_app(
                 await tg.start(sessions.run)
                 await tg.start(parking.run)
                 await tg.start(poll_revocations, door, identity, store, settings.auth.revocation_poll_seconds)
+                await policies.load()
+                tg.start_soon(_follow_policies, policies, settings.auth.revocation_poll_seconds)
                 # An unreachable provider is logged and retried in the background, never fatal.
                 await start_all(door.external, task_group=tg)
                 if apply_config is not None:
@@ -243,6 +259,16 @@ def create_app(
     return DiscoveryCors(app)
 
 
+async def _follow_policies(policies: PolicyService, interval_seconds: float) -> None:
+    """Pick up policy changes made through another replica (one version read per interval)."""
+    while True:
+        await anyio.sleep(interval_seconds)
+        try:
+            await policies.refresh_if_changed()
+        except Exception:  # a database hiccup must not end the loop; the next round retries
+            logger.exception("policy refresh failed")
+
+
 async def _admin_token_hash(settings: Settings, store: RegistryStore) -> str:
     """The admin credential's hash: from settings, else stored, else a new token printed once."""
     if settings.admin_token is not None:
@@ -270,6 +296,8 @@ async def _apply_at_start(state: AdminState, config: LoadedConfig) -> None:
         toolsets=config.toolsets,
         secrets=config.secrets,
         teams=config.teams,
+        policies=config.policies,
+        by="config",
     )
     for client in summary["clients"]:
         # New clients' keys exist only now; print them once, never log them.

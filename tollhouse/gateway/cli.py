@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tollhouse import __version__
-from tollhouse.gateway import cli_identity
+from tollhouse.gateway import cli_identity, cli_policy, cli_tools
 from tollhouse.gateway.cli_common import (
     DEFAULT_URL,
     PROG,
@@ -256,6 +256,11 @@ def _tools_show(args: argparse.Namespace) -> int:
             ("sha256", clean(tool.get("sha256"))),
         ]
     )
+    pin = sub_document(tool, "pin")
+    if pin:
+        held = " (server held)" if pin.get("held") else ""
+        print(f"pin:         {clean(pin.get('status'))}{held}, decided by {clean(pin.get('decided_by'))}")
+        cli_tools.print_findings(list_of(pin, "findings"))
     print("definition:")
     print(json.dumps(definition, indent=2))
     upstream = tool.get("upstream_definition")
@@ -778,11 +783,46 @@ def build_parser() -> argparse.ArgumentParser:
     refresh.add_argument("name", metavar="NAME")
 
     # tools
-    tools = branch("tools", "inspect the tools the gateway exposes")
+    tools = branch("tools", "inspect the tools the gateway exposes, and approve their definitions")
     tools_list = leaf(tools, "list", _tools_list, "list exposed tools", with_json=True)
     tools_list.add_argument("--server", metavar="NAME", help="only this server's tools")
     tools_show = leaf(tools, "show", _tools_show, "show one tool's definition", with_json=True)
     tools_show.add_argument("name", metavar="NAME", help="exposed name, e.g. calc__add")
+    pending = leaf(
+        tools,
+        "pending",
+        cli_tools.tools_pending,
+        "list tools and instructions awaiting approval",
+        with_json=True,
+    )
+    pending.add_argument("--server", metavar="NAME", help="only this server's")
+    pending.add_argument(
+        "--state",
+        metavar="STATES",
+        help="pending,changed,rejected,approved or all (default: pending,changed)",
+    )
+    for action, handler, summary in (
+        (
+            "diff",
+            cli_tools.tools_diff,
+            "show a tool's approved and current definition, their diff and findings",
+        ),
+        ("approve", cli_tools.tools_approve, "approve a tool's current definition (makes it callable)"),
+        ("reject", cli_tools.tools_reject, "reject a tool's current definition (keeps it hidden)"),
+    ):
+        decide = leaf(tools, action, handler, summary, with_json=True)
+        decide.add_argument(
+            "name", metavar="NAME", help="exposed name (calc__add), or a server with --instructions"
+        )
+        decide.add_argument(
+            "--instructions", action="store_true", help="NAME is a server: act on its instructions"
+        )
+        if action != "diff":
+            decide.add_argument(
+                "--sha256",
+                metavar="HASH",
+                help="only if the current definition still has this hash (from diff)",
+            )
 
     # toolsets
     toolsets = branch("toolsets", "named subsets of the tools, each served at /mcp/NAME")
@@ -903,6 +943,13 @@ def build_parser() -> argparse.ArgumentParser:
     leaf(teams, "list", cli_identity.teams_list, "list teams", with_json=True)
     teams_remove = leaf(teams, "remove", cli_identity.teams_remove, "remove a team")
     teams_remove.add_argument("name", metavar="NAME")
+
+    # policies
+    cli_policy.add_policy_commands(
+        branch,
+        leaf,
+        lambda group, name, handler, summary: leaf(group, name, handler, summary, local=True, with_json=True),
+    )
 
     # tokens and authentication
     token = leaf(

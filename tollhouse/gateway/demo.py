@@ -148,6 +148,9 @@ async def _register(base: str, admin_token: str, urls: dict[str, str]) -> tuple[
         response.raise_for_status()
         key: str = response.json()["api_key"]
         (await admin.post("/teams", json={"name": "demo"})).raise_for_status()
+        # Policy denies by default: the demo team (its client and its user) may use every tool.
+        grant = {"cedar": 'permit(principal in Team::"demo", action, resource);', "description": "the demo"}
+        (await admin.put("/policies/demo-team", json=grant)).raise_for_status()
         password = secrets.token_urlsafe(12)
         user = {"name": "demo", "password": password, "roles": ["admin"], "teams": ["demo"]}
         (await admin.post("/users", json=user)).raise_for_status()

@@ -18,10 +18,14 @@ __all__ = [
     "INVALID_REQUEST",
     "METHOD_NOT_FOUND",
     "PARSE_ERROR",
+    "PENDING_APPROVAL",
     "GatewayError",
+    "GuardrailBlocked",
     "InsufficientScope",
     "InvalidArguments",
     "MethodNotFound",
+    "PendingApproval",
+    "ToolNotCallable",
     "UnknownPrompt",
     "UnknownResource",
     "UnknownTool",
@@ -49,7 +53,10 @@ UPSTREAM_UNAVAILABLE = -31001
 UPSTREAM_TIMEOUT = -31002
 UPSTREAM_PROTOCOL_ERROR = -31003
 INSUFFICIENT_SCOPE = -31010
+TOOL_NOT_CALLABLE = -31021
+GUARDRAIL_BLOCKED = -31030
 UPSTREAM_AUTHORIZATION_REQUIRED = -31004
+PENDING_APPROVAL = -31020
 # MCP 2025-11-25: "URL elicitation required" (the client sends the user to a URL, then retries).
 URL_ELICITATION_REQUIRED = -32042
 
@@ -199,6 +206,45 @@ class InsufficientScope(GatewayError):
     def __init__(self, scopes: tuple[str, ...]) -> None:
         super().__init__("Insufficient scope", {"required_scopes": list(scopes)})
         self.scopes = scopes
+
+
+class PendingApproval(GatewayError):
+    """A call to a tool that pinning holds back; `data.state` says why.
+
+    pending: new, never approved; changed: differs from its approved definition; rejected: an
+    approver said no; held: its server's instructions await approval.
+    """
+
+    code = PENDING_APPROVAL
+
+    def __init__(self, name: str, state: str) -> None:
+        message = (
+            f"Tool pending re-approval: {name}" if state == "changed" else f"Tool pending approval: {name}"
+        )
+        super().__init__(message, {"name": name, "state": state})
+
+
+class ToolNotCallable(GatewayError):
+    """The tool's own input schema is refused (too deep, too large, remote `$ref`…): nobody can call it."""
+
+    code = TOOL_NOT_CALLABLE
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"Tool not callable: {name}", {"name": name, "reason": reason})
+
+
+class GuardrailBlocked(GatewayError):
+    """A guardrail chosen by policy found something it must block (in the arguments or the result).
+
+    `data.detectors` names what was found, never the matched text.
+    """
+
+    code = GUARDRAIL_BLOCKED
+
+    def __init__(self, name: str, direction: str, detectors: list[str]) -> None:
+        super().__init__(
+            f"Blocked by a guardrail: {name}", {"name": name, "direction": direction, "detectors": detectors}
+        )
 
 
 class MethodNotFound(GatewayError):

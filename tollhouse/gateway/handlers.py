@@ -16,6 +16,7 @@ from typing import Any
 
 from tollhouse import __version__
 from tollhouse.auth.principal import Principal
+from tollhouse.gateway.authorization import PolicyService
 from tollhouse.gateway.errors import (
     GatewayError,
     InvalidArguments,
@@ -31,9 +32,11 @@ from tollhouse.gateway.pipeline import CallContext, Pipeline
 from tollhouse.gateway.pool import UpstreamPool
 from tollhouse.gateway.relay import Ask
 from tollhouse.gateway.sessions import DownstreamSession
+from tollhouse.gateway.snapshot import ExposedItem
 from tollhouse.gateway.tasks import TaskRegistry, rewrite_task_ids
 from tollhouse.gateway.upstream import NotificationCallback, ProgressCallback
 from tollhouse.gateway.views import AggregateView, View
+from tollhouse.policies.model import RequestFacts
 from tollhouse.registry.models import JSONObject
 
 __all__ = ["MODERN_VERSION", "SESSION_VERSIONS", "McpHandlers", "RequestContext"]
@@ -66,6 +69,7 @@ class RequestContext:
     log_level: str | None = None
     session: DownstreamSession | None = None
     resource_metadata: str | None = None  # this endpoint's RFC 9728 URL, for step-up challenges
+    source_ip: str | None = None  # the caller's address, for policy and audit
 
 
 Handler = Callable[[JSONObject, RequestContext], Awaitable[JSONObject]]
@@ -74,11 +78,14 @@ Handler = Callable[[JSONObject, RequestContext], Awaitable[JSONObject]]
 class McpHandlers:
     """Answers MCP methods for the aggregate of all live upstreams."""
 
-    def __init__(self, pool: UpstreamPool, pipeline: Pipeline, *, page_size: int) -> None:
+    def __init__(
+        self, pool: UpstreamPool, pipeline: Pipeline, *, page_size: int, policies: PolicyService
+    ) -> None:
         self._tasks = TaskRegistry()
         self._pool = pool
         self._pipeline = pipeline
         self._page_size = page_size
+        self._policies = policies
         self._table: dict[str, Handler] = {
             "tools/list": self.list_tools,
             "tools/call": self.call_tool,
@@ -155,31 +162,69 @@ class McpHandlers:
             if down:
                 raise UpstreamUnavailable(down[0])
 
+    def _facts(self, rc: RequestContext) -> RequestFacts:
+        return self._policies.facts(
+            rc.principal, source_ip=rc.source_ip, protocol_version=rc.protocol_version
+        )
+
     async def list_tools(self, params: JSONObject, rc: RequestContext) -> JSONObject:
-        """One page of the merged tool list, ordered by exposed name."""
+        """One page of the tools this caller may call (list phase of the policy), by exposed name."""
         self._check_fail_closed(rc)
         after = _decode_cursor(params, "t")
-        page, last = rc.view.tools(self._pool.snapshot, after, self._page_size)
+        snapshot, facts, policies = self._pool.snapshot, self._facts(rc), self._policies
+
+        def keep(tool: ExposedItem) -> bool:
+            return policies.visible_tool(rc.principal, snapshot, tool, facts)
+
+        page, last = rc.view.tools(snapshot, after, self._page_size, keep)
         return _list_result("tools", page, _encode_cursor("t", last), rc)
 
     async def list_prompts(self, params: JSONObject, rc: RequestContext) -> JSONObject:
-        """One page of the merged prompt list."""
+        """One page of the prompts this caller may get."""
         self._check_fail_closed(rc)
         after = _decode_cursor(params, "p")
-        page, last = rc.view.prompts(self._pool.snapshot, after, self._page_size)
+        facts, policies = self._facts(rc), self._policies
+
+        def keep(prompt: ExposedItem) -> bool:
+            return policies.visible_prompt(rc.principal, prompt, facts)
+
+        page, last = rc.view.prompts(self._pool.snapshot, after, self._page_size, keep)
         return _list_result("prompts", page, _encode_cursor("p", last), rc)
 
     async def list_resources(self, params: JSONObject, rc: RequestContext) -> JSONObject:
-        """One page of the merged resource list (URIs rewritten)."""
+        """One page of the resources this caller may read (URIs rewritten)."""
         self._check_fail_closed(rc)
-        return self._offset_page("resources", rc.view.resources(self._pool.snapshot), params, rc)
+        items = self._readable(rc.view.resources(self._pool.snapshot), "uri", rc)
+        return self._offset_page("resources", items, params, rc)
 
     async def list_resource_templates(self, params: JSONObject, rc: RequestContext) -> JSONObject:
-        """One page of the merged resource-template list (URI templates rewritten)."""
+        """One page of the resource templates this caller may read from (URI templates rewritten)."""
         self._check_fail_closed(rc)
-        return self._offset_page(
-            "resourceTemplates", rc.view.resource_templates(self._pool.snapshot), params, rc
-        )
+        items = self._readable(rc.view.resource_templates(self._pool.snapshot), "uriTemplate", rc)
+        return self._offset_page("resourceTemplates", items, params, rc)
+
+    def _readable(
+        self, items: tuple[JSONObject, ...], key: str, rc: RequestContext
+    ) -> tuple[JSONObject, ...]:
+        facts, snapshot = self._facts(rc), self._pool.snapshot
+        kept: list[JSONObject] = []
+        for item in items:
+            shown = item.get(key)
+            target = rc.view.route_uri(snapshot, shown) if isinstance(shown, str) else None
+            if target is not None and self._policies.visible_resource(
+                rc.principal, target[0], target[1], facts
+            ):
+                kept.append(item)
+        return tuple(kept)
+
+    def _check_read(self, server: str, uri: str, shown: str, rc: RequestContext) -> None:
+        """A resource the caller may not read answers like one that does not exist."""
+        if not self._policies.may_read(rc.principal, server, uri, self._facts(rc)):
+            raise UnknownResource(shown)
+
+    def _check_prompt(self, prompt: ExposedItem, name: str, rc: RequestContext) -> None:
+        if not self._policies.may_get_prompt(rc.principal, prompt, self._facts(rc)):
+            raise UnknownPrompt(name)
 
     def _offset_page(
         self, key: str, items: tuple[JSONObject, ...], params: JSONObject, rc: RequestContext
@@ -219,6 +264,7 @@ class McpHandlers:
             input_responses=_object_or_none(params.get("inputResponses")),
             request_state=params.get("requestState"),
             task=_object_or_none(params.get("task")),
+            source_ip=rc.source_ip,
         )
         try:
             result = await self._pipeline(ctx)
@@ -283,6 +329,7 @@ class McpHandlers:
         if target is None:
             raise UnknownResource(uri)
         server, original = target
+        self._check_read(server, original, uri, rc)
         result = await self._routed(server, "resources/read", {"uri": original}, rc)
         contents = result.get("contents")
         if isinstance(contents, list):
@@ -341,6 +388,7 @@ class McpHandlers:
         target = rc.view.route_uri(self._pool.snapshot, uri)
         if target is None:
             raise UnknownResource(uri)
+        self._check_read(target[0], target[1], uri, rc)
         return target
 
     async def get_prompt(self, params: JSONObject, rc: RequestContext) -> JSONObject:
@@ -351,6 +399,7 @@ class McpHandlers:
         prompt = rc.view.prompt(self._pool.snapshot, name)
         if prompt is None:
             raise UnknownPrompt(name)
+        self._check_prompt(prompt, name, rc)
         upstream_params: JSONObject = {"name": prompt.name}
         if "arguments" in params:
             upstream_params["arguments"] = params["arguments"]
@@ -366,11 +415,13 @@ class McpHandlers:
             prompt = rc.view.prompt(self._pool.snapshot, str(ref.get("name")))
             if prompt is None:
                 raise UnknownPrompt(str(ref.get("name")))
+            self._check_prompt(prompt, str(ref.get("name")), rc)
             server, upstream_ref["name"] = prompt.server, prompt.name
         elif ref.get("type") == "ref/resource":
             target = rc.view.route_uri(self._pool.snapshot, str(ref.get("uri")))
             if target is None:
                 raise UnknownResource(str(ref.get("uri")))
+            self._check_read(target[0], target[1], str(ref.get("uri")), rc)
             server, upstream_ref["uri"] = target
         else:
             raise InvalidArguments("Unknown completion reference type")

@@ -21,7 +21,7 @@ import anyio
 import orjson
 from starlette.types import Message, Receive, Scope, Send
 
-from tollhouse.auth.middleware import RESOURCE_METADATA_KEY, challenge, principal_of
+from tollhouse.auth.middleware import RESOURCE_METADATA_KEY, challenge, client_address, principal_of
 from tollhouse.gateway.errors import (
     HEADER_MISMATCH,
     INTERNAL_ERROR,
@@ -279,6 +279,7 @@ class McpEndpoint:
         rc = RequestContext(
             principal=principal,
             resource_metadata=scope.get(RESOURCE_METADATA_KEY),
+            source_ip=client_address(scope),
             protocol_version=version,
             modern=True,
             view=scope[VIEW_KEY],
@@ -425,6 +426,7 @@ class McpEndpoint:
         rc = RequestContext(
             principal=principal,
             resource_metadata=scope.get(RESOURCE_METADATA_KEY),
+            source_ip=client_address(scope),
             protocol_version=session.protocol_version,
             modern=False,
             view=scope[VIEW_KEY],

@@ -21,6 +21,7 @@ from tollhouse.gateway.errors import (
     UpstreamUnavailable,
 )
 from tollhouse.gateway.parking import INPUT_KEY, Parking, Step
+from tollhouse.gateway.pinning import PinStage
 from tollhouse.gateway.pool import UpstreamPool
 from tollhouse.gateway.relay import (
     MAX_INPUT_ROUNDS,
@@ -61,6 +62,10 @@ class CallContext:
     request_state: Any = None
     tool: ExposedItem | None = None
     snapshot_version: int = 0
+    source_ip: str | None = None
+    # Set by AuthorizeStage: the decision, and the guardrails its permitting policies chose.
+    decision: Any = None
+    guardrails: Any = None
 
     def replace(self, **changes: Any) -> CallContext:
         """A copy with some fields changed."""
@@ -76,14 +81,18 @@ class Stage(Protocol):
 
 
 class ResolveStage:
-    """Exposed name -> (upstream, tool) from the current snapshot."""
+    """Exposed name -> (upstream, tool) from the current snapshot.
+
+    A tool pinning holds back resolves too (its `pin` says why): PinStage refuses it after
+    authorization has had its say, so a denied tool looks unknown whatever its pin state.
+    """
 
     def __init__(self, pool: UpstreamPool) -> None:
         self._pool = pool
 
     async def __call__(self, ctx: CallContext, call_next: Next) -> JSONObject:
         snapshot = self._pool.snapshot
-        tool = snapshot.tool(ctx.name)
+        tool = snapshot.tool(ctx.name) or snapshot.held_tool(ctx.name)
         if tool is None:
             if self._pool.known_but_down(ctx.name):
                 # A registered upstream that is down: say so rather than "unknown tool".
@@ -245,9 +254,24 @@ async def _end(ctx: CallContext) -> JSONObject:
     raise RuntimeError("the last stage must not call call_next")
 
 
-def build_pipeline(pool: UpstreamPool, sealer: Sealer, parking: Parking) -> Pipeline:
-    """The default chain for tools/call."""
-    return Pipeline([ResolveStage(pool), ScopeStage(pool), UpstreamStage(pool, sealer, parking)])
+def build_pipeline(
+    pool: UpstreamPool,
+    sealer: Sealer,
+    parking: Parking,
+    *,
+    authorize: Stage | None = None,
+    checks: Sequence[Stage] = (),
+) -> Pipeline:
+    """The chain for tools/call: resolve, authorize, pin, scope, `checks` (validate, guard), upstream.
+
+    Authorization comes before the pin check so that a tool the caller may not call answers
+    like an unknown tool whatever its pin state (DESIGN.md, Contract details).
+    """
+    stages: list[Stage] = [ResolveStage(pool)]
+    if authorize is not None:
+        stages.append(authorize)
+    stages += [PinStage(), ScopeStage(pool), *checks, UpstreamStage(pool, sealer, parking)]
+    return Pipeline(stages)
 
 
 def _requiring(capabilities: JSONObject | None, ask: Ask) -> Ask:

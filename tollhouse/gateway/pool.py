@@ -17,6 +17,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from tollhouse.gateway.errors import GatewayError, UpstreamRpcError, UpstreamUnavailable
+from tollhouse.gateway.pinning import Pinning
 from tollhouse.gateway.settings import UpstreamDefaults
 from tollhouse.gateway.snapshot import Snapshot, build_snapshot
 from tollhouse.gateway.upstream import ServerDescription, UpstreamConnector
@@ -29,6 +30,8 @@ from tollhouse.registry.models import (
     Upstream,
     UpstreamCatalog,
 )
+from tollhouse.registry.pin_store import Decision, MemoryPinStore, PinStore
+from tollhouse.registry.pins import Pin, PinKind
 from tollhouse.registry.store import RegistryStore
 
 __all__ = ["ConnectorFactory", "ResourceListener", "SyncResult", "UpstreamPool"]
@@ -70,9 +73,15 @@ class UpstreamPool:
     """Live upstream connectors and the snapshot built from their catalogs."""
 
     def __init__(
-        self, store: RegistryStore, connector_factory: ConnectorFactory, defaults: UpstreamDefaults
+        self,
+        store: RegistryStore,
+        connector_factory: ConnectorFactory,
+        defaults: UpstreamDefaults,
+        pins: PinStore | None = None,
     ) -> None:
         self._store = store
+        # Without a pin store pins live in memory: still enforced, forgotten at exit.
+        self._pinning = Pinning(pins if pins is not None else MemoryPinStore())
         self._factory = connector_factory
         self._defaults = defaults
         self._upstreams: dict[str, Upstream] = {}
@@ -196,6 +205,7 @@ class UpstreamPool:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             self._catalogs.update(await self._store.load_catalogs())
+            await self._pinning.load()
             upstreams = await self._store.list_upstreams()
             async with anyio.create_task_group() as start_tg:
                 for upstream in upstreams:
@@ -231,6 +241,7 @@ class UpstreamPool:
         self._catalogs.pop(name, None)
         self._health.pop(name, None)
         self._descriptions.pop(name, None)
+        await self._pinning.forget(name)
         await self._rebuild()
 
     async def refresh(self, name: str) -> SyncResult:
@@ -375,6 +386,23 @@ class UpstreamPool:
             synced_at=datetime.now(UTC),
             **lists,
         )
+        upstream = self._upstreams.get(name)
+        if upstream is None:
+            return  # removed while its lists were read
+        previous = self._catalogs.get(name)
+        others = [
+            f"{server}{SEPARATOR}{tool.get('name')}"
+            for server, other in self._catalogs.items()
+            if server != name
+            for tool in other.tools
+        ]
+        await self._pinning.sync(
+            upstream,
+            catalog,
+            (str(t.get("name")) for t in previous.tools) if previous else (),
+            others,
+        )
+        # No await since the pins were folded: a snapshot never pairs this catalog with older pins.
         self._catalogs[name] = catalog
         for tool in catalog.tools:
             if len(name) + len(SEPARATOR) + len(str(tool.get("name"))) > MAX_EXPOSED_NAME:
@@ -495,10 +523,32 @@ class UpstreamPool:
             old = self._snapshot
             live = {n for n in self._live if n in self._upstreams and self._upstreams[n].enabled}
             self._version += 1
-            new = build_snapshot(self._version, self._catalogs, live, self._toolsets.values())
+            new = build_snapshot(
+                self._version, self._catalogs, live, self._toolsets.values(), self._pinning.view()
+            )
             self._snapshot = new
         for listener in list(self._listeners):
             await listener(old, new)
+
+    # -- pins ------------------------------------------------------------------------------
+
+    @property
+    def pinning(self) -> Pinning:
+        """The pins of every server (read them here; decide through `decide`)."""
+        return self._pinning
+
+    async def decide(
+        self, server: str, kind: PinKind, name: str, decision: Decision, by: str, sha256: str | None = None
+    ) -> Pin | None:
+        """Approve or reject a pin as `by`; returns after a snapshot with the decision is live.
+
+        Raises:
+            PinConflictError: `sha256` is given and is not the pin's latest definition.
+        """
+        pin = await self._pinning.decide(server, kind, name, decision, by, sha256)
+        if pin is not None:
+            await self._rebuild()
+        return pin
 
     def replace_upstream(self, upstream: Upstream) -> None:
         """Update the stored definition of a registered upstream without reconnecting."""

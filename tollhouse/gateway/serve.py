@@ -92,6 +92,14 @@ def serve_main(config: str | None = None, host: str | None = None, port: int | N
             return 1
         for warning in loaded.warnings:
             print(f"tollhouse: warning: {warning}", file=sys.stderr)
+        from tollhouse.gateway.authorization import validate_entries
+
+        policy_problems = validate_entries(loaded.policies)
+        if policy_problems:
+            print(
+                f"tollhouse: error: {config}: invalid policies: {'; '.join(policy_problems)}", file=sys.stderr
+            )
+            return 1
     try:
         settings = load_settings(loaded, host=host, port=port)
     except ValidationError as exc:

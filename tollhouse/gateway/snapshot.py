@@ -10,7 +10,7 @@ Names: tools and prompts are exposed as `{server}__{name}`; resource URIs as
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -20,6 +20,7 @@ from tollhouse.registry.models import MAX_EXPOSED_NAME, SEPARATOR, JSONObject, T
 __all__ = [
     "RESOURCE_SCHEME",
     "ExposedItem",
+    "PinView",
     "ServerSlice",
     "Snapshot",
     "build_snapshot",
@@ -64,6 +65,21 @@ class ExposedItem:
     name: str
     definition: JSONObject  # the downstream view (name rewritten)
     upstream_definition: JSONObject
+    # Pinning (gateway/pinning.py): approved, or why it is held back: pending, changed,
+    # rejected, or held (the server's instructions await approval).
+    pin: str = "approved"
+
+
+@dataclass(frozen=True)
+class PinView:
+    """What pinning lets through, per server: each current tool's pin status, and held servers.
+
+    A tool is served only when its status is "approved" and its server is not held; a tool a
+    server lists but `tools` does not mention is treated as pending (fail closed).
+    """
+
+    tools: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    held: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -92,6 +108,7 @@ class Snapshot:
     servers: Mapping[str, ServerSlice] = field(default_factory=dict)
     toolsets: Mapping[str, Toolset] = field(default_factory=dict)
     _tool_index: Mapping[str, ExposedItem] = field(default_factory=dict)
+    _held_index: Mapping[str, ExposedItem] = field(default_factory=dict)
     _prompt_index: Mapping[str, ExposedItem] = field(default_factory=dict)
     _tool_names: tuple[str, ...] = ()
     _prompt_names: tuple[str, ...] = ()
@@ -100,17 +117,25 @@ class Snapshot:
         """The live tool with this exposed name, or None."""
         return self._tool_index.get(exposed)
 
+    def held_tool(self, exposed: str) -> ExposedItem | None:
+        """A tool of a live upstream that pinning holds back (never listed), or None."""
+        return self._held_index.get(exposed)
+
     def prompt(self, exposed: str) -> ExposedItem | None:
         """The live prompt with this exposed name, or None."""
         return self._prompt_index.get(exposed)
 
-    def tools_after(self, after: str | None, limit: int) -> tuple[tuple[ExposedItem, ...], str | None]:
+    def tools_after(
+        self, after: str | None, limit: int, keep: Callable[[ExposedItem], bool] | None = None
+    ) -> tuple[tuple[ExposedItem, ...], str | None]:
         """A page of tools ordered by exposed name, after the name `after` (keyset paging)."""
-        return keyset_page(self.tools, self._tool_names, after, limit)
+        return keyset_page(self.tools, self._tool_names, after, limit, keep)
 
-    def prompts_after(self, after: str | None, limit: int) -> tuple[tuple[ExposedItem, ...], str | None]:
+    def prompts_after(
+        self, after: str | None, limit: int, keep: Callable[[ExposedItem], bool] | None = None
+    ) -> tuple[tuple[ExposedItem, ...], str | None]:
         """A page of prompts ordered by exposed name."""
-        return keyset_page(self.prompts, self._prompt_names, after, limit)
+        return keyset_page(self.prompts, self._prompt_names, after, limit, keep)
 
     def tool_fingerprint(self) -> frozenset[tuple[str, str]]:
         """(name, definition identity) pairs: equal fingerprints mean an unchanged tool list."""
@@ -118,13 +143,30 @@ class Snapshot:
 
 
 def keyset_page(
-    items: tuple[ExposedItem, ...], names: tuple[str, ...], after: str | None, limit: int
+    items: tuple[ExposedItem, ...],
+    names: tuple[str, ...],
+    after: str | None,
+    limit: int,
+    keep: Callable[[ExposedItem], bool] | None = None,
 ) -> tuple[tuple[ExposedItem, ...], str | None]:
-    """Items after the name `after` (names sorted, parallel to items), and the last name if more follow."""
+    """Items after the name `after` (names sorted, parallel to items), and the last name if more follow.
+
+    With `keep`, only the items it accepts count (a caller's visible tools): pages stay full and
+    the cursor names the last item shown, so filtering never skips or repeats an item.
+    """
     start = bisect.bisect_right(names, after) if after is not None else 0
-    page = items[start : start + limit]
-    more = start + limit < len(items)
-    return page, (page[-1].exposed if more and page else None)
+    if keep is None:
+        page = items[start : start + limit]
+        more = start + limit < len(items)
+        return page, (page[-1].exposed if more and page else None)
+    shown: list[ExposedItem] = []
+    position = start
+    while position < len(items) and len(shown) < limit:
+        if keep(items[position]):
+            shown.append(items[position])
+        position += 1
+    more = any(keep(item) for item in items[position:])
+    return tuple(shown), (shown[-1].exposed if more and shown else None)
 
 
 def _exposed(server: str, definition: JSONObject, key: str, value: Any) -> JSONObject:
@@ -138,9 +180,26 @@ def build_snapshot(
     catalogs: Mapping[str, UpstreamCatalog],
     live: Iterable[str],
     toolsets: Iterable[Toolset] = (),
+    pins: PinView | None = None,
 ) -> Snapshot:
-    """Merge the catalogs of the live upstreams into one snapshot with exposed names."""
-    live_set = frozenset(live)
+    """Merge the catalogs of the live upstreams into one snapshot with exposed names.
+
+    With `pins`, only approved tools are served; the others go to the held index (a call gets
+    "pending approval"), and a held server contributes nothing else (it is not `live`).
+    """
+    held_servers = frozenset(pins.held) & frozenset(live) if pins is not None else frozenset()
+    held: list[ExposedItem] = []
+    for server in sorted(held_servers):
+        catalog = catalogs.get(server)
+        for tool in catalog.tools if catalog is not None else ():
+            exposed = f"{server}{SEPARATOR}{tool['name']}"
+            if len(exposed) <= MAX_EXPOSED_NAME:
+                held.append(
+                    ExposedItem(
+                        exposed, server, tool["name"], _exposed(server, tool, "name", exposed), tool, "held"
+                    )
+                )
+    live_set = frozenset(live) - held_servers
     tools: list[ExposedItem] = []
     prompts: list[ExposedItem] = []
     resources: list[JSONObject] = []
@@ -155,9 +214,11 @@ def build_snapshot(
             exposed = f"{server}{SEPARATOR}{tool['name']}"
             if len(exposed) > MAX_EXPOSED_NAME:
                 continue  # model APIs refuse longer function names; the pool logs it at sync
-            tools.append(
-                ExposedItem(exposed, server, tool["name"], _exposed(server, tool, "name", exposed), tool)
+            status = "approved" if pins is None else pins.tools.get(server, {}).get(tool["name"], "pending")
+            item = ExposedItem(
+                exposed, server, tool["name"], _exposed(server, tool, "name", exposed), tool, status
             )
+            (tools if status == "approved" else held).append(item)
         for prompt in catalog.prompts:
             exposed = f"{server}{SEPARATOR}{prompt['name']}"
             prompts.append(
@@ -198,6 +259,7 @@ def build_snapshot(
         servers=MappingProxyType(servers),
         toolsets=MappingProxyType({t.name: t for t in toolsets}),
         _tool_index=MappingProxyType({t.exposed: t for t in tools}),
+        _held_index=MappingProxyType({t.exposed: t for t in held}),
         _prompt_index=MappingProxyType({p.exposed: p for p in prompts}),
         _tool_names=tuple(t.exposed for t in tools),
         _prompt_names=tuple(p.exposed for p in prompts),

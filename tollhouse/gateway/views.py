@@ -13,6 +13,7 @@ limits and audit see one name per tool. Views are pure: no I/O.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,6 +29,7 @@ from tollhouse.registry.models import SEPARATOR, JSONObject, Toolset
 __all__ = ["AggregateView", "ServerView", "ToolsetView", "View", "toolset_members"]
 
 Page = tuple[list[JSONObject], str | None]
+Keep = Callable[[ExposedItem], bool]
 
 
 class View(Protocol):
@@ -38,16 +40,16 @@ class View(Protocol):
         """Identifies the endpoint; sessions are bound to it."""
         ...
 
-    def tools(self, snapshot: Snapshot, after: str | None, limit: int) -> Page:
-        """A page of tool definitions as this view names them, and the cursor value for the next."""
+    def tools(self, snapshot: Snapshot, after: str | None, limit: int, keep: Keep | None = None) -> Page:
+        """A page of tool definitions as this view names them (only those `keep` accepts), and the cursor."""
         ...
 
     def tool_name(self, snapshot: Snapshot, name: str) -> str:
         """The exposed name (`server__tool`) a call to `name` is for; unknown names pass unchanged."""
         ...
 
-    def prompts(self, snapshot: Snapshot, after: str | None, limit: int) -> Page:
-        """A page of prompt definitions."""
+    def prompts(self, snapshot: Snapshot, after: str | None, limit: int, keep: Keep | None = None) -> Page:
+        """A page of prompt definitions (only those `keep` accepts)."""
         ...
 
     def prompt(self, snapshot: Snapshot, name: str) -> ExposedItem | None:
@@ -70,21 +72,25 @@ class View(Protocol):
         """The URI this view shows for an upstream URI."""
         ...
 
+    def resource_server(self, uri: str) -> str | None:
+        """The upstream a resource (or template) URI of this view belongs to."""
+        ...
+
 
 class AggregateView:
     """Every live upstream, namespaced."""
 
     key = "aggregate"
 
-    def tools(self, snapshot: Snapshot, after: str | None, limit: int) -> Page:
-        page, last = snapshot.tools_after(after, limit)
+    def tools(self, snapshot: Snapshot, after: str | None, limit: int, keep: Keep | None = None) -> Page:
+        page, last = snapshot.tools_after(after, limit, keep)
         return [t.definition for t in page], last
 
     def tool_name(self, snapshot: Snapshot, name: str) -> str:
         return name
 
-    def prompts(self, snapshot: Snapshot, after: str | None, limit: int) -> Page:
-        page, last = snapshot.prompts_after(after, limit)
+    def prompts(self, snapshot: Snapshot, after: str | None, limit: int, keep: Keep | None = None) -> Page:
+        page, last = snapshot.prompts_after(after, limit, keep)
         return [p.definition for p in page], last
 
     def prompt(self, snapshot: Snapshot, name: str) -> ExposedItem | None:
@@ -103,6 +109,10 @@ class AggregateView:
     def show_uri(self, server: str, uri: str) -> str:
         return expose_uri(server, uri)
 
+    def resource_server(self, uri: str) -> str | None:
+        target = split_exposed_uri(uri)
+        return target[0] if target is not None else None
+
 
 @dataclass(frozen=True)
 class ServerView:
@@ -115,21 +125,21 @@ class ServerView:
         """Sessions are bound to the view they were created on."""
         return f"server:{self.server}"
 
-    def tools(self, snapshot: Snapshot, after: str | None, limit: int) -> Page:
+    def tools(self, snapshot: Snapshot, after: str | None, limit: int, keep: Keep | None = None) -> Page:
         own = snapshot.servers.get(self.server)
         if own is None:
             return [], None
-        page, last = keyset_page(own.tools, own.tool_names, after, limit)
+        page, last = keyset_page(own.tools, own.tool_names, after, limit, keep)
         return [t.upstream_definition for t in page], (page[-1].name if last is not None and page else None)
 
     def tool_name(self, snapshot: Snapshot, name: str) -> str:
         return f"{self.server}{SEPARATOR}{name}"
 
-    def prompts(self, snapshot: Snapshot, after: str | None, limit: int) -> Page:
+    def prompts(self, snapshot: Snapshot, after: str | None, limit: int, keep: Keep | None = None) -> Page:
         own = snapshot.servers.get(self.server)
         if own is None:
             return [], None
-        page, last = keyset_page(own.prompts, own.prompt_names, after, limit)
+        page, last = keyset_page(own.prompts, own.prompt_names, after, limit, keep)
         return [p.upstream_definition for p in page], (page[-1].name if last is not None and page else None)
 
     def prompt(self, snapshot: Snapshot, name: str) -> ExposedItem | None:
@@ -148,6 +158,9 @@ class ServerView:
 
     def show_uri(self, server: str, uri: str) -> str:
         return uri
+
+    def resource_server(self, uri: str) -> str | None:
+        return self.server
 
 
 def toolset_members(toolset: Toolset, snapshot: Snapshot) -> list[tuple[str, ExposedItem]]:
@@ -175,8 +188,12 @@ class ToolsetView:
         toolset = snapshot.toolsets.get(self.name)
         return toolset_members(toolset, snapshot) if toolset is not None else []
 
-    def tools(self, snapshot: Snapshot, after: str | None, limit: int) -> Page:
-        members = [(shown, tool) for shown, tool in self._members(snapshot) if after is None or shown > after]
+    def tools(self, snapshot: Snapshot, after: str | None, limit: int, keep: Keep | None = None) -> Page:
+        members = [
+            (shown, tool)
+            for shown, tool in self._members(snapshot)
+            if (after is None or shown > after) and (keep is None or keep(tool))
+        ]
         page = members[:limit]
         last = page[-1][0] if len(members) > limit and page else None
         return [{**tool.definition, "name": shown} for shown, tool in page], last
@@ -185,9 +202,19 @@ class ToolsetView:
         for shown, tool in self._members(snapshot):
             if shown == name:
                 return tool.exposed
+        # A member that pinning holds back is not listed, but a call to it says why (-31020).
+        toolset = snapshot.toolsets.get(self.name)
+        if toolset is not None:
+            exposed = toolset.aliases.get(name, name)
+            aliased = name in toolset.aliases or exposed in toolset.aliases.values()
+            matched = name in toolset.aliases or (
+                not aliased and any(fnmatch.fnmatchcase(exposed, p) for p in toolset.tools)
+            )
+            if matched and snapshot.held_tool(exposed) is not None:
+                return exposed
         return f"{SEPARATOR}{name}"  # never an exposed name: resolves as unknown
 
-    def prompts(self, snapshot: Snapshot, after: str | None, limit: int) -> Page:
+    def prompts(self, snapshot: Snapshot, after: str | None, limit: int, keep: Keep | None = None) -> Page:
         return [], None
 
     def prompt(self, snapshot: Snapshot, name: str) -> ExposedItem | None:
@@ -204,3 +231,6 @@ class ToolsetView:
 
     def show_uri(self, server: str, uri: str) -> str:
         return uri
+
+    def resource_server(self, uri: str) -> str | None:
+        return None

@@ -34,12 +34,14 @@ from tollhouse.auth.settings import AuthSettings
 from tollhouse.registry.models import (
     MAX_EXPOSED_NAME,
     OAUTH_AUTH_TYPES,
+    POLICY_ID_RE,
     RESERVED_NAMES,
     SEPARATOR,
     TEAM_NAME_RE,
     UPSTREAM_NAME_RE,
     AuthType,
     ClientRecord,
+    PolicyEntry,
     Team,
     Toolset,
     Transport,
@@ -63,6 +65,8 @@ __all__ = [
     "load_config",
     "load_config_file",
     "parse_yaml",
+    "policy_from_dict",
+    "policy_to_dict",
     "render_yaml",
     "server_from_dict",
     "server_secrets_from_dict",
@@ -74,8 +78,8 @@ __all__ = [
     "valid_tool_pattern",
 ]
 
-IMPLEMENTED_SECTIONS = ("gateway", "servers", "toolsets", "teams", "clients")
-PLANNED_SECTIONS = ("agents", "policies", "limits", "prices")
+IMPLEMENTED_SECTIONS = ("gateway", "servers", "toolsets", "teams", "clients", "policies")
+PLANNED_SECTIONS = ("agents", "limits", "prices")
 
 _GATEWAY_KEYS = ("public_url", "auth")
 _SERVER_KEYS = (
@@ -88,6 +92,7 @@ _SERVER_KEYS = (
     "cwd",
     "approval",
     "failure_mode",
+    "trusted",
     "enabled",
     "auth",
     "timeouts",
@@ -137,6 +142,7 @@ _SECRET_REF_RE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _TIMEOUT_KEYS = {"connect_seconds": "connect_timeout_seconds", "call_seconds": "call_timeout_seconds"}
 _CLIENT_KEYS = ("name", "team", "scopes")
 _TEAM_KEYS = ("name", "description")
+_POLICY_KEYS = ("id", "description", "cedar", "allow", "deny", "guardrails")
 _TOOLSET_KEYS = ("name", "description", "tools", "aliases")
 
 _ALL_SECTIONS = IMPLEMENTED_SECTIONS + PLANNED_SECTIONS
@@ -197,6 +203,11 @@ class LoadedConfig:
     warnings: tuple[str, ...] = ()
     toolsets: tuple[Toolset, ...] = ()
     teams: tuple[Team, ...] = ()
+    # Policies as written: Cedar text, or sugar that tollhouse.policies compiles at apply.
+    policies: tuple[PolicyEntry, ...] = ()
+    # The sections the file has: `--prune` prunes policies only when the file speaks of them,
+    # so a file about servers cannot delete every policy (and lock everyone out) by omission.
+    sections: frozenset[str] = field(default=frozenset(), compare=False)
     # server name -> secret field -> value, to be stored encrypted; kept out of repr and logs.
     secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict, repr=False)
 
@@ -339,6 +350,10 @@ def _config(data: Any) -> LoadedConfig:
     _no_duplicates([c.name for c in clients], "clients")
     teams = tuple(_team(item, f"teams[{i}]") for i, item in enumerate(_list(data, "teams", "")))
     _no_duplicates([t.name for t in teams], "teams")
+    policies = tuple(
+        policy_from_dict(item, path=f"policies[{i}]") for i, item in enumerate(_list(data, "policies", ""))
+    )
+    _no_duplicates([p.id for p in policies], "policies", key="id")
     return LoadedConfig(
         gateway=gateway,
         servers=servers,
@@ -346,6 +361,8 @@ def _config(data: Any) -> LoadedConfig:
         warnings=tuple(warnings),
         toolsets=toolsets,
         teams=teams,
+        policies=policies,
+        sections=frozenset(k for k in data if k in IMPLEMENTED_SECTIONS),
         secrets=secrets,
     )
 
@@ -458,6 +475,7 @@ def server_secrets_from_dict(data: Any, *, path: str = "") -> tuple[Upstream, di
         enabled=enabled,
         approval="manual" if approval == "manual" else "first-use",
         failure_mode="closed" if failure_mode == "closed" else "open",
+        trusted=_bool(entry, "trusted", path),
         connect_timeout_seconds=connect,
         call_timeout_seconds=call,
         scopes=_scopes(entry.get("scopes"), _join(path, "scopes")),
@@ -490,6 +508,15 @@ def _scopes(value: Any, path: str) -> dict[str, tuple[str, ...]]:
                 raise ConfigError(where, f"{scope!r} is not a valid OAuth scope")
         out[pattern] = tuple(sorted(set(scopes)))
     return out
+
+
+def _bool(entry: Mapping[str, Any], key: str, path: str, default: bool = False) -> bool:
+    value = entry.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ConfigError(_join(path, key), f"expected true or false, got {_kind(value)}")
+    return value
 
 
 def _name(entry: Mapping[str, Any], path: str) -> str:
@@ -610,6 +637,47 @@ def _client(value: Any, path: str) -> ClientSpec:
     if not isinstance(scopes, list) or not all(isinstance(x, str) and _SCOPE_TOKEN.match(x) for x in scopes):
         raise ConfigError(_join(path, "scopes"), "expected a list of OAuth scopes")
     return ClientSpec(name=name, team=team, scopes=tuple(sorted(set(scopes))))
+
+
+def policy_from_dict(value: Any, *, path: str = "") -> PolicyEntry:
+    """A policy entry: `id`, an optional `description`, and either `cedar` text or `allow`/`deny` sugar.
+
+    Only the shape is checked here; tollhouse.policies compiles and validates the content.
+
+    Raises:
+        ConfigError: a missing or bad id, an unknown key, or not exactly one of cedar/allow/deny.
+    """
+    data = _mapping(value, path, _POLICY_KEYS)
+    policy_id = _str(data, "id", path)
+    if policy_id is None:
+        raise ConfigError(_join(path, "id"), "required")
+    if not POLICY_ID_RE.match(policy_id):
+        raise ConfigError(
+            _join(path, "id"), f"{policy_id!r} is not a valid id: use [A-Za-z0-9][A-Za-z0-9_.:-]{{0,127}}"
+        )
+    given = [key for key in ("cedar", "allow", "deny") if data.get(key) is not None]
+    if len(given) != 1:
+        raise ConfigError(path, "give exactly one of 'cedar', 'allow' or 'deny'")
+    description = _str(data, "description", path)
+    if given == ["cedar"]:
+        cedar = _str(data, "cedar", path)
+        if "guardrails" in data:
+            raise ConfigError(_join(path, "guardrails"), "write guardrails as annotations in the Cedar text")
+        return PolicyEntry(id=policy_id, cedar=cedar or "", description=description)
+    sugar = {key: data[key] for key in ("allow", "deny", "guardrails") if key in data}
+    return PolicyEntry(id=policy_id, cedar="", sugar=sugar, description=description)
+
+
+def policy_to_dict(entry: PolicyEntry) -> dict[str, Any]:
+    """A policy in the file's shape: its sugar if it was written so, else its Cedar text."""
+    out: dict[str, Any] = {"id": entry.id}
+    if entry.description:
+        out["description"] = entry.description
+    if entry.sugar:
+        out.update(entry.sugar)
+    else:
+        out["cedar"] = entry.cedar
+    return out
 
 
 def _team(value: Any, path: str) -> Team:
@@ -813,12 +881,12 @@ def _http_url(url: str, path: str, *, base_only: bool) -> None:
         raise ConfigError(path, "must not have a query or fragment")
 
 
-def _no_duplicates(names: Sequence[str], section: str) -> None:
+def _no_duplicates(names: Sequence[str], section: str, *, key: str = "name") -> None:
     seen: dict[str, int] = {}
     for i, name in enumerate(names):
         if name in seen:
             raise ConfigError(
-                f"{section}[{i}].name", f"duplicate name '{name}' (also {section}[{seen[name]}])"
+                f"{section}[{i}].{key}", f"duplicate {key} '{name}' (also {section}[{seen[name]}])"
             )
         seen[name] = i
 
@@ -848,6 +916,8 @@ def server_to_dict(upstream: Upstream, secret_fields: Collection[str] = ()) -> d
         out["approval"] = upstream.approval
     if upstream.failure_mode != _DEFAULTS.failure_mode:
         out["failure_mode"] = upstream.failure_mode
+    if upstream.trusted:
+        out["trusted"] = True
     if upstream.scopes:
         out["scopes"] = {pattern: list(scopes) for pattern, scopes in upstream.scopes.items()}
     if not upstream.enabled:
@@ -888,6 +958,7 @@ def config_to_dict(
     toolsets: Sequence[Toolset] = (),
     secret_fields: Mapping[str, Collection[str]] | None = None,
     teams: Sequence[Team] = (),
+    policies: Sequence[PolicyEntry] = (),
 ) -> dict[str, Any]:
     """The configuration as a plain mapping in the file's shape; empty sections are omitted.
 
@@ -923,6 +994,8 @@ def config_to_dict(
         entries.append(entry)
     if entries:
         out["clients"] = entries
+    if policies:
+        out["policies"] = [policy_to_dict(p) for p in policies]
     return out
 
 

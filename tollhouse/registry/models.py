@@ -105,6 +105,9 @@ class Upstream:
     enabled: bool = True
     approval: Approval = "first-use"
     failure_mode: FailureMode = "open"  # closed: while down, the aggregate refuses to list
+    # An admin vouches for this server: its tool annotations (readOnlyHint, destructiveHint)
+    # may then inform policy. Untrusted annotations are never believed.
+    trusted: bool = False
     connect_timeout_seconds: float = 5.0
     call_timeout_seconds: float = 60.0
     # Step-up: original tool name (or glob) -> the OAuth scopes a token needs to call it.
@@ -273,3 +276,23 @@ class RefreshGrant:
     expires_at: datetime
     used_at: datetime | None = None
     revoked_at: datetime | None = None
+
+
+POLICY_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class PolicyEntry:
+    """A stored authorization policy: its Cedar text, and the YAML sugar it came from (if any).
+
+    The registry keeps policies; it does not judge them (tollhouse.policies compiles and
+    validates them). `sugar` is kept so an export writes back what the admin wrote.
+    """
+
+    id: str
+    cedar: str
+    sugar: JSONObject | None = None
+    description: str | None = None
+    updated_by: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None

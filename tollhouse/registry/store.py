@@ -22,6 +22,7 @@ from tollhouse.registry.models import CatalogEntry, ClientRecord, Health, Toolse
 from tollhouse.registry.tables import (
     CATALOG_ENTRIES,
     CLIENTS,
+    TOOL_PINS,
     TOOLSETS,
     UPSTREAM_META,
     UPSTREAM_SECRETS,
@@ -30,6 +31,7 @@ from tollhouse.registry.tables import (
     CatalogEntryRow,
     ClientRow,
     SettingRow,
+    ToolPinRow,
     ToolsetRow,
     UpstreamMetaRow,
     UpstreamRow,
@@ -245,6 +247,7 @@ class SqlRegistryStore:
             session.execute(sa.delete(CatalogEntryRow).where(CATALOG_ENTRIES.c.server == name))
             session.execute(sa.delete(UpstreamSecretRow).where(UPSTREAM_SECRETS.c.upstream == name))
             session.execute(sa.delete(UserUpstreamTokenRow).where(USER_UPSTREAM_TOKENS.c.upstream == name))
+            session.execute(sa.delete(ToolPinRow).where(TOOL_PINS.c.server == name))
             meta = session.get(UpstreamMetaRow, name)
             if meta is not None:
                 session.delete(meta)

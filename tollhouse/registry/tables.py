@@ -27,11 +27,13 @@ from tollhouse.registry.models import (
     UpstreamAuth,
     UpstreamCatalog,
 )
+from tollhouse.registry.pins import Pin
 
 __all__ = [
     "CATALOG_ENTRIES",
     "CLIENTS",
     "TOOLSETS",
+    "TOOL_PINS",
     "UPSTREAMS",
     "UPSTREAM_META",
     "UPSTREAM_SECRETS",
@@ -39,6 +41,7 @@ __all__ = [
     "CatalogEntryRow",
     "ClientRow",
     "SettingRow",
+    "ToolPinRow",
     "ToolsetRow",
     "UTCDateTime",
     "UpstreamMetaRow",
@@ -99,6 +102,7 @@ class UpstreamRow(SQLModel, table=True):
     enabled: bool
     approval: str
     failure_mode: str = Field(default="open", sa_column_kwargs={"server_default": "open"})
+    trusted: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
     connect_timeout_seconds: float
     call_timeout_seconds: float
     scopes: dict[str, list[str]] = Field(default_factory=dict, sa_type=sa.JSON)
@@ -134,6 +138,7 @@ class UpstreamRow(SQLModel, table=True):
             enabled=self.enabled,
             approval=self.approval,  # type: ignore[arg-type]
             failure_mode=self.failure_mode,  # type: ignore[arg-type]  # written from a FailureMode
+            trusted=self.trusted,
             connect_timeout_seconds=self.connect_timeout_seconds,
             call_timeout_seconds=self.call_timeout_seconds,
             scopes={pattern: tuple(scopes) for pattern, scopes in (self.scopes or {}).items()},
@@ -161,6 +166,7 @@ def _config(upstream: Upstream) -> dict[str, Any]:
         "enabled": upstream.enabled,
         "approval": upstream.approval,
         "failure_mode": upstream.failure_mode,
+        "trusted": upstream.trusted,
         "connect_timeout_seconds": upstream.connect_timeout_seconds,
         "call_timeout_seconds": upstream.call_timeout_seconds,
         "scopes": {pattern: list(scopes) for pattern, scopes in upstream.scopes.items()},
@@ -458,6 +464,77 @@ class UserUpstreamTokenRow(SQLModel, table=True):
     updated_at: datetime = Field(sa_type=UTCDateTime)
 
 
+class PolicyRow(SQLModel, table=True):
+    """An authorization policy (Cedar text, and the sugar it was written in, if any)."""
+
+    __tablename__ = "policies"
+
+    id: str = Field(primary_key=True)
+    cedar: str = Field(sa_type=sa.Text)
+    sugar: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
+    description: str | None = Field(default=None, sa_type=sa.Text)
+    updated_by: str | None = None
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class ToolPinRow(SQLModel, table=True):
+    """One pin (registry/pins.py): a tool's or a server's instructions' definition and its approval."""
+
+    __tablename__ = "tool_pins"
+
+    server: str = Field(primary_key=True, foreign_key="upstreams.name", ondelete="CASCADE")
+    kind: str = Field(primary_key=True)
+    name: str = Field(primary_key=True, sa_type=sa.Text)
+    sha256: str
+    definition: JSONObject = Field(sa_type=sa.JSON)
+    state: str
+    reason: str
+    approved_sha256: str | None = None
+    approved_definition: JSONObject | None = Field(default=None, sa_type=sa.JSON)
+    findings: list[JSONObject] = Field(default_factory=list, sa_type=sa.JSON)
+    first_seen_at: datetime = Field(sa_type=UTCDateTime)
+    decided_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    decided_by: str | None = None
+
+    @classmethod
+    def of(cls, pin: Pin) -> ToolPinRow:
+        """The row of `pin`."""
+        return cls(
+            server=pin.server,
+            kind=pin.kind,
+            name=pin.name,
+            sha256=pin.sha256,
+            definition=pin.definition,
+            state=pin.state,
+            reason=pin.reason,
+            approved_sha256=pin.approved_sha256,
+            approved_definition=pin.approved_definition,
+            findings=list(pin.findings),
+            first_seen_at=utc(pin.first_seen_at) if pin.first_seen_at else datetime.now(UTC),
+            decided_at=utc(pin.decided_at) if pin.decided_at else None,
+            decided_by=pin.decided_by,
+        )
+
+    def to_pin(self) -> Pin:
+        """The frozen pin."""
+        return Pin(
+            server=self.server,
+            kind=self.kind,  # type: ignore[arg-type]  # written from a PinKind
+            name=self.name,
+            sha256=self.sha256,
+            definition=self.definition,
+            state=self.state,  # type: ignore[arg-type]  # written from a PinState
+            reason=self.reason,
+            approved_sha256=self.approved_sha256,
+            approved_definition=self.approved_definition,
+            findings=tuple(self.findings or ()),
+            first_seen_at=self.first_seen_at,
+            decided_at=self.decided_at,
+            decided_by=self.decided_by,
+        )
+
+
 # Typed handles for building WHERE/ORDER BY clauses: mypy sees model attributes as plain values.
 UPSTREAM_SECRETS = metadata.tables["upstream_secrets"]
 USER_UPSTREAM_TOKENS = metadata.tables["user_upstream_tokens"]
@@ -471,3 +548,5 @@ REFRESH_TOKENS = metadata.tables["refresh_tokens"]
 REVOKED_TOKENS = metadata.tables["revoked_tokens"]
 OAUTH_CODES = metadata.tables["oauth_codes"]
 CONSENTS = metadata.tables["consents"]
+TOOL_PINS = metadata.tables["tool_pins"]
+POLICIES = metadata.tables["policies"]
