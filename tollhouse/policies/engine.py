@@ -33,6 +33,7 @@ from typing import Any, Generic, TypeVar
 
 import cedarpy
 import orjson
+from cedarpy import _internal as _cedar
 
 from tollhouse.policies.analysis import ANY_KEY, UNKNOWN_ARGUMENTS, IndexKey
 from tollhouse.policies.compile import (
@@ -464,10 +465,14 @@ class PolicyEngine:
             "context": context_json(selection.reads, facts, arguments),
         }
         entities = target.entities.with_added_json_str(who.json)
-        result = cedarpy.is_authorized(request, handle, entities)
-        reasons = tuple(sorted(result.diagnostics.reasons))
-        errors = tuple(result.diagnostics.errors)
-        if not result.allowed:
+        # cedarpy's own extension entry point: its public wrapper copies the request and parses
+        # the answer with the stdlib json module, about 6 µs of a 40 µs decision here.
+        (answer,) = _cedar.is_authorized_batch([request], handle, entities._inner, None, False)
+        result = orjson.loads(answer)
+        diagnostics = result.get("diagnostics") or {}
+        reasons = tuple(sorted(diagnostics.get("reason") or ()))
+        errors = tuple(str(e) for e in diagnostics.get("errors") or ())
+        if result.get("decision") != "Allow":
             return Decision(allowed=False, policy_ids=reasons, errors=errors)
         guardrails = _merge_guardrails(self._by_id[r] for r in reasons if r in self._by_id)
         return Decision(allowed=True, policy_ids=reasons, errors=errors, guardrails=guardrails)
