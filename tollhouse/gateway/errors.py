@@ -66,6 +66,10 @@ class GatewayError(Exception):
 
     code: int = INTERNAL_ERROR
     default_message = "Internal error"
+    # Channel 1 where the exchange allows it: a non-200 status (429 for a limit) and its headers,
+    # sent when the answer has not turned into an event stream yet.
+    status: int = 200
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
     def __init__(self, message: str | None = None, data: dict[str, Any] | None = None) -> None:
         self.message = message or self.default_message

@@ -11,7 +11,7 @@ import binascii
 import functools
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tollhouse import __version__
@@ -70,6 +70,8 @@ class RequestContext:
     session: DownstreamSession | None = None
     resource_metadata: str | None = None  # this endpoint's RFC 9728 URL, for step-up challenges
     source_ip: str | None = None  # the caller's address, for policy and audit
+    # Headers for the HTTP response, filled by stages before it starts (the stream's own list).
+    response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
 Handler = Callable[[JSONObject, RequestContext], Awaitable[JSONObject]]
@@ -265,6 +267,7 @@ class McpHandlers:
             request_state=params.get("requestState"),
             task=_object_or_none(params.get("task")),
             source_ip=rc.source_ip,
+            response_headers=rc.response_headers,
         )
         try:
             result = await self._pipeline(ctx)

@@ -280,6 +280,7 @@ class McpEndpoint:
             principal=principal,
             resource_metadata=scope.get(RESOURCE_METADATA_KEY),
             source_ip=client_address(scope),
+            response_headers=stream.headers,
             protocol_version=version,
             modern=True,
             view=scope[VIEW_KEY],
@@ -427,6 +428,7 @@ class McpEndpoint:
             principal=principal,
             resource_metadata=scope.get(RESOURCE_METADATA_KEY),
             source_ip=client_address(scope),
+            response_headers=stream.headers,
             protocol_version=session.protocol_version,
             modern=False,
             view=scope[VIEW_KEY],
@@ -497,7 +499,11 @@ class _Stream:
         self._send = send
         self._id = request_id
         self._token = progress_token
-        self._session_headers = [(b"mcp-session-id", session_id.encode())] if session_id else []
+        # Response headers: the session id, and whatever the call's stages add before the
+        # response starts (rate-limit state); RequestContext.response_headers is this list.
+        self.headers: list[tuple[bytes, bytes]] = (
+            [(b"mcp-session-id", session_id.encode())] if session_id else []
+        )
         self._sse = False
         self._legacy = legacy
         self._last_progress: float | None = None
@@ -509,7 +515,7 @@ class _Stream:
                 {
                     "type": "http.response.start",
                     "status": 200,
-                    "headers": _SSE_HEADERS + self._session_headers,
+                    "headers": _SSE_HEADERS + self.headers,
                 }
             )
 
@@ -598,11 +604,15 @@ class _Stream:
                     self._send,
                     403,
                     orjson.dumps(payload),
-                    [*self._session_headers, (b"www-authenticate", header)],
+                    [*self.headers, (b"www-authenticate", header)],
                 )
                 return
         except GatewayError as exc:
             payload = {"jsonrpc": "2.0", "id": self._id, "error": exc.to_error()}
+            if exc.status != 200 and not self._sse:
+                # A refusal the HTTP exchange can still carry (429 for a limit), with its headers.
+                await _send_json(self._send, exc.status, orjson.dumps(payload), [*self.headers, *exc.headers])
+                return
         except anyio.get_cancelled_exc_class():
             raise
         except Exception:
@@ -615,7 +625,7 @@ class _Stream:
         if self._sse:
             await self._event(payload, more=False)
         else:
-            await _send_json(self._send, 200, orjson.dumps(payload), self._session_headers)
+            await _send_json(self._send, 200, orjson.dumps(payload), self.headers)
 
     async def close_without_answer(self) -> None:
         """End the HTTP exchange of a cancelled request without a JSON-RPC response."""

@@ -66,6 +66,10 @@ class CallContext:
     # Set by AuthorizeStage: the decision, and the guardrails its permitting policies chose.
     decision: Any = None
     guardrails: Any = None
+    # Response headers stages may add (rate-limit state); the stream's own list.
+    response_headers: list[tuple[bytes, bytes]] = dataclasses.field(default_factory=list)
+    # Filled in by the metering stage as the call goes (cost, upstream time, tokens, bytes).
+    meter: Any = None
 
     def replace(self, **changes: Any) -> CallContext:
         """A copy with some fields changed."""
