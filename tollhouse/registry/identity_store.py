@@ -8,16 +8,12 @@ racing for the same code cannot both win.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import TypeVar
+from datetime import datetime
 
-import anyio.to_thread
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from tollhouse.registry.migrate import with_write_lock
 from tollhouse.registry.models import AuthCode, RefreshGrant, Team, User
 from tollhouse.registry.store import StoreConflictError
 from tollhouse.registry.tables import (
@@ -33,33 +29,13 @@ from tollhouse.registry.tables import (
     UserRow,
     utc,
 )
+from tollhouse.registry.transactions import TransactionalStore
 
 __all__ = ["SqlIdentityStore"]
 
-T = TypeVar("T")
 
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class SqlIdentityStore:
+class SqlIdentityStore(TransactionalStore):
     """Identity persistence over a sync SQLAlchemy engine; each call is one transaction in a thread."""
-
-    def __init__(self, engine: sa.Engine, *, clock: Callable[[], datetime] = _utcnow) -> None:
-        self._clock = clock
-        self._reads = sessionmaker(engine, expire_on_commit=False)
-        self._writes = sessionmaker(with_write_lock(engine), expire_on_commit=False)
-
-    async def _run(self, work: Callable[[Session], T], *, write: bool = False) -> T:
-        def transaction() -> T:
-            with (self._writes if write else self._reads).begin() as session:
-                return work(session)
-
-        return await anyio.to_thread.run_sync(transaction)
-
-    def _now(self) -> datetime:
-        return utc(self._clock())
 
     # -- teams ---------------------------------------------------------------------------
 

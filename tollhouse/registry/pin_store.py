@@ -12,13 +12,12 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Literal, Protocol, TypeVar
 
-import anyio.to_thread
 import sqlalchemy as sa
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from tollhouse.registry.migrate import with_write_lock
 from tollhouse.registry.pins import Pin, PinKey, PinKind, Reconciled
 from tollhouse.registry.tables import TOOL_PINS, ToolPinRow, UpstreamRow, utc
+from tollhouse.registry.transactions import TransactionalStore
 
 __all__ = ["Decision", "MemoryPinStore", "PinConflictError", "PinStore", "SqlPinStore"]
 
@@ -73,20 +72,8 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class SqlPinStore:
+class SqlPinStore(TransactionalStore):
     """PinStore over the registry's SQLAlchemy engine; each call is one transaction in a worker thread."""
-
-    def __init__(self, engine: sa.Engine, *, clock: Clock = _utcnow) -> None:
-        self._clock = clock
-        self._reads = sessionmaker(engine, expire_on_commit=False)
-        self._writes = sessionmaker(with_write_lock(engine), expire_on_commit=False)
-
-    async def _run(self, work: Callable[[Session], T], *, write: bool = False) -> T:
-        def transaction() -> T:
-            with (self._writes if write else self._reads).begin() as session:
-                return work(session)
-
-        return await anyio.to_thread.run_sync(transaction)
 
     async def fold(self, server: str, fold: Fold) -> dict[PinKey, Pin] | None:
         """Apply `fold` to the server's stored pins and write what it changed, in one transaction."""

@@ -7,42 +7,22 @@ the version it was made under.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
-from typing import TypeVar
+from collections.abc import Sequence
 
-import anyio.to_thread
 import sqlalchemy as sa
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from tollhouse.registry.migrate import with_write_lock
 from tollhouse.registry.models import PolicyEntry
 from tollhouse.registry.tables import POLICIES, PolicyRow, SettingRow, utc
+from tollhouse.registry.transactions import TransactionalStore
 
 __all__ = ["POLICY_VERSION_SETTING", "SqlPolicyStore"]
 
 POLICY_VERSION_SETTING = "policy_version"
-T = TypeVar("T")
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class SqlPolicyStore:
+class SqlPolicyStore(TransactionalStore):
     """Policies over a sync SQLAlchemy engine; each call is one transaction in a worker thread."""
-
-    def __init__(self, engine: sa.Engine, *, clock: Callable[[], datetime] = _utcnow) -> None:
-        self._clock = clock
-        self._reads = sessionmaker(engine, expire_on_commit=False)
-        self._writes = sessionmaker(with_write_lock(engine), expire_on_commit=False)
-
-    async def _run(self, work: Callable[[Session], T], *, write: bool = False) -> T:
-        def transaction() -> T:
-            with (self._writes if write else self._reads).begin() as session:
-                return work(session)
-
-        return await anyio.to_thread.run_sync(transaction)
 
     async def load(self) -> tuple[int, list[PolicyEntry]]:
         """The current version and every policy, by id (one consistent read)."""
