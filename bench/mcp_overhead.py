@@ -269,6 +269,8 @@ def gateway_env(
         "TOLLHOUSE_PORT": str(port),
         "TOLLHOUSE_PUBLIC_URL": f"http://127.0.0.1:{port}",
         "TOLLHOUSE_ADMIN_TOKEN": admin_token,
+        # The load repeats one identical call: the loop breaker (docs/limits.md) would stop it.
+        "TOLLHOUSE_QUOTAS__LOOP_THRESHOLD": "0",
     }
     if data_dir is not None:
         out["TOLLHOUSE_DATA_DIR"] = str(data_dir)

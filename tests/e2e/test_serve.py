@@ -157,6 +157,20 @@ async def test_the_openapi_document_lists_every_admin_route(tmp_path: Path) -> N
             "/teams",
             "/teams/{name}",
             "/auth/failures",
+            "/limits",
+            "/limits/recent",
+            "/limits/status",
+            "/limits/{id}",
+            "/kill-switches",
+            "/kill-switches/{kind}/{value}",
+            "/usage/report",
+            "/usage/chargeback.csv",
+            "/usage/outbox",
+            "/prices",
+            "/budgets",
+            "/budgets/{id}",
+            "/budgets/{id}/credits",
+            "/budgets/{id}/status",
         } == paths
 
 

@@ -127,10 +127,13 @@ def test_design_example_loads_and_warns_about_sections_of_later_versions() -> No
         ),
     )
     assert config.warnings == tuple(
-        f"section '{name}' is not supported by this version yet and was ignored"
-        for name in ("agents", "limits", "prices")
+        f"section '{name}' is not supported by this version yet and was ignored" for name in ("agents",)
     )
-    assert set(PLANNED_SECTIONS) == {"agents", "limits", "prices"}
+    assert set(PLANNED_SECTIONS) == {"agents"}
+    assert config.prices == ({"match": {"server": "calc"}, "per_call_micro": 2000, "currency": "USD"},)
+    assert [(s.match, s.rate, s.window, s.failure_mode) for s in config.limits] == [
+        ({"team": "platform", "server": "calc"}, "100/minute", "fixed", "open")
+    ]
 
 
 def test_policies_are_cedar_or_sugar_and_round_trip_as_written() -> None:

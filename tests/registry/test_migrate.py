@@ -17,7 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from tollhouse.registry.migrate import alembic_config, create_engine_for, database_url_for, upgrade
 from tollhouse.registry.tables import metadata
 
-HEAD = "0007"
+HEAD = "0009"
 TABLES = {
     "alembic_version",
     "upstreams",
@@ -36,6 +36,10 @@ TABLES = {
     "consents",
     "tool_pins",
     "policies",
+    "limits",
+    "kill_switches",
+    "usage_events",
+    "usage_outbox",
 }
 
 

@@ -37,14 +37,17 @@ from tollhouse.gateway.admin_http import problem_response as _problem
 from tollhouse.gateway.admin_http import read_body as _body
 from tollhouse.gateway.admin_identity import identity_routes
 from tollhouse.gateway.admin_keys import key_routes
+from tollhouse.gateway.admin_limits import apply_limits, limit_routes
 from tollhouse.gateway.admin_openapi import openapi_document
 from tollhouse.gateway.admin_pins import pin_items, pin_out, pin_routes
 from tollhouse.gateway.admin_policies import policy_routes
+from tollhouse.gateway.admin_usage import usage_routes
 from tollhouse.gateway.authorization import PolicyProblem, PolicyService
 from tollhouse.gateway.errors import GatewayError
 from tollhouse.gateway.front_door import FrontDoor, revoke_principal
 from tollhouse.gateway.pool import SyncResult, UpstreamPool
 from tollhouse.gateway.snapshot import Snapshot, split_exposed_name
+from tollhouse.gateway.usage_service import UsageConfigError, UsageService
 from tollhouse.gateway.views import toolset_members
 from tollhouse.registry.config import (
     CLIENT_NAME_RE,
@@ -85,6 +88,10 @@ class AdminState:
     # Told about the new ring after a rotation or a key removal (token signing, audit keys).
     keyring_listeners: list[Callable[[KeyRing], None]] = field(default_factory=list)
     keys_lock: anyio.Lock = field(default_factory=anyio.Lock)
+    # Prices, budgets, reports and the usage outbox (None: metering is off).
+    usage: UsageService | None = None
+    # Limits and kill switches (gateway/admission.py AdmissionService); None: not wired.
+    admission: Any = None
 
 
 def admin_app(state: AdminState) -> Starlette:
@@ -287,6 +294,10 @@ def admin_app(state: AdminState) -> Starlette:
                 policies=loaded.policies,
                 prune_policies=prune and "policies" in loaded.sections,
                 by=request.state.subject,
+                prices=loaded.prices if "prices" in loaded.sections else None,
+                budgets=loaded.budgets if "budgets" in loaded.sections else None,
+                limits=loaded.limits,
+                prune_limits=prune and "limits" in loaded.sections,
             )
         )
 
@@ -297,6 +308,7 @@ def admin_app(state: AdminState) -> Starlette:
         stored = await _stored_fields(state)
         teams = await state.identity.list_teams() if state.identity is not None else []
         policies = state.policies.entries() if state.policies is not None else []
+        prices, budgets = state.usage.export() if state.usage is not None else ([], [])
         return _json(
             config_to_dict(
                 None,
@@ -306,6 +318,11 @@ def admin_app(state: AdminState) -> Starlette:
                 secret_fields=stored,
                 teams=teams,
                 policies=policies,
+                prices=prices,
+                budgets=budgets,
+                limits=[{"id": spec.id, **spec.body()} for spec in state.admission.specs]
+                if state.admission is not None
+                else [],
             )
         )
 
@@ -333,6 +350,8 @@ def admin_app(state: AdminState) -> Starlette:
         *pin_routes(state, guarded),
         *identity_routes(state, guarded, Passwords()),
         *policy_routes(state, guarded),
+        *usage_routes(state, guarded),
+        *limit_routes(state, guarded),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
     return Starlette(routes=routes)
@@ -357,6 +376,10 @@ async def apply_loaded(
     policies: Sequence[PolicyEntry] = (),
     prune_policies: bool = False,
     by: str | None = None,
+    prices: Sequence[Mapping[str, Any]] | None = None,
+    budgets: Sequence[Mapping[str, Any]] | None = None,
+    limits: Sequence[Any] = (),
+    prune_limits: bool = False,
 ) -> dict[str, Any]:
     """Upsert what a config names (servers and their secrets, toolsets, teams, clients, policies).
 
@@ -375,6 +398,7 @@ async def apply_loaded(
         problems = state.policies.validate([*others, *policies])
         if problems:
             raise _Problem(400, "Invalid policy", "; ".join(problems))
+    usage_changes = await _apply_usage(state, prices, budgets)
     previous_policies = {e.id for e in state.policies.entries()} if state.policies is not None else set()
     stored_fields = await _stored_fields(state)
     for upstream in servers:
@@ -451,6 +475,10 @@ async def apply_loaded(
                     f"policy/{item}"
                 )
         unchanged.extend(f"policy/{p.id}" for p in policies if p.id not in changed)
+    limit_changes = await apply_limits(state, limits, prune=prune_limits, by=by)
+    created, updated = created + limit_changes["created"], updated + limit_changes["updated"]
+    unchanged, deleted = unchanged + limit_changes["unchanged"], deleted + limit_changes["deleted"]
+    updated = updated + usage_changes
     return {
         "created": created,
         "updated": updated,
@@ -459,6 +487,25 @@ async def apply_loaded(
         "warnings": warnings,
         "clients": new_keys,
     }
+
+
+async def _apply_usage(
+    state: AdminState, prices: Sequence[Mapping[str, Any]] | None, budgets: Sequence[Mapping[str, Any]] | None
+) -> list[str]:
+    """Replace prices and budgets a config names (a section present replaces that whole list)."""
+    if state.usage is None or (prices is None and budgets is None):
+        return []
+    changed: list[str] = []
+    try:
+        if prices is not None:
+            await state.usage.set_prices(prices)
+            changed.append("prices")
+        if budgets is not None:
+            await state.usage.set_budgets(budgets)
+            changed.append("budgets")
+    except UsageConfigError as exc:
+        raise _Problem(400, "Invalid configuration", str(exc)) from None
+    return changed
 
 
 def _same(a: Upstream, b: Upstream) -> bool:

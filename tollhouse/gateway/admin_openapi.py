@@ -87,5 +87,49 @@ def openapi_document() -> dict[str, Any]:
                 "parameters": [{"name": "kid", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "delete": op("Remove a key no stored credential uses"),
             },
+            "/usage/report": {
+                "get": op("Usage totals (?by=team,tool,…&period=YYYY-MM[-DD]&bucket=hour|day)")
+            },
+            "/usage/chargeback.csv": {"get": op("Chargeback per team and currency for a month (CSV)")},
+            "/usage/outbox": {"get": op("Usage events not yet delivered, per sink, and delivery state")},
+            "/prices": {"get": op("The price book"), "put": op("Replace the price book")},
+            "/budgets": {"get": op("Budgets and their credit grants"), "put": op("Replace every budget")},
+            "/budgets/{id}": {
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "put": op("Create or replace a budget (201 when created)"),
+                "delete": op("Remove a budget", "204"),
+            },
+            "/budgets/{id}/credits": {
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "post": op("Grant prepaid credit under a budget", "201"),
+            },
+            "/budgets/{id}/status": {
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "get": op("This period's spend, reservations, overage and credits (?name=…)"),
+            },
+            "/limits": {"get": op("List rate and concurrency limits, the counter storage and its health")},
+            "/limits/recent": {
+                "get": op("Recent refusals by limits, the loop breaker and kill switches (audit)")
+            },
+            "/limits/status": {
+                "get": op("Counters a caller would hit (?subject, client, team, server, tool)")
+            },
+            "/limits/{id}": {
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "get": op("Show a limit"),
+                "put": op("Create or replace a limit (201 when created)"),
+                "delete": op("Remove a limit", "204"),
+            },
+            "/kill-switches": {
+                "get": op("List engaged kill switches"),
+                "post": op("Stop a subject, client or server on every replica", "201"),
+            },
+            "/kill-switches/{kind}/{value}": {
+                "parameters": [
+                    {"name": "kind", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "value", "in": "path", "required": True, "schema": {"type": "string"}},
+                ],
+                "delete": op("Release a kill switch", "204"),
+            },
         },
     }

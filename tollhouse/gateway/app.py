@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -27,6 +27,7 @@ from tollhouse.auth.middleware import BearerAuthMiddleware
 from tollhouse.auth.server import authorization_server_routes, is_dev_loopback
 from tollhouse.auth.verifiers import TokenVerifier, hash_secret
 from tollhouse.gateway.admin import AdminState, admin_app, apply_loaded
+from tollhouse.gateway.admission import AdmissionService, AdmitStage
 from tollhouse.gateway.authorization import AuthorizeStage, PolicyService
 from tollhouse.gateway.cors import DiscoveryCors
 from tollhouse.gateway.credential_wiring import bearer_identify, build_credential_services
@@ -35,6 +36,7 @@ from tollhouse.gateway.guard_stages import GuardStage, ValidateStage
 from tollhouse.gateway.guards import OriginGuard
 from tollhouse.gateway.handlers import McpHandlers
 from tollhouse.gateway.mcp_endpoint import McpEndpoint
+from tollhouse.gateway.metering import BudgetStage, UsageStage
 from tollhouse.gateway.parking import Parking
 from tollhouse.gateway.pipeline import build_pipeline
 from tollhouse.gateway.pool import ConnectorFactory, UpstreamPool
@@ -47,9 +49,11 @@ from tollhouse.gateway.stdio import StdioUpstream
 from tollhouse.gateway.streamable_http import HttpUpstream
 from tollhouse.gateway.upstream import UpstreamConnector
 from tollhouse.gateway.upstream_credentials import UpstreamCredentials
+from tollhouse.gateway.usage_service import build_usage
 from tollhouse.gateway.views import AggregateView, ServerView, ToolsetView, View
 from tollhouse.registry.config import LoadedConfig
 from tollhouse.registry.identity_store import SqlIdentityStore
+from tollhouse.registry.limits import SqlLimitStore
 from tollhouse.registry.migrate import create_engine_for, database_url_for, upgrade
 from tollhouse.registry.models import Upstream
 from tollhouse.registry.pin_store import SqlPinStore
@@ -127,14 +131,29 @@ def create_app(
     sealer = Sealer(load_or_create_key(settings.data_dir, "request-state"))
     parking = Parking()
     policies = PolicyService(SqlPolicyStore(engine), upstream=pool.upstream)
+    admission = AdmissionService(
+        settings.quotas,
+        redis_url=settings.redis_url.get_secret_value() if settings.redis_url else None,
+        store=SqlLimitStore(engine),
+        client_id_of=_client_id_of(store),
+    )
+    usage = build_usage(settings, engine, store)
     pipeline = build_pipeline(
         pool,
         sealer,
         parking,
         authorize=AuthorizeStage(policies, lambda: pool.snapshot),
-        checks=[ValidateStage(), GuardStage(on_findings=policies.decisions.note_findings)],
+        checks=[
+            ValidateStage(),
+            GuardStage(on_findings=policies.decisions.note_findings),
+            AdmitStage(admission),
+            BudgetStage(usage.metering),
+        ],
+        outer=[UsageStage(usage.metering)],
     )
-    handlers = McpHandlers(pool, pipeline, page_size=settings.limits.page_size, policies=policies)
+    handlers = McpHandlers(
+        pool, pipeline, page_size=settings.limits.page_size, policies=policies, metering=usage.metering
+    )
     public = urlsplit(settings.public_url)
     aggregate = AggregateView()
 
@@ -158,6 +177,8 @@ def create_app(
         secrets=creds.secrets,
         keyring=creds.keyring,
         policies=policies,
+        admission=admission,
+        usage=usage,
     )
     # `keys rotate` swaps the ring: token signing follows (older keys stay in the JWKS).
     admin_state.keyring_listeners.append(door.use_ring)
@@ -187,6 +208,8 @@ def create_app(
                 await tg.start(poll_revocations, door, identity, store, settings.auth.revocation_poll_seconds)
                 await policies.load()
                 tg.start_soon(_follow_policies, policies, settings.auth.revocation_poll_seconds)
+                await tg.start(admission.run)
+                await tg.start(usage.run, settings.auth.revocation_poll_seconds)
                 # An unreachable provider is logged and retried in the background, never fatal.
                 await start_all(door.external, task_group=tg)
                 if apply_config is not None:
@@ -259,6 +282,16 @@ def create_app(
     return DiscoveryCors(app)
 
 
+def _client_id_of(store: RegistryStore) -> Callable[[str], Awaitable[str | None]]:
+    """Limits and kill switches may name a client by name; rules match on its id."""
+
+    async def lookup(name: str) -> str | None:
+        client = await store.get_client_by_name(name)
+        return client.client_id if client is not None else None
+
+    return lookup
+
+
 async def _follow_policies(policies: PolicyService, interval_seconds: float) -> None:
     """Pick up policy changes made through another replica (one version read per interval)."""
     while True:
@@ -297,7 +330,10 @@ async def _apply_at_start(state: AdminState, config: LoadedConfig) -> None:
         secrets=config.secrets,
         teams=config.teams,
         policies=config.policies,
+        limits=config.limits,
         by="config",
+        prices=config.prices if "prices" in config.sections else None,
+        budgets=config.budgets if "budgets" in config.sections else None,
     )
     for client in summary["clients"]:
         # New clients' keys exist only now; print them once, never log them.

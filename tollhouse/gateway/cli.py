@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tollhouse import __version__
-from tollhouse.gateway import cli_identity, cli_policy, cli_tools
+from tollhouse.gateway import cli_identity, cli_policy, cli_quotas, cli_tools, cli_usage
 from tollhouse.gateway.cli_common import (
     DEFAULT_URL,
     PROG,
@@ -945,11 +945,14 @@ def build_parser() -> argparse.ArgumentParser:
     teams_remove.add_argument("name", metavar="NAME")
 
     # policies
+    cli_usage.add_usage_commands(branch, leaf)
     cli_policy.add_policy_commands(
         branch,
         leaf,
         lambda group, name, handler, summary: leaf(group, name, handler, summary, local=True, with_json=True),
     )
+
+    cli_quotas.add_quota_commands(branch, leaf)
 
     # tokens and authentication
     token = leaf(

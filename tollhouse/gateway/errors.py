@@ -19,12 +19,18 @@ __all__ = [
     "METHOD_NOT_FOUND",
     "PARSE_ERROR",
     "PENDING_APPROVAL",
+    "BudgetExhausted",
+    "ConcurrencyLimited",
     "GatewayError",
     "GuardrailBlocked",
     "InsufficientScope",
     "InvalidArguments",
+    "KillSwitchEngaged",
+    "LoopBlocked",
+    "MeteringUnavailable",
     "MethodNotFound",
     "PendingApproval",
+    "RateLimited",
     "ToolNotCallable",
     "UnknownPrompt",
     "UnknownResource",
@@ -57,6 +63,12 @@ TOOL_NOT_CALLABLE = -31021
 GUARDRAIL_BLOCKED = -31030
 UPSTREAM_AUTHORIZATION_REQUIRED = -31004
 PENDING_APPROVAL = -31020
+RATE_LIMITED = -31040
+CONCURRENCY_LIMITED = -31041
+LOOP_BLOCKED = -31042
+KILL_SWITCH_ENGAGED = -31043
+BUDGET_EXHAUSTED = -31050
+METERING_UNAVAILABLE = -31051
 # MCP 2025-11-25: "URL elicitation required" (the client sends the user to a URL, then retries).
 URL_ELICITATION_REQUIRED = -32042
 
@@ -249,6 +261,111 @@ class GuardrailBlocked(GatewayError):
         super().__init__(
             f"Blocked by a guardrail: {name}", {"name": name, "direction": direction, "detectors": detectors}
         )
+
+
+class _Refused(GatewayError):
+    """A call refused before it reached its upstream, with the wire form a limit needs.
+
+    `data` carries `retry_after_seconds` and `violated_policies` (limit ids); the HTTP answer,
+    where the exchange still allows it, is a 429 with Retry-After and the RateLimit fields.
+    """
+
+    status = 429
+
+    def __init__(
+        self,
+        message: str,
+        data: dict[str, Any],
+        *,
+        retry_after: int | None,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
+        super().__init__(message, data)
+        extra = () if retry_after is None else ((b"retry-after", str(retry_after).encode()),)
+        self.headers = (*extra, *headers)
+
+
+class RateLimited(_Refused):
+    """A rate limit is used up (or, `data.reason` = storage_unavailable, cannot be checked: fail-closed)."""
+
+    code = RATE_LIMITED
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: int,
+        violated: list[str],
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+        reason: str = "quota_exceeded",
+    ) -> None:
+        data = {"retry_after_seconds": retry_after, "violated_policies": violated, "reason": reason}
+        super().__init__(message, data, retry_after=retry_after, headers=headers)
+
+
+class ConcurrencyLimited(_Refused):
+    """Too many calls in flight for a principal or an upstream; fails fast, never queues."""
+
+    code = CONCURRENCY_LIMITED
+
+    def __init__(self, message: str, *, violated: list[str], reason: str = "concurrency_exceeded") -> None:
+        data = {"retry_after_seconds": 1, "violated_policies": violated, "reason": reason}
+        super().__init__(message, data, retry_after=1)
+
+
+class LoopBlocked(_Refused):
+    """The loop breaker: the same principal made the same call (tool and arguments) too often."""
+
+    code = LOOP_BLOCKED
+
+    def __init__(self, name: str, *, retry_after: int, threshold: int, window_seconds: int) -> None:
+        data = {
+            "retry_after_seconds": retry_after,
+            "violated_policies": ["loop-breaker"],
+            "name": name,
+            "threshold": threshold,
+            "window_seconds": window_seconds,
+        }
+        super().__init__(f"Repeated identical call blocked: {name}", data, retry_after=retry_after)
+
+
+class KillSwitchEngaged(GatewayError):
+    """An operator stopped this subject, client or server (on every replica): no retry will help."""
+
+    code = KILL_SWITCH_ENGAGED
+
+    def __init__(self, kind: str, value: str) -> None:
+        super().__init__(f"Stopped by an operator ({kind} kill switch)", {"kind": kind, "value": value})
+
+
+class BudgetExhausted(GatewayError):
+    """A hard budget has too little left for this call; `retry_after_seconds` is when its period resets."""
+
+    code = BUDGET_EXHAUSTED
+    status = 429
+
+    def __init__(self, budget: str, name: str, period: str, retry_after: int) -> None:
+        data = {
+            "budget": budget,
+            "name": name,
+            "period": period,
+            "retry_after_seconds": retry_after,
+            "violated_policies": [budget],
+        }
+        super().__init__(f"Budget exhausted: {budget} ({name}, {period})", data)
+        self.headers = ((b"retry-after", str(retry_after).encode()),)
+
+
+class MeteringUnavailable(GatewayError):
+    """A fail-closed budget cannot be checked because its ledger store (Redis) is down."""
+
+    code = METERING_UNAVAILABLE
+    status = 503
+
+    def __init__(self, budget: str) -> None:
+        data = {"budget": budget, "reason": "ledger_unavailable", "retry_after_seconds": 1}
+        super().__init__(f"Budget cannot be checked right now (fail-closed): {budget}", data)
+        self.headers = ((b"retry-after", b"1"),)
 
 
 class MethodNotFound(GatewayError):

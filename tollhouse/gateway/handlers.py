@@ -28,6 +28,7 @@ from tollhouse.gateway.errors import (
     UpstreamUnavailable,
     UrlElicitationRequired,
 )
+from tollhouse.gateway.metering import Metering
 from tollhouse.gateway.pipeline import CallContext, Pipeline
 from tollhouse.gateway.pool import UpstreamPool
 from tollhouse.gateway.relay import Ask
@@ -81,8 +82,15 @@ class McpHandlers:
     """Answers MCP methods for the aggregate of all live upstreams."""
 
     def __init__(
-        self, pool: UpstreamPool, pipeline: Pipeline, *, page_size: int, policies: PolicyService
+        self,
+        pool: UpstreamPool,
+        pipeline: Pipeline,
+        *,
+        page_size: int,
+        policies: PolicyService,
+        metering: Metering | None = None,
     ) -> None:
+        self._metering = metering
         self._tasks = TaskRegistry()
         self._pool = pool
         self._pipeline = pipeline
@@ -333,7 +341,14 @@ class McpHandlers:
             raise UnknownResource(uri)
         server, original = target
         self._check_read(server, original, uri, rc)
-        result = await self._routed(server, "resources/read", {"uri": original}, rc)
+        result = await self._metered(
+            "resources/read",
+            server,
+            original,
+            {"uri": original},
+            rc,
+            lambda: self._routed(server, "resources/read", {"uri": original}, rc),
+        )
         contents = result.get("contents")
         if isinstance(contents, list):
             result = dict(result)
@@ -406,7 +421,15 @@ class McpHandlers:
         upstream_params: JSONObject = {"name": prompt.name}
         if "arguments" in params:
             upstream_params["arguments"] = params["arguments"]
-        return _own_result(await self._routed(prompt.server, "prompts/get", upstream_params, rc), rc)
+        result = await self._metered(
+            "prompts/get",
+            prompt.server,
+            prompt.name,
+            upstream_params,
+            rc,
+            lambda: self._routed(prompt.server, "prompts/get", upstream_params, rc),
+        )
+        return _own_result(result, rc)
 
     async def complete(self, params: JSONObject, rc: RequestContext) -> JSONObject:
         """Route completion/complete by the prompt or resource it refers to."""
@@ -431,6 +454,21 @@ class McpHandlers:
         upstream_params = {k: v for k, v in params.items() if k != "_meta"}
         upstream_params["ref"] = upstream_ref
         return _own_result(await self._routed(server, "completion/complete", upstream_params, rc), rc)
+
+    async def _metered(
+        self,
+        method: str,
+        server: str,
+        name: str,
+        params: JSONObject,
+        rc: RequestContext,
+        call: Callable[[], Awaitable[JSONObject]],
+    ) -> JSONObject:
+        """`call`, recorded as one usage event when metering is on."""
+        if self._metering is None:
+            return await call()
+        version = self._pool.snapshot.version
+        return await self._metering.metered(method, rc.principal, server, name, params, version, call)
 
     async def _routed(self, server: str, method: str, params: JSONObject, rc: RequestContext) -> JSONObject:
         connector = self._pool.connector(server)

@@ -265,13 +265,15 @@ def build_pipeline(
     *,
     authorize: Stage | None = None,
     checks: Sequence[Stage] = (),
+    outer: Sequence[Stage] = (),
 ) -> Pipeline:
     """The chain for tools/call: resolve, authorize, pin, scope, `checks` (validate, guard), upstream.
 
     Authorization comes before the pin check so that a tool the caller may not call answers
     like an unknown tool whatever its pin state (DESIGN.md, Contract details).
     """
-    stages: list[Stage] = [ResolveStage(pool)]
+    # `outer` (metering) runs right after resolve, so it sees every outcome of a resolved call.
+    stages: list[Stage] = [ResolveStage(pool), *outer]
     if authorize is not None:
         stages.append(authorize)
     stages += [PinStage(), ScopeStage(pool), *checks, UpstreamStage(pool, sealer, parking)]

@@ -13,7 +13,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tollhouse.auth.settings import AuthSettings
 
-__all__ = ["AuthSettings", "LimitsSettings", "Settings", "UpstreamDefaults"]
+__all__ = [
+    "AuthSettings",
+    "LimitsSettings",
+    "QuotaSettings",
+    "Settings",
+    "UpstreamDefaults",
+    "UsageSettings",
+    "UsageSinkSettings",
+]
 
 _LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
@@ -30,6 +38,75 @@ class LimitsSettings(BaseModel):
     page_size: int = Field(default=1000, gt=0, le=10_000)
     session_idle_seconds: float = Field(default=1800.0, gt=0)
     max_sessions: int = Field(default=10_000, gt=0)
+
+
+class QuotaSettings(BaseModel):
+    """Rate/concurrency limits, the loop breaker and kill switches (docs/limits.md).
+
+    The rules themselves are configuration (`limits:`), stored in the database; these are the
+    process's knobs. Counters live in Redis when `TOLLHOUSE_REDIS_URL` is set, else in memory.
+    """
+
+    model_config = {"frozen": True}
+
+    # Every Redis key tollhouse writes starts with this (several gateways may share one Redis).
+    redis_prefix: str = Field(default="tollhouse", min_length=1, max_length=64)
+    # A Redis command that takes longer counts as "unreachable" (the limit's failure_mode applies).
+    redis_timeout_seconds: float = Field(default=0.5, gt=0)
+    # After a Redis failure, calls skip Redis for this long before trying it again.
+    redis_retry_seconds: float = Field(default=1.0, gt=0)
+    # Loop breaker: more than `loop_threshold` identical calls (principal, tool, arguments) within
+    # `loop_window_seconds` are refused; 0 turns it off.
+    loop_threshold: int = Field(default=20, ge=0)
+    loop_window_seconds: int = Field(default=10, gt=0)
+    # How often a replica re-reads limits and kill switches changed elsewhere (one row when unchanged).
+    poll_seconds: float = Field(default=2.0, gt=0)
+    # A concurrency slot held in Redis expires after this long even if its replica died holding it.
+    concurrency_lease_seconds: float = Field(default=600.0, gt=0)
+
+
+class UsageSinkSettings(BaseModel):
+    """One place usage events are shipped to (docs/metering.md)."""
+
+    model_config = {"frozen": True}
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")
+    type: Literal["jsonl", "webhook", "openmeter"]
+    path: str | None = None  # jsonl: the file events are appended to
+    url: str | None = None  # webhook / openmeter: where batches are POSTed
+    token: SecretStr | None = None  # sent as `Authorization: Bearer …` when set
+    timeout_seconds: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _target(self) -> UsageSinkSettings:
+        if self.type == "jsonl" and not self.path:
+            raise ValueError(f"usage sink {self.name}: a jsonl sink needs 'path'")
+        if self.type != "jsonl" and not self.url:
+            raise ValueError(f"usage sink {self.name}: a {self.type} sink needs 'url'")
+        return self
+
+
+class UsageSettings(BaseModel):
+    """Usage events: the writer, the outbox and its sinks, budget reservations (docs/metering.md)."""
+
+    model_config = {"frozen": True}
+
+    # `TOLLHOUSE_USAGE__SINKS='[{"name": "file", "type": "jsonl", "path": "usage.jsonl"}]'`
+    sinks: tuple[UsageSinkSettings, ...] = ()
+    # Events waiting in memory for their group commit; beyond this the oldest are dropped (counted).
+    queue_limit: int = Field(default=100_000, gt=0)
+    write_batch: int = Field(default=500, gt=0)
+    ship_batch: int = Field(default=200, gt=0)
+    # Undelivered events kept per sink; beyond this the oldest are given up on for that sink (counted).
+    max_backlog: int = Field(default=1_000_000, gt=0)
+    retry_min_seconds: float = Field(default=0.5, gt=0)
+    retry_max_seconds: float = Field(default=60.0, gt=0)
+    # A claimed batch not acknowledged within this long is delivered again (by any replica).
+    lease_seconds: float = Field(default=60.0, gt=0)
+    # How often an idle shipper looks for rows other replicas wrote.
+    poll_seconds: float = Field(default=1.0, gt=0)
+    # A budget reservation whose call never settled (a crashed replica) stops counting after this.
+    reservation_ttl_seconds: float = Field(default=300.0, gt=0)
 
 
 class UpstreamDefaults(BaseModel):
@@ -64,10 +141,14 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     # Master keys `kid:base64url,…`, newest first (auth/keyring.py); unset: kept under data_dir.
     secret_keys: SecretStr | None = None
+    # Shared counters for limits across replicas (`redis://…`); unset: in-process counters.
+    redis_url: SecretStr | None = None
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     limits: LimitsSettings = LimitsSettings()
     upstreams: UpstreamDefaults = UpstreamDefaults()
     auth: AuthSettings = AuthSettings()
+    quotas: QuotaSettings = QuotaSettings()
+    usage: UsageSettings = UsageSettings()
 
     @model_validator(mode="after")
     def _issuer_over_tls(self) -> Settings:

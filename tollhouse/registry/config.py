@@ -18,7 +18,10 @@ the value itself (it is how a secret is given once); parsed values travel in
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import hashlib
+import json
 import math
 import os
 import re
@@ -31,6 +34,7 @@ import yaml
 from pydantic import ValidationError
 
 from tollhouse.auth.settings import AuthSettings
+from tollhouse.registry.limits import MATCH_KEYS, RATE_RE, LimitSpec
 from tollhouse.registry.models import (
     MAX_EXPOSED_NAME,
     OAUTH_AUTH_TYPES,
@@ -62,6 +66,8 @@ __all__ = [
     "config_to_dict",
     "dump_config",
     "expand_secret_refs",
+    "limit_from_dict",
+    "limit_to_dict",
     "load_config",
     "load_config_file",
     "parse_yaml",
@@ -78,8 +84,18 @@ __all__ = [
     "valid_tool_pattern",
 ]
 
-IMPLEMENTED_SECTIONS = ("gateway", "servers", "toolsets", "teams", "clients", "policies")
-PLANNED_SECTIONS = ("agents", "limits", "prices")
+IMPLEMENTED_SECTIONS = (
+    "gateway",
+    "servers",
+    "toolsets",
+    "teams",
+    "clients",
+    "policies",
+    "limits",
+    "prices",
+    "budgets",
+)
+PLANNED_SECTIONS = ("agents",)
 
 _GATEWAY_KEYS = ("public_url", "auth")
 _SERVER_KEYS = (
@@ -144,6 +160,28 @@ _CLIENT_KEYS = ("name", "team", "scopes")
 _TEAM_KEYS = ("name", "description")
 _POLICY_KEYS = ("id", "description", "cedar", "allow", "deny", "guardrails")
 _TOOLSET_KEYS = ("name", "description", "tools", "aliases")
+# prices/budgets: only their keys are checked here; tollhouse.policies (pricing, budgets) validates them.
+_PRICE_KEYS = (
+    "match",
+    "currency",
+    "per_call_micro",
+    "per_second_micro",
+    "per_kib_micro",
+    "per_token_micro",
+    "estimate_micro",
+)
+_BUDGET_KEYS = (
+    "id",
+    "scope",
+    "name",
+    "period",
+    "amount_micro",
+    "currency",
+    "mode",
+    "failure_mode",
+    "credits",
+)
+_LIMIT_KEYS = ("id", "description", "match", "rate", "window", "concurrency", "failure_mode", "per")
 
 _ALL_SECTIONS = IMPLEMENTED_SECTIONS + PLANNED_SECTIONS
 
@@ -208,6 +246,11 @@ class LoadedConfig:
     # The sections the file has: `--prune` prunes policies only when the file speaks of them,
     # so a file about servers cannot delete every policy (and lock everyone out) by omission.
     sections: frozenset[str] = field(default=frozenset(), compare=False)
+    # Rate and concurrency limits (tollhouse.policies.quotas enforces them).
+    limits: tuple[LimitSpec, ...] = ()
+    # Price rules and budgets (with their credit grants) as written; validated where they are applied.
+    prices: tuple[Mapping[str, Any], ...] = ()
+    budgets: tuple[Mapping[str, Any], ...] = ()
     # server name -> secret field -> value, to be stored encrypted; kept out of repr and logs.
     secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict, repr=False)
 
@@ -354,6 +397,10 @@ def _config(data: Any) -> LoadedConfig:
         policy_from_dict(item, path=f"policies[{i}]") for i, item in enumerate(_list(data, "policies", ""))
     )
     _no_duplicates([p.id for p in policies], "policies", key="id")
+    limits = tuple(
+        limit_from_dict(item, path=f"limits[{i}]") for i, item in enumerate(_list(data, "limits", ""))
+    )
+    _no_duplicates([spec.id for spec in limits], "limits", key="id")
     return LoadedConfig(
         gateway=gateway,
         servers=servers,
@@ -362,6 +409,13 @@ def _config(data: Any) -> LoadedConfig:
         toolsets=toolsets,
         teams=teams,
         policies=policies,
+        limits=limits,
+        prices=tuple(
+            _mapping(item, f"prices[{i}]", _PRICE_KEYS) for i, item in enumerate(_list(data, "prices", ""))
+        ),
+        budgets=tuple(
+            _mapping(item, f"budgets[{i}]", _BUDGET_KEYS) for i, item in enumerate(_list(data, "budgets", ""))
+        ),
         sections=frozenset(k for k in data if k in IMPLEMENTED_SECTIONS),
         secrets=secrets,
     )
@@ -680,6 +734,75 @@ def policy_to_dict(entry: PolicyEntry) -> dict[str, Any]:
     return out
 
 
+def limit_from_dict(value: Any, *, path: str = "") -> LimitSpec:
+    """A rate and/or concurrency limit: `match` (all keys must match), `rate` ("N/minute"), `window`,
+    `concurrency`, `failure_mode` (what to do when Redis is unreachable), `per` (split the bucket).
+
+    Without `id`, one is derived from the definition, so the same entry keeps the same id.
+
+    Raises:
+        ConfigError: an unknown key, a bad value, or neither `rate` nor `concurrency`.
+    """
+    data = _mapping(value, path, _LIMIT_KEYS)
+    match_data = _mapping(data.get("match") or {}, _join(path, "match"), MATCH_KEYS)
+    match: dict[str, str] = {}
+    for key, item in match_data.items():
+        if not isinstance(item, str) or not item or len(item) > MAX_PATTERN_LENGTH:
+            raise ConfigError(_join(_join(path, "match"), key), "must be a non-empty string")
+        match[key] = item
+    rate = _str(data, "rate", path)
+    if rate is not None and not RATE_RE.match(rate):
+        raise ConfigError(
+            _join(path, "rate"), f"{rate!r} is not a rate: write N/second, N/minute, N/hour or N/day"
+        )
+    window = data.get("window", "fixed")
+    if window not in ("fixed", "sliding"):
+        raise ConfigError(_join(path, "window"), "must be 'fixed' or 'sliding'")
+    concurrency = data.get("concurrency")
+    if concurrency is not None and (
+        isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+    ):
+        raise ConfigError(_join(path, "concurrency"), "must be a positive integer")
+    if rate is None and concurrency is None:
+        raise ConfigError(path, "give 'rate', 'concurrency' or both")
+    failure_mode = data.get("failure_mode", "open")
+    if failure_mode not in ("open", "closed"):
+        raise ConfigError(_join(path, "failure_mode"), "must be 'open' or 'closed'")
+    per = _str_list(data, "per", path) or []
+    for name in per:
+        if name not in MATCH_KEYS:
+            raise ConfigError(_join(path, "per"), f"unknown dimension {name!r}{_suggest(name, MATCH_KEYS)}")
+    spec = LimitSpec(
+        id="",
+        match=match,
+        rate=rate.strip() if rate else None,
+        window=window,
+        concurrency=concurrency,
+        failure_mode=failure_mode,
+        per=tuple(dict.fromkeys(per)),
+        description=_str(data, "description", path),
+    )
+    limit_id = _str(data, "id", path)
+    if limit_id is None:
+        digest = hashlib.sha256(json.dumps(spec.body(), sort_keys=True).encode()).hexdigest()
+        limit_id = f"limit-{digest[:10]}"
+    if not POLICY_ID_RE.match(limit_id):
+        raise ConfigError(
+            _join(path, "id"), f"{limit_id!r} is not a valid id: use [A-Za-z0-9][A-Za-z0-9_.:-]{{0,127}}"
+        )
+    return dataclasses.replace(spec, id=limit_id)
+
+
+def limit_to_dict(spec: LimitSpec) -> dict[str, Any]:
+    """A limit in the file's shape (defaults left out)."""
+    out: dict[str, Any] = {"id": spec.id, **spec.body()}
+    if out.get("window") == "fixed":
+        del out["window"]
+    if out.get("failure_mode") == "open":
+        del out["failure_mode"]
+    return out
+
+
 def _team(value: Any, path: str) -> Team:
     if isinstance(value, str):
         value = {"name": value}
@@ -959,6 +1082,9 @@ def config_to_dict(
     secret_fields: Mapping[str, Collection[str]] | None = None,
     teams: Sequence[Team] = (),
     policies: Sequence[PolicyEntry] = (),
+    prices: Sequence[Mapping[str, Any]] = (),
+    budgets: Sequence[Mapping[str, Any]] = (),
+    limits: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The configuration as a plain mapping in the file's shape; empty sections are omitted.
 
@@ -996,6 +1122,12 @@ def config_to_dict(
         out["clients"] = entries
     if policies:
         out["policies"] = [policy_to_dict(p) for p in policies]
+    if prices:
+        out["prices"] = [dict(p) for p in prices]
+    if limits:
+        out["limits"] = [dict(limit) for limit in limits]
+    if budgets:
+        out["budgets"] = [dict(b) for b in budgets]
     return out
 
 

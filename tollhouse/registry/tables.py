@@ -32,14 +32,20 @@ from tollhouse.registry.pins import Pin
 __all__ = [
     "CATALOG_ENTRIES",
     "CLIENTS",
+    "KILL_SWITCHES",
+    "LIMITS",
     "TOOLSETS",
     "TOOL_PINS",
     "UPSTREAMS",
     "UPSTREAM_META",
     "UPSTREAM_SECRETS",
+    "USAGE_EVENTS",
+    "USAGE_OUTBOX",
     "USER_UPSTREAM_TOKENS",
     "CatalogEntryRow",
     "ClientRow",
+    "KillSwitchRow",
+    "LimitRow",
     "SettingRow",
     "ToolPinRow",
     "ToolsetRow",
@@ -47,6 +53,8 @@ __all__ = [
     "UpstreamMetaRow",
     "UpstreamRow",
     "UpstreamSecretRow",
+    "UsageEventRow",
+    "UsageOutboxRow",
     "UserUpstreamTokenRow",
     "catalog_of",
     "metadata",
@@ -535,6 +543,69 @@ class ToolPinRow(SQLModel, table=True):
         )
 
 
+class LimitRow(SQLModel, table=True):
+    """A rate or concurrency limit (registry/limits.py): its definition as JSON, in apply order."""
+
+    __tablename__ = "limits"
+
+    id: str = Field(primary_key=True)
+    position: int = 0
+    spec: dict[str, Any] = Field(sa_type=sa.JSON)
+    updated_by: str | None = None
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class KillSwitchRow(SQLModel, table=True):
+    """An engaged kill switch: a subject, client or server every replica refuses."""
+
+    __tablename__ = "kill_switches"
+
+    kind: str = Field(primary_key=True)
+    value: str = Field(primary_key=True)
+    reason: str | None = Field(default=None, sa_type=sa.Text)
+    created_by: str | None = None
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class UsageEventRow(SQLModel, table=True):
+    """One usage event (gateway/metering.py): its columns for reports, and the CloudEvent as shipped."""
+
+    __tablename__ = "usage_events"
+
+    id: str = Field(primary_key=True)
+    time: datetime = Field(sa_type=UTCDateTime, index=True)
+    subject: str
+    team: str | None = None
+    client_id: str | None = None
+    server: str
+    tool: str = Field(sa_type=sa.Text)
+    method: str
+    outcome: str
+    duration_ms: int = Field(sa_type=sa.BigInteger)
+    upstream_ms: int | None = Field(default=None, sa_type=sa.BigInteger)
+    request_bytes: int = Field(sa_type=sa.BigInteger)
+    response_bytes: int = Field(sa_type=sa.BigInteger)
+    tokens_in: int | None = Field(default=None, sa_type=sa.BigInteger)
+    tokens_out: int | None = Field(default=None, sa_type=sa.BigInteger)
+    cost_micro: int = Field(sa_type=sa.BigInteger)
+    currency: str | None = None
+    snapshot_version: int = Field(sa_type=sa.BigInteger)
+    event: str = Field(sa_type=sa.Text)
+
+
+class UsageOutboxRow(SQLModel, table=True):
+    """An event not yet delivered to one sink; deleted once the sink acknowledged it."""
+
+    __tablename__ = "usage_outbox"
+    __table_args__ = (sa.Index("ix_usage_outbox_sink_due", "sink", "next_attempt_at"),)
+
+    seq: int | None = Field(default=None, primary_key=True)
+    sink: str
+    event_id: str = Field(foreign_key="usage_events.id", ondelete="CASCADE")
+    attempts: int = 0
+    next_attempt_at: datetime = Field(sa_type=UTCDateTime)
+
+
 # Typed handles for building WHERE/ORDER BY clauses: mypy sees model attributes as plain values.
 UPSTREAM_SECRETS = metadata.tables["upstream_secrets"]
 USER_UPSTREAM_TOKENS = metadata.tables["user_upstream_tokens"]
@@ -550,3 +621,7 @@ OAUTH_CODES = metadata.tables["oauth_codes"]
 CONSENTS = metadata.tables["consents"]
 TOOL_PINS = metadata.tables["tool_pins"]
 POLICIES = metadata.tables["policies"]
+LIMITS = metadata.tables["limits"]
+KILL_SWITCHES = metadata.tables["kill_switches"]
+USAGE_EVENTS = metadata.tables["usage_events"]
+USAGE_OUTBOX = metadata.tables["usage_outbox"]

@@ -1,0 +1,182 @@
+"""Benchmark: latency the admit stage adds to one tools/call, with memory and with Redis counters.
+
+Usage: python bench/admission.py [--samples N] [--redis-url URL] [--quick] [--out FILE]
+
+In process, no network but Redis: it builds the real `AdmitStage` over an `AdmissionService`
+holding one rate limit that applies to the call (and the loop breaker, on by default, with
+distinct arguments per call so it never blocks), and times `stage(ctx, call_next)` with a
+`call_next` that returns at once (`time.perf_counter_ns` around each call, after a warm-up).
+The baseline is the same loop calling `call_next` directly; `added_*` subtract its median.
+
+Steps measured (each a `run` in the report):
+- `rate_memory`: one fixed-window rate limit, in-process counters;
+- `rate_redis`: the same with Redis counters (one Lua round trip for the limit, one for the
+  loop breaker), when Redis answers at --redis-url (default TOLLHOUSE_TEST_REDIS_URL or
+  redis://127.0.0.1:6379/0);
+- `rate_redis_sliding`: a sliding-window limit on Redis (`limits`' two-round-trip strategy).
+The budget reservation (issue 6's "one rate limit + one budget") belongs to the metering stage;
+`STEPS` is where a budget step is added next to these.
+
+It prints a JSON document (also written to bench/results/admission-<UTC time>.json, or --out)
+and checks the target: p50 <= 300 us added per call with Redis on loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import secrets
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from mcp_overhead import ROOT, machine, write_report
+
+from tollhouse.auth.principal import Principal
+from tollhouse.gateway.admission import AdmissionService, AdmitStage
+from tollhouse.gateway.pipeline import CallContext
+from tollhouse.gateway.settings import QuotaSettings
+from tollhouse.gateway.snapshot import ExposedItem
+from tollhouse.registry.limits import LimitSpec, LimitsState
+from tollhouse.registry.models import JSONObject
+
+TARGET_P50_US = 300.0
+TOOL = ExposedItem(exposed="calc__add", server="calc", name="add", definition={}, upstream_definition={})
+PRINCIPAL = Principal(subject="c_bench", client_id="c_bench", teams=("platform",))
+
+
+def percentile_us(sorted_ns: list[int], p: float) -> float:
+    """Nearest-rank percentile of sorted nanosecond latencies, in microseconds."""
+    index = min(len(sorted_ns) - 1, max(0, int(-(-p * len(sorted_ns) // 100)) - 1))
+    return round(sorted_ns[index] / 1000, 1)
+
+
+async def done(ctx: CallContext) -> JSONObject:
+    """The rest of the chain, instantly."""
+    return {"content": []}
+
+
+async def timed(samples: int, one: Callable[[int], Awaitable[Any]]) -> list[int]:
+    """Sorted per-call nanoseconds of `one(i)` over `samples` calls, after a warm-up."""
+    for i in range(min(200, samples)):
+        await one(-1 - i)
+    out = []
+    gc.disable()
+    try:
+        for i in range(samples):
+            start = time.perf_counter_ns()
+            await one(i)
+            out.append(time.perf_counter_ns() - start)
+    finally:
+        gc.enable()
+    return sorted(out)
+
+
+def context(i: int) -> CallContext:
+    return CallContext(
+        principal=PRINCIPAL,
+        name=TOOL.exposed,
+        arguments={"a": i, "b": 1},
+        protocol_version="2026-07-28",
+        tool=TOOL,
+    )
+
+
+async def step(samples: int, redis_url: str | None, window: Literal["fixed", "sliding"]) -> list[int]:
+    """Time the admit stage with one applicable rate limit (a quota the run never exhausts)."""
+    prefix = f"th-bench-{secrets.token_hex(4)}"
+    service = AdmissionService(QuotaSettings(redis_prefix=prefix), redis_url=redis_url)
+    spec = LimitSpec(id="bench", match={"server": "calc"}, rate="1000000000/hour", window=window)
+    service.apply(LimitsState(1, (spec,), ()))
+    stage = AdmitStage(service)
+    try:
+        return await timed(samples, lambda i: stage(context(i), done))
+    finally:
+        shared: Any = getattr(service.counters, "_shared", None)
+        if shared is not None:
+            keys = [k async for k in shared.client.scan_iter(f"{prefix}*")]
+            if keys:
+                await shared.client.delete(*keys)
+        await service.counters.aclose()
+
+
+async def redis_answers(url: str) -> bool:
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(url, socket_connect_timeout=0.5)
+    try:
+        return bool(await client.ping())
+    except Exception:
+        return False
+    finally:
+        await client.aclose()
+
+
+STEPS: dict[str, tuple[bool, Literal["fixed", "sliding"]]] = {
+    # name: (needs Redis, window)
+    "rate_memory": (False, "fixed"),
+    "rate_redis": (True, "fixed"),
+    "rate_redis_sliding": (True, "sliding"),
+}
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    samples = 2000 if args.quick else args.samples
+    baseline = await timed(samples, lambda i: done(context(i)))
+    base_p50 = baseline[len(baseline) // 2] / 1000
+    have_redis = await redis_answers(args.redis_url)
+    runs = []
+    for name, (needs_redis, window) in STEPS.items():
+        if needs_redis and not have_redis:
+            continue
+        ns = await step(samples, args.redis_url if needs_redis else None, window)
+        run: dict[str, Any] = {
+            "path": name,
+            "samples": len(ns),
+            "p50_us": percentile_us(ns, 50),
+            "p90_us": percentile_us(ns, 90),
+            "p99_us": percentile_us(ns, 99),
+        }
+        run["added_p50_us"] = round(run["p50_us"] - base_p50, 1)
+        run["added_p99_us"] = round(run["p99_us"] - base_p50, 1)
+        runs.append(run)
+        print(f"{name:20s} p50 {run['p50_us']:8.1f} us  p99 {run['p99_us']:8.1f} us", file=sys.stderr)
+    redis_run = next((r for r in runs if r["path"] == "rate_redis"), None)
+    target: dict[str, Any] = {
+        "value": redis_run["added_p50_us"] if redis_run else None,
+        "target": TARGET_P50_US,
+        "pass": bool(redis_run and redis_run["added_p50_us"] <= TARGET_P50_US),
+    }
+    return {
+        "benchmark": "admission",
+        "timestamp": datetime.now(UTC).isoformat(),
+        "machine": machine(),
+        "settings": {"samples": samples, "quick": args.quick, "redis": have_redis},
+        "baseline": {"p50_us": round(base_p50, 1), "p99_us": percentile_us(baseline, 99)},
+        "runs": runs,
+        "summary": {"targets": {"added_p50_us_redis": target}},
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=20000)
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("TOLLHOUSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    )
+    parser.add_argument("--quick", action="store_true", help="few samples: a smoke test")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    document = asyncio.run(main_async(args))
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    write_report(document, args.out or ROOT / "bench" / "results" / f"admission-{stamp}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
