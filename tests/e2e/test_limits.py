@@ -27,7 +27,7 @@ import pytest
 import redis.asyncio
 
 from tests.databases import scratch_postgres
-from tests.harness import Gateway, running_gateway
+from tests.harness import Gateway, initialize_request, running_gateway
 from tests.servers import serve
 from tests.upstreams import Probe, echo_upstream
 from tollhouse.gateway.errors import (
@@ -422,3 +422,36 @@ async def test_when_redis_dies_open_limits_serve_closed_limits_refuse_and_both_r
         finally:
             for server in live:
                 await server.__aexit__(None, None, None)
+
+
+async def test_a_session_era_call_over_its_limit_gets_429_too(tmp_path: Path) -> None:
+    async with upstreams() as (up_url, _, _), running_gateway(tmp_path) as gw:
+        await gw.add_server("up", up_url)
+        key = await gw.create_client("carol")
+        await put_limit(gw, "carol-rate", match={"client": "carol"}, rate="1/minute")
+        headers = {
+            "Authorization": f"Bearer {key}",
+            "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+        }
+        async with httpx2.AsyncClient(trust_env=False, timeout=30) as http:
+            opened = await http.post(gw.mcp_url, json=initialize_request(), headers=headers)
+            assert opened.status_code == 200, opened.text
+            headers = {
+                **headers,
+                "Mcp-Session-Id": opened.headers["mcp-session-id"],
+                "MCP-Protocol-Version": "2025-11-25",
+            }
+            body = {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {"name": "up__echo", "arguments": {"text": "a"}},
+            }
+            first = await http.post(gw.mcp_url, json=body, headers=headers)
+            assert first.status_code == 200 and first.headers["ratelimit"].startswith('"carol-rate";r=0;')
+            second = await http.post(gw.mcp_url, json={**body, "id": 3}, headers=headers)
+            assert second.status_code == 429
+            error = second.json()["error"]
+            assert error["code"] == RATE_LIMITED and error["data"]["violated_policies"] == ["carol-rate"]
+            assert second.headers["retry-after"] == str(error["data"]["retry_after_seconds"])
