@@ -7,10 +7,8 @@ import csv
 import io
 import json
 import random
-import shutil
-import subprocess
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,7 +17,6 @@ from typing import Any
 
 import anyio
 import pytest
-import redis.asyncio as aioredis
 from mcp import MCPError
 from pydantic import SecretStr
 from starlette.applications import Starlette
@@ -29,7 +26,8 @@ from starlette.routing import Route
 
 from tests.e2e.test_cli import run_cli
 from tests.harness import ADMIN_TOKEN, Gateway, running_gateway
-from tests.servers import loopback_socket, serve
+from tests.redis_server import free_port, private_redis
+from tests.servers import serve
 from tests.upstreams import echo_upstream
 from tollhouse.gateway.errors import BUDGET_EXHAUSTED, METERING_UNAVAILABLE
 from tollhouse.gateway.settings import UsageSettings, UsageSinkSettings
@@ -343,45 +341,16 @@ async def test_a_refusal_carries_the_budget_and_when_it_resets(tmp_path: Path) -
     assert 0 < data["retry_after_seconds"] <= 31 * 86400
 
 
-@asynccontextmanager
-async def private_redis(port: int) -> AsyncIterator[Callable[[], Any]]:
-    """A redis-server of our own on `port`; yields a function that stops it (never the shared one)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    process = subprocess.Popen(  # noqa: ASYNC220 - started once, reaped below
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = aioredis.Redis(port=port)
-    try:
-        with anyio.fail_after(10):
-            while True:
-                try:
-                    await client.ping()
-                    break
-                except aioredis.ConnectionError:
-                    await anyio.lowlevel.checkpoint()
-        yield process.kill
-    finally:
-        process.kill()
-        process.wait()
-        await client.aclose()
-
-
 async def test_redis_killed_mid_run_fails_closed_then_recovers(tmp_path: Path) -> None:
-    sock = loopback_socket()
-    port = sock.getsockname()[1]
-    sock.close()
+    port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     async with metered(tmp_path, Receiver(), redis_url=SecretStr(url)) as (gw, keys, _):
         await gw.admin.put("/prices", json={"items": [{"match": {"server": "calc"}, "per_call_micro": 10}]})
         budget = {"scope": "team", "name": "*", "amount_micro": 10**9, "failure_mode": "closed"}
         await gw.admin.put("/budgets/spend", json=budget)
-        async with private_redis(port) as kill:
+        async with private_redis(port) as server:
             assert await call(gw, keys["platform"], "calc__echo", {"text": "x"}) == ["ok"]
-            kill()
+            server.kill()
         assert await call(gw, keys["platform"], "calc__echo", {"text": "x"}) == [str(METERING_UNAVAILABLE)]
         async with private_redis(port):
             with anyio.fail_after(10):
