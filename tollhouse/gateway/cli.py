@@ -33,14 +33,13 @@ from tollhouse.gateway.cli_common import (
     admin_client,
     clean,
     fields,
-    items_of,
+    list_command,
     list_of,
     print_json,
     seconds_text,
     seg,
     short,
     sub_document,
-    table,
     warn,
     when,
 )
@@ -123,31 +122,21 @@ def _servers_add(args: argparse.Namespace) -> int:
 
 
 def _servers_list(args: argparse.Namespace) -> int:
-    with admin_client(args) as api:
-        data = api.request("GET", "/servers")
-    if args.json:
-        print_json(data)
-        return 0
-    servers = items_of(data)
-    if not servers:
-        print("no servers registered")
-        return 0
-    table(
-        ("NAME", "TRANSPORT", "TARGET", "HEALTH", "MODE", "ERA", "TOOLS"),
-        (
-            (
-                s.get("name"),
-                s.get("transport"),
-                _target(s),
-                sub_document(s, "health").get("status"),
-                s.get("failure_mode", "open"),
-                s.get("era"),
-                s.get("tool_count"),
-            )
-            for s in servers
+    return list_command(
+        args,
+        "/servers",
+        empty="no servers registered",
+        headers=("NAME", "TRANSPORT", "TARGET", "HEALTH", "MODE", "ERA", "TOOLS"),
+        row=lambda s: (
+            s.get("name"),
+            s.get("transport"),
+            _target(s),
+            sub_document(s, "health").get("status"),
+            s.get("failure_mode", "open"),
+            s.get("era"),
+            s.get("tool_count"),
         ),
     )
-    return 0
 
 
 def _servers_show(args: argparse.Namespace) -> int:
@@ -222,21 +211,14 @@ def _servers_refresh(args: argparse.Namespace) -> int:
 
 
 def _tools_list(args: argparse.Namespace) -> int:
-    params = {"server": args.server} if args.server else None
-    with admin_client(args) as api:
-        data = api.request("GET", "/tools", params=params)
-    if args.json:
-        print_json(data)
-        return 0
-    tools = items_of(data)
-    if not tools:
-        print("no tools")
-        return 0
-    table(
-        ("NAME", "SERVER", "DESCRIPTION"),
-        ((t.get("name"), t.get("server"), short(t.get("title") or t.get("description"))) for t in tools),
+    return list_command(
+        args,
+        "/tools",
+        empty="no tools",
+        headers=("NAME", "SERVER", "DESCRIPTION"),
+        row=lambda t: (t.get("name"), t.get("server"), short(t.get("title") or t.get("description"))),
+        params={"server": args.server} if args.server else None,
     )
-    return 0
 
 
 def _tools_show(args: argparse.Namespace) -> int:
@@ -291,23 +273,18 @@ def _print_members(toolset: dict[str, Any]) -> None:
 
 
 def _toolsets_list(args: argparse.Namespace) -> int:
-    with admin_client(args) as api:
-        data = api.request("GET", "/toolsets")
-    if args.json:
-        print_json(data)
-        return 0
-    toolsets = items_of(data)
-    if not toolsets:
-        print("no toolsets")
-        return 0
-    table(
-        ("NAME", "MEMBERS", "TOOLS", "DESCRIPTION"),
-        (
-            (t.get("name"), len(list_of(t, "members")), _toolset_entries(t), short(t.get("description"), 40))
-            for t in toolsets
+    return list_command(
+        args,
+        "/toolsets",
+        empty="no toolsets",
+        headers=("NAME", "MEMBERS", "TOOLS", "DESCRIPTION"),
+        row=lambda t: (
+            t.get("name"),
+            len(list_of(t, "members")),
+            _toolset_entries(t),
+            short(t.get("description"), 40),
         ),
     )
-    return 0
 
 
 def _toolsets_show(args: argparse.Namespace) -> int:
@@ -391,30 +368,20 @@ def _clients_create(args: argparse.Namespace) -> int:
 
 
 def _clients_list(args: argparse.Namespace) -> int:
-    with admin_client(args) as api:
-        data = api.request("GET", "/clients")
-    if args.json:
-        print_json(data)
-        return 0
-    clients = items_of(data)
-    if not clients:
-        print("no clients")
-        return 0
-    table(
-        ("CLIENT ID", "NAME", "TEAM", "KEY PREFIX", "CREATED", "STATUS"),
-        (
-            (
-                c.get("client_id"),
-                c.get("name"),
-                c.get("team"),
-                c.get("key_prefix"),
-                when(c.get("created_at")),
-                f"revoked {when(c['revoked_at'])}" if c.get("revoked_at") else "active",
-            )
-            for c in clients
+    return list_command(
+        args,
+        "/clients",
+        empty="no clients",
+        headers=("CLIENT ID", "NAME", "TEAM", "KEY PREFIX", "CREATED", "STATUS"),
+        row=lambda c: (
+            c.get("client_id"),
+            c.get("name"),
+            c.get("team"),
+            c.get("key_prefix"),
+            when(c.get("created_at")),
+            f"revoked {when(c['revoked_at'])}" if c.get("revoked_at") else "active",
         ),
     )
-    return 0
 
 
 def _clients_revoke(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
@@ -32,6 +32,7 @@ __all__ = [
     "clean",
     "fields",
     "items_of",
+    "list_command",
     "list_of",
     "print_json",
     "seconds_text",
@@ -215,6 +216,29 @@ def list_of(document: dict[str, Any], key: str) -> list[Any]:
     """A nested list of an answer, or an empty one."""
     value = document.get(key)
     return value if isinstance(value, list) else []
+
+
+def list_command(
+    args: argparse.Namespace,
+    path: str,
+    *,
+    empty: str,
+    headers: Sequence[str],
+    row: Callable[[dict[str, Any]], Sequence[Any]],
+    params: dict[str, str] | None = None,
+) -> int:
+    """`GET path`: its JSON with --json; else a table, one `row` per item, or `empty` when none."""
+    with admin_client(args) as api:
+        data = api.request("GET", path, params=params)
+    if args.json:
+        print_json(data)
+        return 0
+    rows = items_of(data)
+    if not rows:
+        print(empty)
+        return 0
+    table(headers, (row(item) for item in rows))
+    return 0
 
 
 def items_of(data: dict[str, Any]) -> list[dict[str, Any]]:

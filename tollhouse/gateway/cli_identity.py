@@ -18,7 +18,7 @@ from tollhouse.gateway.cli_common import (
     admin_client,
     clean,
     fields,
-    items_of,
+    list_command,
     list_of,
     print_json,
     seg,
@@ -131,28 +131,18 @@ def users_create(args: argparse.Namespace) -> int:
 
 
 def users_list(args: argparse.Namespace) -> int:
-    with admin_client(args) as api:
-        data = api.request("GET", "/users")
-    if args.json:
-        print_json(data)
-        return 0
-    users = items_of(data)
-    if not users:
-        print("no users")
-        return 0
-    table(
-        ("NAME", "ROLES", "TEAMS", "STATUS"),
-        (
-            (
-                u.get("name"),
-                ",".join(u.get("roles") or []) or None,
-                ",".join(u.get("teams") or []) or None,
-                "disabled" if u.get("disabled") else "active",
-            )
-            for u in users
+    return list_command(
+        args,
+        "/users",
+        empty="no users",
+        headers=("NAME", "ROLES", "TEAMS", "STATUS"),
+        row=lambda u: (
+            u.get("name"),
+            ",".join(u.get("roles") or []) or None,
+            ",".join(u.get("teams") or []) or None,
+            "disabled" if u.get("disabled") else "active",
         ),
     )
-    return 0
 
 
 def users_show(args: argparse.Namespace) -> int:
@@ -206,17 +196,13 @@ def teams_create(args: argparse.Namespace) -> int:
 
 
 def teams_list(args: argparse.Namespace) -> int:
-    with admin_client(args) as api:
-        data = api.request("GET", "/teams")
-    if args.json:
-        print_json(data)
-        return 0
-    teams = items_of(data)
-    if not teams:
-        print("no teams")
-        return 0
-    table(("NAME", "DESCRIPTION"), ((t.get("name"), t.get("description")) for t in teams))
-    return 0
+    return list_command(
+        args,
+        "/teams",
+        empty="no teams",
+        headers=("NAME", "DESCRIPTION"),
+        row=lambda t: (t.get("name"), t.get("description")),
+    )
 
 
 def teams_remove(args: argparse.Namespace) -> int:
@@ -257,27 +243,18 @@ def token(args: argparse.Namespace) -> int:
 
 
 def auth_failures(args: argparse.Namespace) -> int:
-    with admin_client(args) as api:
-        data = api.request("GET", "/auth/failures", params={"limit": str(args.limit)})
-    if args.json:
-        print_json(data)
-        return 0
-    items = items_of(data)
-    if not items:
-        print("no failed authentications")
-        return 0
-    table(
-        ("TIME", "STATUS", "REASON", "PATH", "SOURCE", "TOKEN"),
-        (
-            (
-                datetime.fromtimestamp(float(i.get("at", 0)), UTC).isoformat(timespec="seconds"),
-                i.get("status"),
-                i.get("reason"),
-                i.get("path"),
-                i.get("source"),
-                i.get("token_fingerprint"),
-            )
-            for i in items
+    return list_command(
+        args,
+        "/auth/failures",
+        empty="no failed authentications",
+        headers=("TIME", "STATUS", "REASON", "PATH", "SOURCE", "TOKEN"),
+        row=lambda i: (
+            datetime.fromtimestamp(float(i.get("at", 0)), UTC).isoformat(timespec="seconds"),
+            i.get("status"),
+            i.get("reason"),
+            i.get("path"),
+            i.get("source"),
+            i.get("token_fingerprint"),
         ),
+        params={"limit": str(args.limit)},
     )
-    return 0

@@ -14,6 +14,7 @@ from tollhouse.gateway.cli_common import (
     admin_client,
     clean,
     items_of,
+    list_command,
     print_json,
     seg,
     table,
@@ -135,23 +136,19 @@ def quotas_unkill(args: argparse.Namespace) -> int:
 
 
 def quotas_killed(args: argparse.Namespace) -> int:
-    with admin_client(args) as api:
-        data = api.request("GET", "/kill-switches")
-    if args.json:
-        print_json(data)
-        return 0
-    items = items_of(data)
-    if not items:
-        print("no kill switch is engaged")
-        return 0
-    table(
-        ("KIND", "VALUE", "REASON", "BY", "SINCE"),
-        (
-            (i.get("kind"), i.get("value"), i.get("reason"), i.get("created_by"), i.get("created_at"))
-            for i in items
+    return list_command(
+        args,
+        "/kill-switches",
+        empty="no kill switch is engaged",
+        headers=("KIND", "VALUE", "REASON", "BY", "SINCE"),
+        row=lambda i: (
+            i.get("kind"),
+            i.get("value"),
+            i.get("reason"),
+            i.get("created_by"),
+            i.get("created_at"),
         ),
     )
-    return 0
 
 
 def add_quota_commands(branch: Any, leaf: Any) -> None:
