@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from tollhouse.records import RecentRecords
 
 __all__ = ["AuthFailure", "AuthFailureLog", "token_fingerprint"]
 
@@ -54,25 +55,20 @@ class AuthFailureLog:
         log_interval_seconds: float = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._recent: deque[AuthFailure] = deque(maxlen=capacity)
-        self.counts: Counter[str] = Counter()
+        self._records: RecentRecords[AuthFailure] = RecentRecords(capacity)
+        self.counts = self._records.counts
         self._clock = clock
         self._log_interval = log_interval_seconds
         self._last_logged: dict[tuple[str, str | None], float] = {}
-        self._listeners: list[Callable[[AuthFailure], None]] = []
 
     def subscribe(self, listener: Callable[[AuthFailure], None]) -> None:
         """Call `listener` with every failure (the audit trail hooks in here)."""
-        self._listeners.append(listener)
+        self._records.subscribe(listener)
 
     def record(self, *, reason: str, path: str, source: str | None, token: str | None, status: int) -> None:
         """Record one refusal."""
         now = self._clock()
-        failure = AuthFailure(now, reason, path, source, token_fingerprint(token), status)
-        self._recent.append(failure)
-        self.counts[reason] += 1
-        for listener in self._listeners:
-            listener(failure)
+        self._records.add(AuthFailure(now, reason, path, source, token_fingerprint(token), status), reason)
         key = (reason, source)
         if now - self._last_logged.get(key, 0.0) >= self._log_interval:
             if len(self._last_logged) > 10_000:
@@ -82,4 +78,4 @@ class AuthFailureLog:
 
     def recent(self, limit: int = 100) -> list[AuthFailure]:
         """The newest failures, newest first."""
-        return list(reversed(self._recent))[:limit]
+        return self._records.recent(limit)

@@ -17,7 +17,6 @@ import asyncio
 import logging
 import math
 import time
-from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -39,6 +38,7 @@ from tollhouse.policies.quotas import (
     policy_field,
     ratelimit_field,
 )
+from tollhouse.records import RecentRecords
 from tollhouse.registry.limits import KillSwitch, LimitSpec, LimitsState, SqlLimitStore
 from tollhouse.registry.models import JSONObject
 
@@ -52,13 +52,12 @@ class AdmissionLog:
     """Recent refusals (bounded), with counts by kind; what `GET /limits/recent` shows."""
 
     def __init__(self, capacity: int = 1000) -> None:
-        self._recent: deque[dict[str, Any]] = deque(maxlen=capacity)
-        self.counts: Counter[str] = Counter()
+        self._records: RecentRecords[dict[str, Any]] = RecentRecords(capacity)
+        self.counts = self._records.counts
 
     def record(self, kind: str, caller: Caller, *, policies: Sequence[str] = (), reason: str = "") -> None:
         """Keep one refusal: who, what, which limits, why (never the arguments)."""
-        self.counts[kind] += 1
-        self._recent.append(
+        self._records.add(
             {
                 "at": time.time(),
                 "kind": kind,
@@ -67,12 +66,13 @@ class AdmissionLog:
                 "tool": caller.tool,
                 "violated_policies": list(policies),
                 "reason": reason,
-            }
+            },
+            kind,
         )
 
     def recent(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest refusals, newest first."""
-        return list(reversed(self._recent))[:limit]
+        return self._records.recent(limit)
 
 
 class AdmissionService:

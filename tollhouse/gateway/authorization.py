@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -41,6 +40,7 @@ from tollhouse.policies.model import (
     principal_view,
 )
 from tollhouse.policies.sugar import SugarError, compile_sugar
+from tollhouse.records import RecentRecords
 from tollhouse.registry.models import JSONObject, PolicyEntry, Upstream
 from tollhouse.registry.policy_store import SqlPolicyStore
 
@@ -84,17 +84,24 @@ class DecisionRecord:
 
 
 class DecisionLog:
-    """Recent decisions (bounded) with counts; listeners (the audit trail) get every record."""
+    """Recent decisions and guardrail findings (bounded), with counts; listeners get every decision."""
 
     def __init__(self, capacity: int = 1000) -> None:
-        self._recent: deque[DecisionRecord] = deque(maxlen=capacity)
-        self._findings: deque[dict[str, Any]] = deque(maxlen=capacity)
-        self.counts: Counter[str] = Counter()
-        self._listeners: list[Callable[[DecisionRecord], None]] = []
+        self._decisions: RecentRecords[DecisionRecord] = RecentRecords(capacity)
+        self.counts = self._decisions.counts
+        self._findings: RecentRecords[dict[str, Any]] = RecentRecords(capacity, counts=self.counts)
+
+    def subscribe(self, listener: Callable[[DecisionRecord], None]) -> None:
+        """Call `listener` with every decision."""
+        self._decisions.subscribe(listener)
+
+    def record(self, record: DecisionRecord) -> None:
+        """Keep one decision."""
+        self._decisions.add(record, "allow" if record.allowed else "deny")
 
     def note_findings(self, found: Any) -> None:
         """Keep what a guardrail found in one call (detectors and paths, never the text)."""
-        self._findings.append(
+        self._findings.add(
             {
                 "at": time.time(),
                 "tool": found.tool,
@@ -105,28 +112,17 @@ class DecisionLog:
                     {"detector": f.detector, "kind": f.kind, "path": f.path, "action": f.action}
                     for f in found.findings
                 ],
-            }
+            },
+            "guardrail_blocked" if found.blocked else "guardrail_findings",
         )
-        self.counts["guardrail_blocked" if found.blocked else "guardrail_findings"] += 1
-
-    def recent_findings(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest guardrail findings, newest first."""
-        return list(reversed(self._findings))[:limit]
-
-    def subscribe(self, listener: Callable[[DecisionRecord], None]) -> None:
-        """Call `listener` with every decision."""
-        self._listeners.append(listener)
-
-    def record(self, record: DecisionRecord) -> None:
-        """Keep one decision."""
-        self._recent.append(record)
-        self.counts["allow" if record.allowed else "deny"] += 1
-        for listener in self._listeners:
-            listener(record)
 
     def recent(self, limit: int = 100) -> list[DecisionRecord]:
         """The newest decisions, newest first."""
-        return list(reversed(self._recent))[:limit]
+        return self._decisions.recent(limit)
+
+    def recent_findings(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest guardrail findings, newest first."""
+        return self._findings.recent(limit)
 
 
 def _guardrail_policy(specs: Sequence[GuardrailSpec]) -> GuardrailPolicy | None:
