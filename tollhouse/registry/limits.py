@@ -10,17 +10,16 @@ know whether it must reload (DESIGN.md: no database reads on the request path).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Literal, TypeVar
+from datetime import datetime
+from typing import Literal
 
-import anyio.to_thread
 import sqlalchemy as sa
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from tollhouse.registry.migrate import with_write_lock
 from tollhouse.registry.tables import KILL_SWITCHES, LIMITS, KillSwitchRow, LimitRow, SettingRow, utc
+from tollhouse.registry.transactions import TransactionalStore
 
 __all__ = [
     "KILL_KINDS",
@@ -41,7 +40,6 @@ PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 RATE_RE = re.compile(r"^\s*([1-9][0-9]{0,9})\s*/\s*(second|minute|hour|day)s?\s*$")
 KILL_KINDS = ("subject", "client", "server")
 KillKind = Literal["subject", "client", "server"]
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -98,24 +96,8 @@ class LimitsState:
     kills: tuple[KillSwitch, ...]
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class SqlLimitStore:
+class SqlLimitStore(TransactionalStore):
     """Limits and kill switches over a sync SQLAlchemy engine; each call is one transaction in a thread."""
-
-    def __init__(self, engine: sa.Engine, *, clock: Callable[[], datetime] = _utcnow) -> None:
-        self._clock = clock
-        self._reads = sessionmaker(engine, expire_on_commit=False)
-        self._writes = sessionmaker(with_write_lock(engine), expire_on_commit=False)
-
-    async def _run(self, work: Callable[[Session], T], *, write: bool = False) -> T:
-        def transaction() -> T:
-            with (self._writes if write else self._reads).begin() as session:
-                return work(session)
-
-        return await anyio.to_thread.run_sync(transaction)
 
     async def version(self) -> int:
         """The current version (0 before any write)."""

@@ -11,31 +11,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TypeVar
+from datetime import datetime
 
-import anyio.to_thread
 import sqlalchemy as sa
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from tollhouse.auth.vault import CredentialCipher, VaultError, upstream_secret_aad, user_token_aad
-from tollhouse.registry.migrate import with_write_lock
 from tollhouse.registry.tables import (
     UPSTREAM_SECRETS,
     USER_UPSTREAM_TOKENS,
     UpstreamSecretRow,
     UserUpstreamTokenRow,
-    utc,
 )
+from tollhouse.registry.transactions import TransactionalStore, utcnow
 
 __all__ = ["RotationReport", "SqlSecretStore"]
 
-T = TypeVar("T")
 Clock = Callable[[], datetime]
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -47,15 +39,13 @@ class RotationReport:
     rows_by_kid: dict[str, int]
 
 
-class SqlSecretStore:
+class SqlSecretStore(TransactionalStore):
     """Sealed upstream secrets and per-user upstream tokens over the registry's engine."""
 
-    def __init__(self, engine: sa.Engine, cipher: CredentialCipher, *, clock: Clock = _utcnow) -> None:
+    def __init__(self, engine: sa.Engine, cipher: CredentialCipher, *, clock: Clock = utcnow) -> None:
+        super().__init__(engine, clock=clock)
         self._engine = engine
         self._cipher = cipher
-        self._clock = clock
-        self._reads = sessionmaker(engine, expire_on_commit=False)
-        self._writes = sessionmaker(with_write_lock(engine), expire_on_commit=False)
 
     @property
     def cipher(self) -> CredentialCipher:
@@ -65,13 +55,6 @@ class SqlSecretStore:
     def use_cipher(self, cipher: CredentialCipher) -> None:
         """Seal new values with `cipher` from now on (after a key rotation)."""
         self._cipher = cipher
-
-    async def _run(self, work: Callable[[Session], T], *, write: bool = False) -> T:
-        def transaction() -> T:
-            with (self._writes if write else self._reads).begin() as session:
-                return work(session)
-
-        return await anyio.to_thread.run_sync(transaction)
 
     # -- upstream secrets -------------------------------------------------------------
 
@@ -245,9 +228,6 @@ class SqlSecretStore:
 
         changed = await self._run(work, write=True)
         return RotationReport(active.active_kid, changed, await self.rows_by_kid())
-
-    def _now(self) -> datetime:
-        return utc(self._clock())
 
 
 def _reseal(cipher: CredentialCipher, sealed: str, aad: str, where: str) -> str:

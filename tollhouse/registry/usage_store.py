@@ -15,21 +15,19 @@ rows, never the events.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-import anyio.to_thread
 import sqlalchemy as sa
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from tollhouse.registry.migrate import with_write_lock
 from tollhouse.registry.tables import USAGE_EVENTS, USAGE_OUTBOX, utc
+from tollhouse.registry.transactions import TransactionalStore
 
 __all__ = ["DIMENSIONS", "Claimed", "SqlUsageStore", "UsageRow"]
 
-T = TypeVar("T")
 # Report dimension -> column; `client` is the client id.
 DIMENSIONS: Mapping[str, str] = {
     "subject": "subject",
@@ -79,20 +77,12 @@ class Claimed:
     attempts: int
 
 
-class SqlUsageStore:
+class SqlUsageStore(TransactionalStore):
     """Usage events over a sync SQLAlchemy engine; each call is one transaction in a worker thread."""
 
     def __init__(self, engine: sa.Engine) -> None:
+        super().__init__(engine)
         self._dialect = engine.dialect.name
-        self._reads = sessionmaker(engine, expire_on_commit=False)
-        self._writes = sessionmaker(with_write_lock(engine), expire_on_commit=False)
-
-    async def _run(self, work: Callable[[Session], T], *, write: bool = False) -> T:
-        def transaction() -> T:
-            with (self._writes if write else self._reads).begin() as session:
-                return work(session)
-
-        return await anyio.to_thread.run_sync(transaction)
 
     async def insert(self, rows: Sequence[UsageRow], sinks: Sequence[str], now: datetime) -> None:
         """Insert events and their outbox rows (one per sink), in one transaction; known ids are skipped."""
