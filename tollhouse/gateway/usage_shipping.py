@@ -203,12 +203,14 @@ class UsageShipper:
                 await anyio.sleep(delay)
                 delay = min(delay * 2, settings.retry_max_seconds)
                 continue
+            # Counted when the sink acknowledged, before the rows leave the outbox: whoever sees
+            # the backlog empty sees these counted too.
+            state.delivered += len(batch)
             try:
                 await self._store.delivered(seqs)
             except Exception:
                 # Delivered but not marked: redelivered later, and deduplicated by id downstream.
                 logger.exception("usage sink %s: marking delivered failed", sink.name)
-            state.delivered += len(batch)
             state.consecutive_failures = 0
             state.last_success_at = datetime.now(UTC)
             state.retry_at = None
