@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 
+import anyio
 import pytest
+import redis.asyncio
 from sse_starlette.sse import AppStatus
 
 
@@ -59,3 +62,21 @@ def postgres_url() -> str:
 def redis_url() -> str:
     """URL of the shared Redis server (tests use their own key prefix)."""
     return _service_url("TOLLHOUSE_TEST_REDIS_URL")
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own on the shared Redis, whose keys are removed afterwards."""
+    prefix = f"th-test-{secrets.token_hex(6)}"
+    yield prefix
+
+    async def cleanup() -> None:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            keys = [k async for k in client.scan_iter(f"{prefix}*")]
+            if keys:
+                await client.delete(*keys)
+        finally:
+            await client.aclose()
+
+    anyio.run(cleanup)

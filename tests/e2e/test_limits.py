@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,6 @@ import anyio
 import anyio.abc
 import httpx2
 import pytest
-import redis.asyncio
 
 from tests.databases import scratch_postgres
 from tests.harness import Gateway, initialize_request, running_gateway
@@ -106,24 +105,6 @@ async def upstreams() -> AsyncIterator[tuple[str, str, Probe]]:
         serve(other.streamable_http_app(), path="/mcp") as other_url,
     ):
         yield up_url, other_url, probe
-
-
-@pytest.fixture
-def redis_prefix(redis_url: str) -> Iterator[str]:
-    """A key prefix of this test's own on the shared Redis, whose keys are removed afterwards."""
-    prefix = f"th-test-{secrets.token_hex(6)}"
-    yield prefix
-
-    async def cleanup() -> None:
-        client = redis.asyncio.Redis.from_url(redis_url)
-        try:
-            keys = [k async for k in client.scan_iter(f"{prefix}*")]
-            if keys:
-                await client.delete(*keys)
-        finally:
-            await client.aclose()
-
-    anyio.run(cleanup)
 
 
 async def test_a_client_rate_limit_answers_429_with_consistent_headers_and_data(tmp_path: Path) -> None:

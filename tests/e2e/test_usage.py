@@ -29,8 +29,8 @@ from tests.harness import ADMIN_TOKEN, Gateway, running_gateway
 from tests.redis_server import free_port, private_redis
 from tests.servers import serve
 from tests.upstreams import echo_upstream
-from tollhouse.gateway.errors import BUDGET_EXHAUSTED, METERING_UNAVAILABLE
-from tollhouse.gateway.settings import UsageSettings, UsageSinkSettings
+from tollhouse.gateway.errors import BUDGET_EXHAUSTED, METERING_UNAVAILABLE, RATE_LIMITED
+from tollhouse.gateway.settings import QuotaSettings, UsageSettings, UsageSinkSettings
 
 pytestmark = pytest.mark.anyio
 
@@ -339,6 +339,27 @@ async def test_a_refusal_carries_the_budget_and_when_it_resets(tmp_path: Path) -
     assert refused.value.code == BUDGET_EXHAUSTED
     assert data["budget"] == "zero" and data["period"] == datetime.now(UTC).strftime("%Y-%m")
     assert 0 < data["retry_after_seconds"] <= 31 * 86400
+
+
+async def test_on_redis_a_call_refused_by_a_rate_limit_holds_no_budget_and_costs_are_booked(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    """With Redis, the reservation rides along with the rate limit and settles in the background.
+
+    The rate-refused call's reservation is released at once, and a status read right after the
+    calls already sees every settlement (this replica's own are booked before it answers).
+    """
+    quotas = QuotaSettings(redis_prefix=redis_prefix, loop_threshold=0)
+    async with metered(tmp_path, Receiver(), redis_url=SecretStr(redis_url), quotas=quotas) as (gw, keys, _):
+        await gw.admin.put("/prices", json={"items": [{"match": {"server": "calc"}, "per_call_micro": 1000}]})
+        budget = {"scope": "team", "name": "platform", "amount_micro": 10**9, "mode": "hard"}
+        assert (await gw.admin.put("/budgets/spend", json=budget)).status_code == 201
+        limit = {"match": {"team": "platform"}, "rate": "3/minute"}
+        assert (await gw.admin.put("/limits/three", json=limit)).status_code in (200, 201)
+        seen = await call(gw, keys["platform"], "calc__echo", {"text": "x"}, 5)
+        status = (await gw.admin.get("/budgets/spend/status", params={"name": "platform"})).json()
+    assert seen == ["ok", "ok", "ok", str(RATE_LIMITED), str(RATE_LIMITED)]
+    assert (status["spent_micro"], status["reserved_micro"]) == (3000, 0)
 
 
 async def test_redis_killed_mid_run_fails_closed_then_recovers(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from tollhouse.policies.budgets import (
     BudgetRefused,
     BudgetRule,
     Budgets,
+    Finish,
     Ledger,
     LedgerUnavailable,
     MemoryLedger,
@@ -270,3 +271,21 @@ def test_budget_entries_round_trip_and_name_bad_fields() -> None:
         budget_from_dict({**entry, "credits": [{"id": "g", "amount_micro": 3}]})
     with pytest.raises(BudgetError, match="scope"):
         budget_from_dict({**entry, "scope": "org"})
+
+
+async def test_many_settlements_go_out_together_and_a_failed_one_spares_the_rest(ledger: Ledger) -> None:
+    budgets = Budgets(ledger, rules=rules(), clock=Clock(NOV_10))
+    holds = [await budgets.reserve(ALICE, 1_000, "USD") for _ in range(4)]
+    assert (await budgets.status(budgets.rules[0], "platform"))["reserved_micro"] == 4_000
+    await budgets.finish_all([(holds[0], 700, "USD"), (holds[1], 0, "USD"), (holds[2], 900, "EUR")])
+    status = await budgets.status(budgets.rules[0], "platform")
+    # 700 booked; the free call and the call priced in another currency only release.
+    assert (status["spent_micro"], status["reserved_micro"]) == (700, 1_000)
+    assert all(not h.accounts for h in holds[:3])
+    account = holds[3].accounts[0][2]
+    answers = await ledger.finish(
+        [Finish(account, holds[3].reservation, 300), Finish(account, "gone", 0)], NOV_10
+    )
+    assert answers == [None, None]  # releasing an unknown reservation is harmless
+    status = await budgets.status(budgets.rules[0], "platform")
+    assert (status["spent_micro"], status["reserved_micro"]) == (1_000, 0)

@@ -171,3 +171,34 @@ async def test_an_unreachable_redis_falls_back_or_refuses_by_failure_mode() -> N
         assert not counters.available
     finally:
         await counters.aclose()
+
+
+async def test_the_loop_breaker_and_the_rates_are_counted_together(counters: Counters) -> None:
+    """`Quotas.hit` (one Redis round trip for fixed windows) agrees with hitting one by one."""
+    from limits import RateLimitItemPerSecond
+
+    quotas = Quotas(counters)
+    quotas.set_rules(
+        [
+            LimitSpec(id="wide", rate="100/minute"),
+            LimitSpec(id="narrow", match={"server": "calc"}, rate="2/minute"),
+        ]
+    )
+    rules = quotas.applicable(ALICE)
+    loop = (RateLimitItemPerSecond(3, 60, namespace="loop"), "alice|calc__add|digest")
+    seen = []
+    for _ in range(4):
+        looped, verdicts = await quotas.hit(rules, ALICE, loop)
+        assert looped is not None
+        seen.append((looped[0], [(v.rule.id, v.allowed, v.remaining) for v in verdicts]))
+    # The loop breaker counts every call; the rates stop at the first refusal, as before.
+    assert seen == [
+        (True, [("wide", True, 99), ("narrow", True, 1)]),
+        (True, [("wide", True, 98), ("narrow", True, 0)]),
+        (True, [("wide", True, 97), ("narrow", False, 0)]),
+        (False, [("wide", True, 96), ("narrow", False, 0)]),
+    ]
+    assert 0 < looped[1] <= 60
+    assert await counters.stats_for(rules[0], rules[0].bucket(ALICE)) == (96, pytest.approx(60, abs=1))
+    none, only = await quotas.hit([], ALICE, None)
+    assert none is None and only == []

@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
@@ -27,6 +27,7 @@ from limits import RateLimitItemPerSecond
 from tollhouse.gateway.errors import ConcurrencyLimited, KillSwitchEngaged, LoopBlocked, RateLimited
 from tollhouse.gateway.pipeline import CallContext, Next
 from tollhouse.gateway.settings import QuotaSettings
+from tollhouse.policies.budgets import Hold
 from tollhouse.policies.quotas import (
     Caller,
     Counters,
@@ -42,7 +43,7 @@ from tollhouse.records import RecentRecords
 from tollhouse.registry.limits import KillSwitch, LimitSpec, LimitsState, SqlLimitStore
 from tollhouse.registry.models import JSONObject
 
-__all__ = ["AdmissionLog", "AdmissionService", "AdmitStage"]
+__all__ = ["AdmissionLog", "AdmissionService", "AdmitStage", "BudgetReserver"]
 
 logger = logging.getLogger("tollhouse.admission")
 ClientIdOf = Callable[[str], Awaitable[str | None]]
@@ -198,13 +199,18 @@ class AdmissionService:
             with anyio.CancelScope(shield=True):
                 await self.counters.aclose()
 
-    async def check_loop(self, ctx: CallContext, caller: Caller) -> None:
-        """The loop breaker: refuse the (K+1)th identical call within the window."""
-        if self._loop_item is None:
-            return
-        bucket = f"{ctx.principal.key}|{caller.tool}|{arguments_digest(ctx.arguments)}"
-        allowed, reset = await self.counters.hit_item(self._loop_item, bucket)
-        if not allowed:
+    async def hit(self, ctx: CallContext, caller: Caller, rules: Sequence[Rule]) -> list[Verdict]:
+        """Count the call: the loop breaker and the rate limits (one Redis round trip for fixed windows).
+
+        Raises:
+            LoopBlocked: the (K+1)th identical call within the loop breaker's window.
+        """
+        loop = None
+        if self._loop_item is not None:
+            bucket = f"{ctx.principal.key}|{caller.tool}|{arguments_digest(ctx.arguments)}"
+            loop = (self._loop_item, bucket)
+        looped, verdicts = await self.quotas.hit(rules, caller, loop)
+        if looped is not None and not looped[0]:
             self.log.record(
                 "loop_blocked", caller, policies=["loop-breaker"], reason="repeated identical call"
             )
@@ -213,17 +219,43 @@ class AdmissionService:
             )
             raise LoopBlocked(
                 caller.tool,
-                retry_after=max(1, math.ceil(reset)),
+                retry_after=max(1, math.ceil(looped[1])),
                 threshold=self.settings.loop_threshold,
                 window_seconds=self.settings.loop_window_seconds,
             )
+        return verdicts
+
+
+class BudgetReserver(Protocol):
+    """The budget side of admission (tollhouse.gateway.metering.Metering)."""
+
+    @property
+    def concurrent(self) -> bool:
+        """True when reserving is a network round trip worth overlapping with the rate limits."""
+        ...
+
+    async def reserve(self, ctx: CallContext) -> Hold:
+        """Reserve the call's estimate (raises BudgetExhausted or MeteringUnavailable)."""
+        ...
+
+    async def release(self, hold: Hold) -> None:
+        """Drop a reservation the call will not use."""
+        ...
 
 
 class AdmitStage:
-    """The pipeline's admit step."""
+    """The pipeline's admit step.
 
-    def __init__(self, service: AdmissionService) -> None:
+    With Redis, the loop breaker and the fixed-window rate limits are one script call, and
+    (given `budgets` on a remote ledger) the budget reservation overlaps it (one gather) instead
+    of adding a round trip. A call one of them refuses may still have taken a unit of another,
+    as a refused call does with a later limit; a reservation taken for a refused call is
+    released at once. BudgetStage uses the reservation carried in `ctx.budget_hold`.
+    """
+
+    def __init__(self, service: AdmissionService, *, budgets: BudgetReserver | None = None) -> None:
         self._service = service
+        self._budgets = budgets
 
     async def __call__(self, ctx: CallContext, call_next: Next) -> JSONObject:
         service = self._service
@@ -233,41 +265,60 @@ class AdmitStage:
             service.log.record("killed", caller, reason=f"{kill[0]} kill switch")
             raise KillSwitchEngaged(*kill)
         rules = service.quotas.applicable(caller)
-        if not rules:
-            await service.check_loop(ctx, caller)
-            return await call_next(ctx)
-        # The loop breaker and the rate limits are independent counters: with Redis their round
-        # trips overlap (gather) instead of adding up. A call the loop breaker refuses may still
-        # have taken a rate unit, as a refused call does with a later limit.
-        if service.counters.shared:
-            loop, hits = await asyncio.gather(
-                service.check_loop(ctx, caller),
-                service.quotas.hit_rates(rules, caller),
-                return_exceptions=True,
-            )
-            if isinstance(loop, BaseException):
-                raise loop
-            if isinstance(hits, BaseException):
-                raise hits
-            verdicts = hits
-        else:  # in memory nothing waits: no tasks to spawn
-            await service.check_loop(ctx, caller)
-            verdicts = await service.quotas.hit_rates(rules, caller)
-        if verdicts:
-            _refuse_if_over(service, caller, verdicts)
+        budgets = self._budgets if self._budgets is not None and self._budgets.concurrent else None
+        hold: Hold | None = None
         slots: list[Slot] = []
         try:
+            if budgets is not None:
+                verdicts, hold = await self._together(ctx, caller, rules, budgets)
+            else:
+                verdicts = await service.hit(ctx, caller, rules)
+                if verdicts:
+                    _refuse_if_over(service, caller, verdicts)
             for rule in rules:
                 if rule.concurrency is not None:
                     slots.append(await _acquire(service, rule, caller))
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._give_back(slots, hold)
+            raise
+        try:
             if verdicts:
                 ctx.response_headers.extend(_fields(verdicts))
-            return await call_next(ctx)
+            return await call_next(ctx if hold is None else ctx.replace(budget_hold=hold))
         finally:
             if slots:
                 with anyio.CancelScope(shield=True):
-                    for slot in slots:
-                        await service.counters.release(slot)
+                    await self._give_back(slots, None)
+
+    async def _together(
+        self, ctx: CallContext, caller: Caller, rules: Sequence[Rule], budgets: BudgetReserver
+    ) -> tuple[list[Verdict], Hold | None]:
+        service = self._service
+        counted, reserved = await asyncio.gather(
+            service.hit(ctx, caller, rules), budgets.reserve(ctx), return_exceptions=True
+        )
+        hold = reserved if isinstance(reserved, Hold) else None
+        try:
+            # The order of a sequential admission: the loop breaker, the rate limits, the budget.
+            if isinstance(counted, BaseException):
+                raise counted
+            if counted:
+                _refuse_if_over(service, caller, counted)
+            if isinstance(reserved, BaseException):
+                raise reserved
+        except BaseException:
+            if hold is not None:
+                with anyio.CancelScope(shield=True):
+                    await budgets.release(hold)
+            raise
+        return counted, hold
+
+    async def _give_back(self, slots: Sequence[Slot], hold: Hold | None) -> None:
+        for slot in slots:
+            await self._service.counters.release(slot)
+        if hold is not None and self._budgets is not None:
+            await self._budgets.release(hold)
 
 
 def _fields(verdicts: Sequence[Verdict]) -> tuple[tuple[bytes, bytes], ...]:

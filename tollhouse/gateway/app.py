@@ -146,7 +146,7 @@ def create_app(
         checks=[
             ValidateStage(),
             GuardStage(on_findings=policies.decisions.note_findings),
-            AdmitStage(admission),
+            AdmitStage(admission, budgets=usage.metering),
             BudgetStage(usage.metering),
         ],
         outer=[UsageStage(usage.metering)],

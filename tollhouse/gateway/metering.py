@@ -242,11 +242,109 @@ class Metering:
         *,
         source: str,
         prices: PriceBook | None = None,
+        settle_linger_seconds: float = 0.002,
     ) -> None:
         self.writer = writer
         self.budgets = budgets
         self.prices = prices or PriceBook()
         self._source = source
+        self._settle_linger = settle_linger_seconds
+        self._to_settle: list[tuple[Hold, int, str | None]] = []
+        self._settling = 0
+        self._settle_wake: anyio.Event | None = None
+        self._settled_waiters: list[anyio.Event] = []
+
+    @property
+    def concurrent(self) -> bool:
+        """True when a reservation is a network round trip (AdmitStage then overlaps it with its own)."""
+        return self.budgets.ledger.remote and bool(self.budgets.rules)
+
+    async def reserve(self, ctx: CallContext) -> Hold:
+        """Reserve the call's estimated price on every budget it counts against (maybe none).
+
+        Raises:
+            BudgetExhausted: a hard budget has too little left.
+            MeteringUnavailable: the ledger is unreachable and a budget fails closed.
+        """
+        tool = ctx.tool
+        assert tool is not None, "ResolveStage runs first"
+        estimate, currency = self.prices.estimate(tool.server, tool.name)
+        if currency is None or not self.budgets.rules:
+            return Hold(reservation="", currency=currency)
+        principal = ctx.principal
+        payer = Payer(principal.subject, principal.client_id, principal.teams)
+        try:
+            return await self.budgets.reserve(payer, estimate, currency)
+        except BudgetRefused as exc:
+            raise BudgetExhausted(exc.budget, exc.name, exc.period, exc.retry_after_seconds) from None
+        except LedgerUnavailable as exc:
+            raise MeteringUnavailable(exc.budget) from None
+
+    async def release(self, hold: Hold) -> None:
+        """Drop a reservation the call will not use (it was refused before reaching the upstream)."""
+        if hold.accounts:
+            with anyio.CancelScope(shield=True):
+                await self.budgets.release(hold)
+
+    async def settle(self, hold: Hold, cost: int, currency: str | None) -> None:
+        """Book the call's cost on its budgets: in the background when the ledger is remote.
+
+        The response need not wait: until the settlement lands, the reservation (the estimate)
+        keeps counting against the budget, so enforcement is as strict as settling inline.
+        Background settlements go out in batches (one pipelined round trip each), gathered for
+        at most `settle_linger_seconds`.
+        """
+        if self._settle_wake is None or not self.budgets.ledger.remote:
+            with anyio.CancelScope(shield=True):
+                await self.budgets.settle(hold, cost, currency)
+            return
+        self._to_settle.append((hold, cost, currency))
+        self._settle_wake.set()
+
+    async def settled(self) -> None:
+        """Wait for the settlements queued so far (a status read after a call sees its cost)."""
+        if self._settle_wake is None or (not self._to_settle and not self._settling):
+            return
+        done = anyio.Event()
+        self._settled_waiters.append(done)
+        await done.wait()
+
+    async def run_settlements(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Settle queued calls in batches until cancelled; then settle what is left (shielded)."""
+        self._settle_wake = anyio.Event()
+        task_status.started()
+        try:
+            while True:
+                if not self._to_settle:
+                    for waiter in self._settled_waiters:
+                        waiter.set()
+                    self._settled_waiters.clear()
+                    await self._settle_wake.wait()
+                    self._settle_wake = anyio.Event()
+                    await anyio.sleep(self._settle_linger)
+                await self._settle_batch()
+        finally:
+            self._settle_wake = None
+            deadline = anyio.current_time() + 5  # each batch is shielded: bound the whole drain
+            while self._to_settle and anyio.current_time() < deadline:
+                await self._settle_batch()
+            if self._to_settle:
+                logger.warning("%d settlements not booked at shutdown; they expire", len(self._to_settle))
+                self._to_settle.clear()
+            for waiter in self._settled_waiters:
+                waiter.set()
+            self._settled_waiters.clear()
+
+    async def _settle_batch(self) -> None:
+        batch, self._to_settle = self._to_settle[:512], self._to_settle[512:]
+        self._settling = len(batch)
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.budgets.finish_all(batch)
+        finally:
+            self._settling = 0
 
     def begin(self, method: str, request: Any) -> UsageMeter:
         """A meter for a call that starts now."""
@@ -389,7 +487,11 @@ class UsageStage:
 
 
 class BudgetStage:
-    """Prices the call, reserves on its budgets, times the upstream, settles (last check before upstream)."""
+    """Prices the call, reserves on its budgets, times the upstream, settles (last check before upstream).
+
+    When AdmitStage already reserved (with Redis it overlaps the reservation with the rate-limit
+    round trip), the call's `budget_hold` is used as is.
+    """
 
     def __init__(self, metering: Metering) -> None:
         self._metering = metering
@@ -397,28 +499,18 @@ class BudgetStage:
     async def __call__(self, ctx: CallContext, call_next: Next) -> JSONObject:
         tool = ctx.tool
         assert tool is not None, "ResolveStage runs first"
-        meter: UsageMeter = ctx.meter or self._metering.begin("tools/call", ctx.arguments)
-        prices, budgets = self._metering.prices, self._metering.budgets
-        estimate, currency = prices.estimate(tool.server, tool.name)
-        hold: Hold | None = None
-        if currency is not None and budgets.rules:
-            principal = ctx.principal
-            payer = Payer(principal.subject, principal.client_id, principal.teams)
-            try:
-                hold = await budgets.reserve(payer, estimate, currency)
-            except BudgetRefused as exc:
-                raise BudgetExhausted(exc.budget, exc.name, exc.period, exc.retry_after_seconds) from None
-            except LedgerUnavailable as exc:
-                raise MeteringUnavailable(exc.budget) from None
-            meter.flags.extend(hold.flags)
+        metering = self._metering
+        meter: UsageMeter = ctx.meter or metering.begin("tools/call", ctx.arguments)
+        hold: Hold = ctx.budget_hold if ctx.budget_hold is not None else await metering.reserve(ctx)
+        meter.flags.extend(hold.flags)
         started = time.perf_counter()
         result: JSONObject | None = None
+        cost = 0
         try:
             result = await call_next(ctx)
             return result
         finally:
             meter.upstream_ms = round((time.perf_counter() - started) * 1000)
-            cost = 0
             if result is not None and result.get("resultType") != "input_required":
                 meter.tokens_in, meter.tokens_out = tokens_of(result)
                 meter.response_bytes = json_size(result)
@@ -429,11 +521,7 @@ class BudgetStage:
                         response_bytes=meter.response_bytes,
                         tokens=(meter.tokens_in or 0) + (meter.tokens_out or 0),
                     )
-                    cost, priced_in = prices.price(tool.server, tool.name, facts)
+                    cost, priced_in = metering.prices.price(tool.server, tool.name, facts)
                     meter.cost_micro, meter.currency = cost, priced_in
-            if hold is not None:
-                with anyio.CancelScope(shield=True):
-                    if cost > 0:
-                        await budgets.settle(hold, cost, meter.currency)
-                    else:
-                        await budgets.release(hold)
+            if hold.accounts:
+                await metering.settle(hold, cost, meter.currency)

@@ -70,6 +70,8 @@ class CallContext:
     response_headers: list[tuple[bytes, bytes]] = dataclasses.field(default_factory=list)
     # Filled in by the metering stage as the call goes (cost, upstream time, tokens, bytes).
     meter: Any = None
+    # The budget reservation, when AdmitStage took it alongside the rate limits (one round trip).
+    budget_hold: Any = None
 
     def replace(self, **changes: Any) -> CallContext:
         """A copy with some fields changed."""

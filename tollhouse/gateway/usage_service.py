@@ -166,6 +166,7 @@ class UsageService:
             await self.load()
             async with anyio.create_task_group() as tg:
                 await tg.start(self.metering.writer.run)
+                await tg.start(self.metering.run_settlements)
                 await tg.start(self.shipper.run)
                 task_status.started()
                 while True:
@@ -283,6 +284,7 @@ class UsageService:
         rule = self.metering.budgets.rule(budget_id)
         if rule is None:
             return None
+        await self.metering.settled()  # this replica's own calls are booked before it answers
         return await self.metering.budgets.status(rule, name)
 
 

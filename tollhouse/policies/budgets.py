@@ -176,8 +176,19 @@ class Hold:
     flags: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """One reservation's end: book `cost` (settle) or, with cost 0, just drop it (release)."""
+
+    account: Account
+    reservation: str
+    cost: int
+
+
 class Ledger(Protocol):
     """Atomic reserve/settle/release over accounts (see the module docstring)."""
+
+    remote: bool  # operations wait on a network round trip (worth overlapping and deferring)
 
     async def reserve(
         self, account: Account, reservation: str, amount: int, now: float, ttl: float, hard: bool
@@ -191,6 +202,13 @@ class Ledger(Protocol):
 
     async def release(self, account: Account, reservation: str, now: float) -> None:
         """Drop the reservation."""
+        ...
+
+    async def finish(self, ops: Sequence[Finish], now: float) -> list[BaseException | None]:
+        """Settle (cost > 0) or release many reservations; one round trip on a remote ledger.
+
+        Returns one entry per op: None, or the error that op met (the others still apply).
+        """
         ...
 
     async def status(self, account: Account, now: float) -> AccountStatus:
@@ -296,16 +314,31 @@ class Budgets:
 
     async def settle(self, hold: Hold, cost: int, currency: str | None) -> None:
         """Book the call's actual cost; a ledger failure is logged (the event still records the cost)."""
-        now = self._clock()
-        for rule, _, account in hold.accounts:
-            try:
-                if currency == rule.currency:
-                    await self.ledger.settle(account, hold.reservation, cost, now)
-                else:
-                    await self.ledger.release(account, hold.reservation, now)
-            except Exception:
+        await self.finish_all([(hold, cost, currency)])
+
+    async def finish_all(self, ends: Sequence[tuple[Hold, int, str | None]]) -> None:
+        """Settle many calls at once, each (hold, cost, currency): one round trip on Redis.
+
+        A cost in another currency than a budget's, or of 0, only releases that reservation. A
+        ledger failure is logged; the reservation then expires (the event still records the cost).
+        """
+        ops: list[Finish] = []
+        rules: list[BudgetRule] = []
+        for hold, cost, currency in ends:
+            for rule, _, account in hold.accounts:
+                booked = cost if cost > 0 and currency == rule.currency else 0
+                ops.append(Finish(account, hold.reservation, booked))
+                rules.append(rule)
+            hold.accounts.clear()
+        if not ops:
+            return
+        try:
+            errors = await self.ledger.finish(ops, self._clock())
+        except Exception as exc:
+            errors = [exc] * len(ops)
+        for rule, error in zip(rules, errors, strict=True):
+            if error is not None:
                 logger.warning("budget %s: settling failed; the reservation will expire", rule.id)
-        hold.accounts.clear()
 
     async def release(self, hold: Hold) -> None:
         """Drop the call's reservations without cost."""
@@ -351,6 +384,8 @@ class Budgets:
 
 class MemoryLedger:
     """The ledger in this process (one replica); operations never await, so each is atomic."""
+
+    remote = False
 
     def __init__(self) -> None:
         self._accounts: dict[str, dict[str, int]] = {}
@@ -413,6 +448,14 @@ class MemoryLedger:
     async def release(self, account: Account, reservation: str, now: float) -> None:
         counters = self._purge(account, now)
         self._drop(account, reservation, counters)
+
+    async def finish(self, ops: Sequence[Finish], now: float) -> list[BaseException | None]:
+        for op in ops:
+            if op.cost > 0:
+                await self.settle(op.account, op.reservation, op.cost, now)
+            else:
+                await self.release(op.account, op.reservation, now)
+        return [None] * len(ops)
 
     async def status(self, account: Account, now: float) -> AccountStatus:
         counters = self._purge(account, now)
@@ -524,6 +567,8 @@ class RedisLedger:
     Keys carry a hash tag of (budget, name), so one call's keys live on one cluster slot.
     """
 
+    remote = True
+
     def __init__(self, redis: Any, *, prefix: str = "tollhouse:budget:") -> None:
         self._redis = redis
         self._prefix = prefix
@@ -535,9 +580,9 @@ class RedisLedger:
         base = f"{self._prefix}{tag}:{period}"
         return [f"{base}:a", f"{base}:rd", f"{base}:ra", f"{self._prefix}{tag}:credits"]
 
-    async def _run(
+    def _args(
         self, op: str, account: Account, reservation: str, amount: int, now: float, **kw: Any
-    ) -> Any:
+    ) -> list[Any]:
         args: list[Any] = [
             op,
             repr(now),
@@ -550,7 +595,33 @@ class RedisLedger:
         ]
         for grant, grant_amount in account.grants:
             args += [grant, grant_amount]
+        return args
+
+    async def _run(
+        self, op: str, account: Account, reservation: str, amount: int, now: float, **kw: Any
+    ) -> Any:
+        args = self._args(op, account, reservation, amount, now, **kw)
         return await self._script(keys=self._keys(account), args=args)
+
+    async def finish(self, ops: Sequence[Finish], now: float) -> list[BaseException | None]:
+        if len(ops) == 1:
+            one = ops[0]
+            try:
+                op = "settle" if one.cost > 0 else "release"
+                await self._run(op, one.account, one.reservation, one.cost, now)
+            except Exception as exc:
+                return [exc]
+            return [None]
+        pipe = self._redis.pipeline(transaction=False)
+        for one in ops:
+            op = "settle" if one.cost > 0 else "release"
+            args = self._args(op, one.account, one.reservation, one.cost, now)
+            await self._script(keys=self._keys(one.account), args=args, client=pipe)
+        try:
+            answers = await pipe.execute(raise_on_error=False)
+        except Exception as exc:
+            return [exc] * len(ops)
+        return [a if isinstance(a, BaseException) else None for a in answers]
 
     async def reserve(
         self, account: Account, reservation: str, amount: int, now: float, ttl: float, hard: bool

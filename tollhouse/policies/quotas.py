@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 import hashlib
 import logging
 import math
@@ -69,14 +70,28 @@ logger = logging.getLogger("tollhouse.quotas")
 # A Redis failure is any of these (limits wraps its own calls' errors in StorageError).
 _STORAGE_ERRORS: tuple[type[BaseException], ...] = (StorageError, RedisError, OSError, TimeoutError)
 
-_FIXED_HIT = """
-local c = redis.call('INCRBY', KEYS[1], ARGV[2])
-local ttl = redis.call('PTTL', KEYS[1])
-if c == tonumber(ARGV[2]) or ttl < 0 then
-  redis.call('EXPIRE', KEYS[1], ARGV[1])
-  ttl = tonumber(ARGV[1]) * 1000
+# Fixed windows, several counters in one round trip: `limits`' keys and expiry rule (the window
+# starts at the first hit). The first ARGV[1] keys (the loop breaker) always count; the rest are
+# rate limits in order, and counting stops after the first one over its limit (as sequential
+# hits would: a refused call takes no unit of the limits after the one that refused it).
+_FIXED_HITS = """
+local independent = tonumber(ARGV[1])
+local out = {}
+for i = 1, #KEYS do
+  local expiry = tonumber(ARGV[2 * i])
+  local c = redis.call('INCRBY', KEYS[i], 1)
+  local ttl = redis.call('PTTL', KEYS[i])
+  if c == 1 or ttl < 0 then
+    redis.call('EXPIRE', KEYS[i], expiry)
+    ttl = expiry * 1000
+  end
+  out[#out + 1] = c
+  out[#out + 1] = ttl
+  if i > independent and c > tonumber(ARGV[2 * i + 1]) then
+    break
+  end
 end
-return {c, ttl}
+return out
 """
 # Slots are members of a sorted set scored by their lease's end (Redis's own clock, so replicas
 # need not agree on time); expired leases are dropped before counting.
@@ -138,7 +153,7 @@ class Rule:
             failure_mode=spec.failure_mode,
         )
 
-    @property
+    @functools.cached_property
     def item(self) -> RateLimitItem | None:
         """The `limits` item for the rate part (None: a concurrency-only rule)."""
         if self.quota is None or self.window_seconds is None:
@@ -261,15 +276,27 @@ class _RedisBackend(_Backend):
         bridge: Any = storage.bridge
         self.bridge = bridge
         self.client: Any = bridge.get_connection()
-        self._fixed_hit = self.client.register_script(_FIXED_HIT)
+        self._fixed_hits = self.client.register_script(_FIXED_HITS)
         self._acquire = self.client.register_script(_ACQUIRE)
 
     async def hit(self, item: RateLimitItem, bucket: str, sliding: bool) -> tuple[bool, int, float]:
         if sliding:
             return await super().hit(item, bucket, sliding)
-        key = self.bridge.prefixed_key(item.key_for(bucket))
-        count, ttl_ms = await self._fixed_hit(keys=[key], args=[item.get_expiry(), 1])
-        return int(count) <= item.amount, max(0, item.amount - int(count)), int(ttl_ms) / 1000
+        return (await self.hit_fixed([(item, bucket)], 0))[0]
+
+    async def hit_fixed(
+        self, hits: Sequence[tuple[RateLimitItem, str]], independent: int
+    ) -> list[tuple[bool, int, float]]:
+        """Fixed-window hits in one script call (see _FIXED_HITS); stops after a refused rate."""
+        keys = [self.bridge.prefixed_key(item.key_for(bucket)) for item, bucket in hits]
+        args: list[Any] = [independent]
+        for item, _ in hits:
+            args += [item.get_expiry(), item.amount]
+        flat = await self._fixed_hits(keys=keys, args=args)
+        return [
+            (int(count) <= item.amount, max(0, item.amount - int(count)), int(ttl_ms) / 1000)
+            for (item, _), count, ttl_ms in zip(hits, flat[::2], flat[1::2], strict=False)
+        ]
 
     async def acquire(self, bucket: str, limit: int, lease_ms: int) -> str | None:
         token = secrets.token_hex(8)
@@ -371,6 +398,23 @@ class Counters:
         allowed, _, reset = await self._local.hit(item, bucket, False)
         return allowed, reset
 
+    async def hit_fixed(
+        self, hits: Sequence[tuple[RateLimitItem, str]], independent: int
+    ) -> list[tuple[bool, int, float]] | None:
+        """Fixed-window hits in one Redis round trip, as (allowed, remaining, seconds to reset).
+
+        The first `independent` hits always count; the rest stop after the first refusal (the
+        answer is then shorter). None when Redis is not configured or not answering: the caller
+        then hits one by one, which applies each limit's failure mode.
+        """
+        if self._shared is None or not self.available:
+            return None
+        try:
+            return await self._shared.hit_fixed(hits, independent)
+        except _STORAGE_ERRORS as exc:
+            self._failed(exc)
+            return None
+
     async def stats_for(self, rule: Rule, bucket: str) -> tuple[int, float]:
         """(remaining, seconds to reset) of a rule's bucket without taking a unit."""
         item = rule.item
@@ -439,6 +483,28 @@ class Quotas:
     def applicable(self, caller: Caller) -> list[Rule]:
         """The rules that apply to a call."""
         return [r for r in self._rules if r.applies(caller)]
+
+    async def hit(
+        self, rules: Sequence[Rule], caller: Caller, loop: tuple[RateLimitItem, str] | None = None
+    ) -> tuple[tuple[bool, float] | None, list[Verdict]]:
+        """The loop breaker's hit (allowed, seconds to reset), if given, and the rate verdicts.
+
+        With Redis and only fixed windows, everything is one round trip.
+        """
+        rates = [r for r in rules if r.quota is not None]
+        if self.counters.shared and (loop is not None or rates) and not any(r.sliding for r in rates):
+            hits = [loop] if loop is not None else []
+            hits += [(r.item, r.bucket(caller)) for r in rates if r.item is not None]
+            answers = await self.counters.hit_fixed(hits, 1 if loop is not None else 0)
+            if answers is not None:
+                looped = None
+                if loop is not None:
+                    allowed, _, reset = answers.pop(0)
+                    looped = (allowed, reset)
+                verdicts = [Verdict(r, *a) for r, a in zip(rates, answers, strict=False)]
+                return looped, verdicts
+        looped = await self.counters.hit_item(*loop) if loop is not None else None
+        return looped, await self.hit_rates(rates, caller)
 
     async def hit_rates(self, rules: Sequence[Rule], caller: Caller) -> list[Verdict]:
         """Hit each rate rule in order; the last verdict is the refusal, if any."""
