@@ -18,10 +18,11 @@ from urllib.parse import urlsplit
 import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Scope
 
+from tollhouse import __version__
 from tollhouse.auth.external import start_all
 from tollhouse.auth.middleware import BearerAuthMiddleware
 from tollhouse.auth.server import authorization_server_routes, is_dev_loopback
@@ -37,6 +38,7 @@ from tollhouse.gateway.guards import OriginGuard
 from tollhouse.gateway.handlers import McpHandlers
 from tollhouse.gateway.mcp_endpoint import McpEndpoint
 from tollhouse.gateway.metering import BudgetStage, UsageStage
+from tollhouse.gateway.metrics import register_gateway_metrics
 from tollhouse.gateway.parking import Parking
 from tollhouse.gateway.pipeline import build_pipeline
 from tollhouse.gateway.pool import ConnectorFactory, UpstreamPool
@@ -59,6 +61,7 @@ from tollhouse.registry.models import Upstream
 from tollhouse.registry.pin_store import SqlPinStore
 from tollhouse.registry.policy_store import SqlPolicyStore
 from tollhouse.registry.store import RegistryStore, SqlRegistryStore
+from tollhouse.telemetry import CONTENT_TYPE, Telemetry
 
 __all__ = ["ADMIN_TOKEN_SETTING", "Deps", "create_app"]
 
@@ -137,7 +140,8 @@ def create_app(
         store=SqlLimitStore(engine),
         client_id_of=_client_id_of(store),
     )
-    usage = build_usage(settings, engine, store)
+    telemetry = Telemetry(node=settings.node_name, version=__version__)
+    usage = build_usage(settings, engine, store, telemetry)
     pipeline = build_pipeline(
         pool,
         sealer,
@@ -221,8 +225,14 @@ def create_app(
                 yield
                 tg.cancel_scope.cancel()
         finally:
+            telemetry.shutdown()
             with anyio.CancelScope(shield=True):
                 await store.close()
+
+    register_gateway_metrics(telemetry, pool=pool, sessions=sessions, admission=admission, usage=usage)
+
+    async def metrics(request: Request) -> Response:
+        return Response(await telemetry.render(), media_type=CONTENT_TYPE)
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -271,6 +281,7 @@ def create_app(
             Route("/servers/{server}/mcp", mcp),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
             Mount("/admin/api/v1", admin_app(admin_state)),
             Mount(
                 "/oauth/upstreams",

@@ -50,6 +50,7 @@ from tollhouse.policies.budgets import BudgetRefused, Budgets, Hold, LedgerUnava
 from tollhouse.policies.pricing import PriceBook, UsageFacts, tokens_of
 from tollhouse.registry.models import JSONObject
 from tollhouse.registry.usage_store import SqlUsageStore, UsageRow
+from tollhouse.telemetry import Telemetry
 
 __all__ = [
     "EVENT_TYPE",
@@ -243,8 +244,10 @@ class Metering:
         source: str,
         prices: PriceBook | None = None,
         settle_linger_seconds: float = 0.002,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.writer = writer
+        self._telemetry = telemetry
         self.budgets = budgets
         self.prices = prices or PriceBook()
         self._source = source
@@ -253,6 +256,11 @@ class Metering:
         self._settling = 0
         self._settle_wake: anyio.Event | None = None
         self._settled_waiters: list[anyio.Event] = []
+
+    @property
+    def settlements_pending(self) -> int:
+        """Settlements queued or in flight."""
+        return len(self._to_settle) + self._settling
 
     @property
     def concurrent(self) -> bool:
@@ -372,7 +380,15 @@ class Metering:
             return
         if meter.response_bytes is None:
             meter.response_bytes = json_size(result) if result is not None else 0
-        duration_ms = round((time.perf_counter() - meter.started) * 1000)
+        elapsed = time.perf_counter() - meter.started
+        duration_ms = round(elapsed * 1000)
+        if self._telemetry is not None:
+            labels = {"mcp.method.name": meter.method, "server": server, "outcome": outcome}
+            self._telemetry.calls.add(1, labels)
+            timing = {"mcp.method.name": meter.method, "server": server}
+            if outcome != "ok":
+                timing["error.type"] = outcome
+            self._telemetry.operation_duration.record(elapsed, timing)
         team = principal.teams[0] if principal.teams else None
         data: dict[str, Any] = {
             "team": team,

@@ -5,6 +5,7 @@ Only `serve.py` builds Settings from the environment; library code receives them
 
 from __future__ import annotations
 
+import socket
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -137,6 +138,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     data_dir: str = "./.tollhouse"
+    # This replica's name in metrics (service.instance.id) and records; the host name by default.
+    node_name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=200)
     database_url: str | None = None
     admin_token: SecretStr | None = None
     # Master keys `kid:base64url,…`, newest first (auth/keyring.py); unset: kept under data_dir.

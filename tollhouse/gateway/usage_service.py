@@ -42,6 +42,7 @@ from tollhouse.policies.budgets import (
 from tollhouse.policies.pricing import PriceBook, PriceError, PriceRule, price_to_dict, prices_from_list
 from tollhouse.registry.store import RegistryStore
 from tollhouse.registry.usage_store import DIMENSIONS, Bucket, SqlUsageStore
+from tollhouse.telemetry import Telemetry
 
 __all__ = [
     "BUDGETS_SETTING",
@@ -81,7 +82,9 @@ def period_range(period: str) -> tuple[datetime, datetime]:
     raise ValueError("period must be YYYY-MM or YYYY-MM-DD")
 
 
-def build_usage(settings: Settings, engine: sa.Engine, registry: RegistryStore) -> UsageService:
+def build_usage(
+    settings: Settings, engine: sa.Engine, registry: RegistryStore, telemetry: Telemetry | None = None
+) -> UsageService:
     """The metering the app runs: sinks from settings, the budget ledger in Redis when one is set."""
     store = SqlUsageStore(engine)
     sinks = [build_sink(spec) for spec in settings.usage.sinks]
@@ -110,7 +113,7 @@ def build_usage(settings: Settings, engine: sa.Engine, registry: RegistryStore) 
         ledger = RedisLedger(client, prefix=f"{settings.quotas.redis_prefix}:budget:")
         on_close = client.aclose
     budgets = Budgets(ledger, reservation_ttl_seconds=settings.usage.reservation_ttl_seconds)
-    metering = Metering(writer, budgets, source=settings.public_url)
+    metering = Metering(writer, budgets, source=settings.public_url, telemetry=telemetry)
     return UsageService(registry, store, metering, shipper, on_close=on_close)
 
 

@@ -216,9 +216,13 @@ class UsageShipper:
             state.retry_at = None
             delay = settings.retry_min_seconds
 
+    async def backlog(self) -> dict[str, dict[str, Any]]:
+        """Per sink: undelivered rows, the oldest one's event time, the most attempts any row had."""
+        return await self._store.backlog()
+
     async def outbox(self, writer: Any) -> dict[str, Any]:
         """The outbox as the admin API shows it: the writer's queue and each sink's backlog and state."""
-        backlog = await self._store.backlog()
+        backlog = await self.backlog()
         now = datetime.now(UTC)
         sinks: list[dict[str, Any]] = []
         for sink in self.sinks:
