@@ -421,5 +421,21 @@ async def test_the_cli_sets_prices_and_budgets_and_reports_usage(
         }
         code, out, _ = await run_cli(capsys, *g, "usage", "report", "--by", "tool", "--format", "table")
         assert code == 0 and "echo" in out
+        code, out, err = await run_cli(capsys, *g, "usage", "chargeback")
+        assert code == 0, err
+        charged = list(csv.DictReader(io.StringIO(out)))
+        # The refused call had no price, hence no currency: a row of its own, at no cost.
+        assert sorted((r["team"], r["currency"], r["calls"], r["cost_micro"]) for r in charged) == [
+            ("platform", "", "1", "0"),
+            ("platform", "USD", "2", "4000"),
+        ]
+        saved = tmp_path / "chargeback.csv"
+        code, _, err = await run_cli(
+            capsys, *g, "usage", "chargeback", "--period", "2026-01", "--out", str(saved)
+        )
+        assert code == 0, err
+        assert list(csv.DictReader(io.StringIO(saved.read_text()))) == []  # a month without calls
+        code, _, err = await run_cli(capsys, *g, "usage", "chargeback", "--period", "november")
+        assert code != 0 and "period" in err
         code, _, err = await run_cli(capsys, *g, "prices", "remove", "--server", "calc")
         assert code == 0, err

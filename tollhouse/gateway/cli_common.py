@@ -95,6 +95,30 @@ class AdminClient:
         Raises:
             CliError: the gateway is unreachable, or answered with an error.
         """
+        response = self._send(method, path, body=body, params=params)
+        if response.status_code == 204:
+            return {}
+        try:
+            document = response.json()
+        except ValueError:
+            document = None
+        if not isinstance(document, dict):
+            raise CliError(
+                f"the gateway at {self.url} did not answer with a JSON object (is it a tollhouse gateway?)"
+            )
+        return document
+
+    def text(self, path: str, *, params: dict[str, str] | None = None) -> str:
+        """GET a non-JSON document (a CSV export); its text.
+
+        Raises:
+            CliError: the gateway is unreachable, or answered with an error.
+        """
+        return self._send("GET", path, params=params).text
+
+    def _send(
+        self, method: str, path: str, *, body: Any = None, params: dict[str, str] | None = None
+    ) -> httpx2.Response:
         content = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if content is not None else None
         try:
@@ -115,17 +139,7 @@ class AdminClient:
                 f"the gateway at {self.url} redirects to {where}; pass the address it names with --url"
             )
         self.last_status = response.status_code
-        if response.status_code == 204:
-            return {}
-        try:
-            document = response.json()
-        except ValueError:
-            document = None
-        if not isinstance(document, dict):
-            raise CliError(
-                f"the gateway at {self.url} did not answer with a JSON object (is it a tollhouse gateway?)"
-            )
-        return document
+        return response
 
     def _problem(self, response: httpx2.Response) -> str:
         """The `detail` of an application/problem+json answer (RFC 9457), as one line."""

@@ -1,4 +1,4 @@
-"""CLI commands for metering: `usage report|outbox`, `prices list|set|remove`, `budgets …`.
+"""CLI commands for metering: `usage report|chargeback|outbox`, `prices list|set|remove`, `budgets …`.
 
 All of them ask the gateway's admin API: reports come from the events it committed (so a
 report includes every event up to the moment it runs), and prices and budgets are stored by
@@ -48,6 +48,21 @@ def usage_report(args: argparse.Namespace) -> int:
         writer.writerows([["" if v is None else v for v in row] for row in rows])
     else:
         table([*keys, *_REPORT_COLUMNS], [[clean(v) if v is not None else "-" for v in row] for row in rows])
+    return 0
+
+
+def usage_chargeback(args: argparse.Namespace) -> int:
+    params = {"period": args.period} if args.period else {}
+    with admin_client(args) as api:
+        text = api.text("/usage/chargeback.csv", params=params)
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        with open(args.out, "w", encoding="utf-8", newline="") as out:
+            out.write(text)
+    except OSError as exc:
+        raise CliError(f"cannot write {args.out}: {exc.strerror}") from None
     return 0
 
 
@@ -235,6 +250,9 @@ def add_usage_commands(branch: Any, leaf: Any) -> None:
     report.add_argument("--period", metavar="YYYY-MM[-DD]", help="default: this month (UTC)")
     report.add_argument("--bucket", choices=("hour", "day"), help="also split by hour or day")
     report.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    chargeback = leaf(usage, "chargeback", usage_chargeback, "the chargeback CSV: cost per team for a month")
+    chargeback.add_argument("--period", metavar="YYYY-MM", help="default: this month (UTC)")
+    chargeback.add_argument("--out", metavar="FILE", help="write the CSV here instead of standard output")
     leaf(usage, "outbox", usage_outbox, "events not yet delivered, per sink", with_json=True)
 
     prices = branch("prices", "the price book (integer micro-units of a currency)")
