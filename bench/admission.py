@@ -14,6 +14,8 @@ Steps measured (each a `run` in the report):
   round trip), when Redis answers at --redis-url (default TOLLHOUSE_TEST_REDIS_URL or
   redis://127.0.0.1:6379/0);
 - `rate_redis_sliding`: a sliding-window limit on Redis (`limits`' two-round-trip strategy).
+- `redis_round_trip` (reported beside the runs): one bare EVALSHA from the same client library,
+  the floor under any Redis-backed step on the machine at hand.
 - `rate_budget_memory`, `rate_budget_redis`: the issue's figure, one rate limit and one hard
   budget through the real AdmitStage and BudgetStage (reserve before the call, settle after;
   on Redis the reservation overlaps the counters' round trip and the settlement runs in the
@@ -171,6 +173,20 @@ async def step_with_budget(samples: int, redis_url: str | None) -> list[int]:
         await service.counters.aclose()
 
 
+async def redis_floor(samples: int, url: str) -> list[int]:
+    """The machine's floor: one bare EVALSHA round trip (INCR of one key) from this client."""
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(url)
+    key = f"th-bench-{secrets.token_hex(4)}"
+    script = client.register_script("return redis.call('INCR', KEYS[1])")
+    try:
+        return await timed(samples, lambda i: script(keys=[key]))
+    finally:
+        await client.delete(key)
+        await client.aclose()
+
+
 async def redis_answers(url: str) -> bool:
     import redis.asyncio
 
@@ -227,6 +243,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         run["added_p99_us"] = round(run["p99_us"] - base_p50, 1)
         runs.append(run)
         print(f"{name:20s} p50 {run['p50_us']:8.1f} us  p99 {run['p99_us']:8.1f} us", file=sys.stderr)
+    if have_redis:
+        ns = await redis_floor(samples, args.redis_url)
+        floor = {"p50_us": percentile_us(ns, 50), "p99_us": percentile_us(ns, 99)}
+        print(
+            f"{'redis_round_trip':20s} p50 {floor['p50_us']:8.1f} us  p99 {floor['p99_us']:8.1f} us",
+            file=sys.stderr,
+        )
     # The issue's target: one rate limit plus one budget, with Redis on loopback.
     redis_run = next((r for r in runs if r["path"] == "rate_budget_redis"), None)
     target: dict[str, Any] = {
@@ -240,6 +263,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine(),
         "settings": {"samples": samples, "quick": args.quick, "redis": have_redis},
         "baseline": {"p50_us": round(base_p50, 1), "p99_us": percentile_us(baseline, 99)},
+        # One bare Redis round trip from Python on this machine: the floor of any Redis-backed step.
+        "redis_round_trip": floor if have_redis else None,
         "runs": runs,
         "summary": {"targets": {"added_p50_us_redis": target}},
     }
