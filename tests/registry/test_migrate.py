@@ -17,7 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from tollhouse.registry.migrate import alembic_config, create_engine_for, database_url_for, upgrade
 from tollhouse.registry.tables import metadata
 
-HEAD = "0009"
+HEAD = "0010"
 TABLES = {
     "alembic_version",
     "upstreams",
@@ -40,6 +40,8 @@ TABLES = {
     "kill_switches",
     "usage_events",
     "usage_outbox",
+    "audit_records",
+    "audit_checkpoints",
 }
 
 

@@ -606,6 +606,29 @@ class UsageOutboxRow(SQLModel, table=True):
     next_attempt_at: datetime = Field(sa_type=UTCDateTime)
 
 
+class AuditRecordRow(SQLModel, table=True):
+    """One sealed audit record (tollhouse/audit/chain.py): its place in its chain, its canonical JSON."""
+
+    __tablename__ = "audit_records"
+
+    node: str = Field(primary_key=True)
+    seq: int = Field(primary_key=True, sa_type=sa.BigInteger, sa_column_kwargs={"autoincrement": False})
+    time: datetime = Field(sa_type=UTCDateTime, index=True)
+    hash: str
+    record: str = Field(sa_type=sa.Text)
+
+
+class AuditCheckpointRow(SQLModel, table=True):
+    """A signed checkpoint of one node's chain (its JSON, as `audit export` writes it)."""
+
+    __tablename__ = "audit_checkpoints"
+
+    node: str = Field(primary_key=True)
+    seq: int = Field(primary_key=True, sa_type=sa.BigInteger, sa_column_kwargs={"autoincrement": False})
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    checkpoint: str = Field(sa_type=sa.Text)
+
+
 # Typed handles for building WHERE/ORDER BY clauses: mypy sees model attributes as plain values.
 UPSTREAM_SECRETS = metadata.tables["upstream_secrets"]
 USER_UPSTREAM_TOKENS = metadata.tables["user_upstream_tokens"]
@@ -625,3 +648,5 @@ LIMITS = metadata.tables["limits"]
 KILL_SWITCHES = metadata.tables["kill_switches"]
 USAGE_EVENTS = metadata.tables["usage_events"]
 USAGE_OUTBOX = metadata.tables["usage_outbox"]
+AUDIT_RECORDS = metadata.tables["audit_records"]
+AUDIT_CHECKPOINTS = metadata.tables["audit_checkpoints"]
