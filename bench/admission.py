@@ -100,6 +100,13 @@ def context(i: int) -> CallContext:
     )
 
 
+async def drop_keys(client: Any, prefix: str) -> None:
+    """Remove the run's keys from the shared Redis."""
+    keys = [k async for k in client.scan_iter(f"{prefix}*")]
+    if keys:
+        await client.delete(*keys)
+
+
 async def step(samples: int, redis_url: str | None, window: Literal["fixed", "sliding"]) -> list[int]:
     """Time the admit stage with one applicable rate limit (a quota the run never exhausts)."""
     prefix = f"th-bench-{secrets.token_hex(4)}"
@@ -112,9 +119,7 @@ async def step(samples: int, redis_url: str | None, window: Literal["fixed", "sl
     finally:
         shared: Any = getattr(service.counters, "_shared", None)
         if shared is not None:
-            keys = [k async for k in shared.client.scan_iter(f"{prefix}*")]
-            if keys:
-                await shared.client.delete(*keys)
+            await drop_keys(shared.client, prefix)
         await service.counters.aclose()
 
 
@@ -166,9 +171,7 @@ async def step_with_budget(samples: int, redis_url: str | None) -> list[int]:
     finally:
         engine.dispose()
         if client is not None:
-            keys = [k async for k in client.scan_iter(f"{prefix}*")]
-            if keys:
-                await client.delete(*keys)
+            await drop_keys(client, prefix)
             await client.aclose()
         await service.counters.aclose()
 

@@ -26,7 +26,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, generate_latest
 
-__all__ = ["CONTENT_TYPE", "Reading", "Telemetry"]
+__all__ = ["CONTENT_TYPE", "Reading", "Telemetry", "labelled"]
 
 logger = logging.getLogger("tollhouse.telemetry")
 

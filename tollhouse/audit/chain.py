@@ -128,7 +128,7 @@ class Verification:
 
     @property
     def intact(self) -> bool:
-        """True when nothing is wrong (and there was something to check or nothing at all)."""
+        """True when no problem was found."""
         return not self.problems
 
 

@@ -196,14 +196,6 @@ class Ledger(Protocol):
         """(admitted, over): `over` when admitting took it past allowance and credits."""
         ...
 
-    async def settle(self, account: Account, reservation: str, cost: int, now: float) -> None:
-        """Drop the reservation and book `cost`."""
-        ...
-
-    async def release(self, account: Account, reservation: str, now: float) -> None:
-        """Drop the reservation."""
-        ...
-
     async def finish(self, ops: Sequence[Finish], now: float) -> list[BaseException | None]:
         """Settle (cost > 0) or release many reservations; one round trip on a remote ledger.
 
@@ -338,17 +330,11 @@ class Budgets:
             errors = [exc] * len(ops)
         for rule, error in zip(rules, errors, strict=True):
             if error is not None:
-                logger.warning("budget %s: settling failed; the reservation will expire", rule.id)
+                logger.warning("budget %s: settle/release failed; the reservation will expire", rule.id)
 
     async def release(self, hold: Hold) -> None:
         """Drop the call's reservations without cost."""
-        now = self._clock()
-        for rule, _, account in hold.accounts:
-            try:
-                await self.ledger.release(account, hold.reservation, now)
-            except Exception:
-                logger.warning("budget %s: release failed; the reservation will expire", rule.id)
-        hold.accounts.clear()
+        await self.finish_all([(hold, 0, hold.currency)])
 
     async def status(self, rule: BudgetRule, name: str) -> dict[str, Any]:
         """The current period's counters for `rule` and `name`, as the admin API shows them."""
@@ -429,7 +415,7 @@ class MemoryLedger:
         self._reservations[account.key][reservation] = (amount, now + ttl)
         return True, over
 
-    async def settle(self, account: Account, reservation: str, cost: int, now: float) -> None:
+    def _settle(self, account: Account, reservation: str, cost: int, now: float) -> None:
         counters = self._purge(account, now)
         self._drop(account, reservation, counters)
         take = min(cost, max(0, account.limit - counters["used"]))
@@ -445,16 +431,16 @@ class MemoryLedger:
             rest -= burn
         counters["overage"] += rest
 
-    async def release(self, account: Account, reservation: str, now: float) -> None:
+    def _release(self, account: Account, reservation: str, now: float) -> None:
         counters = self._purge(account, now)
         self._drop(account, reservation, counters)
 
     async def finish(self, ops: Sequence[Finish], now: float) -> list[BaseException | None]:
         for op in ops:
             if op.cost > 0:
-                await self.settle(op.account, op.reservation, op.cost, now)
+                self._settle(op.account, op.reservation, op.cost, now)
             else:
-                await self.release(op.account, op.reservation, now)
+                self._release(op.account, op.reservation, now)
         return [None] * len(ops)
 
     async def status(self, account: Account, now: float) -> AccountStatus:
@@ -628,12 +614,6 @@ class RedisLedger:
     ) -> tuple[bool, bool]:
         admitted, over = await self._run("reserve", account, reservation, amount, now, ttl=ttl, hard=hard)
         return bool(admitted), bool(over)
-
-    async def settle(self, account: Account, reservation: str, cost: int, now: float) -> None:
-        await self._run("settle", account, reservation, cost, now)
-
-    async def release(self, account: Account, reservation: str, now: float) -> None:
-        await self._run("release", account, reservation, 0, now)
 
     async def status(self, account: Account, now: float) -> AccountStatus:
         out = cast(list[Any], await self._run("status", account, "", 0, now))
