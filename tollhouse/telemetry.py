@@ -11,22 +11,29 @@ share a counter. Instruments come in two kinds:
   callbacks only read memory.
 
 Labels stay low-cardinality and carry no identities: method, server, outcome, sink, kind —
-never subjects, clients, tools or arguments.
+never subjects, clients, tools or arguments. With an OTLP endpoint configured the same
+instruments are also pushed to the collector every `metrics_export_seconds`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.util.re import parse_env_headers
 from prometheus_client import CollectorRegistry, generate_latest
 
-__all__ = ["CONTENT_TYPE", "Reading", "Telemetry", "labelled"]
+if TYPE_CHECKING:
+    from tollhouse.gateway.settings import TelemetrySettings
+
+__all__ = ["CONTENT_TYPE", "Reading", "Telemetry", "labelled", "otlp_endpoint", "otlp_headers"]
 
 logger = logging.getLogger("tollhouse.telemetry")
 
@@ -39,18 +46,28 @@ Refresh = Callable[[], Awaitable[None]]
 
 
 class Telemetry:
-    """The app's meter and its Prometheus view."""
+    """The app's meter and its Prometheus view, pushed over OTLP too when `otlp` names a collector."""
 
-    def __init__(self, *, node: str, version: str = "") -> None:
+    def __init__(self, *, node: str, version: str = "", otlp: TelemetrySettings | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        reader = PrometheusMetricReader(
-            registry=self.registry, disable_target_info=True, scope_info_enabled=False
-        )
+        readers: list[MetricReader] = [
+            PrometheusMetricReader(registry=self.registry, disable_target_info=True, scope_info_enabled=False)
+        ]
+        if otlp is not None and otlp.otlp_endpoint:
+            exporter = OTLPMetricExporter(
+                endpoint=otlp_endpoint(otlp.otlp_endpoint, "metrics"), headers=otlp_headers(otlp)
+            )
+            readers.append(
+                PeriodicExportingMetricReader(
+                    exporter, export_interval_millis=otlp.metrics_export_seconds * 1000
+                )
+            )
+        service = otlp.service_name if otlp is not None else "tollhouse"
         resource = Resource.create(
-            {"service.name": "tollhouse", "service.instance.id": node, "service.version": version}
+            {"service.name": service, "service.instance.id": node, "service.version": version}
         )
         # No atexit hook: the app's lifespan shuts the provider down (tests build many apps).
-        self.provider = MeterProvider(metric_readers=[reader], resource=resource, shutdown_on_exit=False)
+        self.provider = MeterProvider(metric_readers=readers, resource=resource, shutdown_on_exit=False)
         self.meter = self.provider.get_meter("tollhouse")
         self._refreshers: list[tuple[str, Refresh]] = []
         self.calls = self.meter.create_counter(
@@ -89,7 +106,7 @@ class Telemetry:
         return generate_latest(self.registry)
 
     def shutdown(self) -> None:
-        """Stop the provider (its readers stop answering)."""
+        """Stop the provider: the OTLP reader exports once more, then every reader stops answering."""
         self.provider.shutdown()
 
 
@@ -103,3 +120,15 @@ def _callback(read: Reading) -> Callable[[CallbackOptions], Iterable[Observation
 def labelled(counts: Mapping[str, Any], label: str) -> list[tuple[float, Mapping[str, str]]]:
     """Points of a count mapping, one per key, labelled `label=key`."""
     return [(float(v), {label: k}) for k, v in sorted(counts.items())]
+
+
+def otlp_endpoint(base: str, signal: str) -> str:
+    """The OTLP/HTTP URL of one signal ("traces", "metrics") under a collector's base URL."""
+    return f"{base.rstrip('/')}/v1/{signal}"
+
+
+def otlp_headers(settings: TelemetrySettings) -> dict[str, str]:
+    """The collector headers of `settings.otlp_headers` ("k=v,k=v", values URL-decoded)."""
+    if settings.otlp_headers is None:
+        return {}
+    return dict(parse_env_headers(settings.otlp_headers.get_secret_value(), liberal=True))

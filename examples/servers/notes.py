@@ -4,7 +4,9 @@ Notes live per MCP session (keyed by `Mcp-Session-Id`), so two sessions never se
 other's notes. The server behaves like one built on a 2025-era SDK: it speaks only the
 2025-11-25 `initialize` handshake, and a 2026-07-28 request is refused with the same
 HTTP 400 "Missing session ID" a 2025-era server gives it. tollhouse uses it to prove it
-keeps legacy upstream sessions per downstream session.
+keeps legacy upstream sessions per downstream session. Its `trace_context` tool reports the
+W3C `traceparent` a request carried (in `_meta` and as an HTTP header), which shows what
+trace context tollhouse propagates upstream.
 
     python examples/servers/notes.py [--host 127.0.0.1] [--port 0]
 """
@@ -19,7 +21,7 @@ from typing import Any
 
 from mcp.server import ServerRequestContext
 from mcp.server.context import CallNext, HandlerResult
-from mcp.server.mcpserver import MCPServer, Message, UserMessage
+from mcp.server.mcpserver import Context, MCPServer, Message, UserMessage
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
@@ -97,6 +99,15 @@ def build_server(state: NotesState | None = None, *, name: str = "notes") -> MCP
         count = len(notes)
         notes.clear()
         return f"cleared {count} notes"
+
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True))
+    def trace_context(ctx: Context) -> str:
+        """Report the W3C traceparent this request carried, in `_meta` and as an HTTP header."""
+        meta = ctx.request_context.meta or {}
+        headers = {key.lower(): value for key, value in (ctx.headers or {}).items()}
+        return json.dumps(
+            {"meta_traceparent": meta.get("traceparent"), "header_traceparent": headers.get("traceparent")}
+        )
 
     @server.resource("notes://count", name="count", title="Note count", mime_type="text/plain")
     def count() -> str:

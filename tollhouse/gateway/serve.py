@@ -5,7 +5,6 @@ The only place (with demo.py) that reads the environment into Settings.
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from pydantic import ValidationError
 from tollhouse.gateway.admin import SUPPORTED_TRANSPORTS
 from tollhouse.gateway.app import create_app
 from tollhouse.gateway.settings import AuthSettings, Settings
+from tollhouse.logs import configure_logging
 from tollhouse.registry.config import ConfigError, LoadedConfig, load_config_file
 from tollhouse.registry.migrate import database_url_for, upgrade
 
@@ -58,6 +58,8 @@ def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
         loop="uvloop",
         lifespan="on",
         access_log=False,
+        # JSON logs: uvicorn's own loggers go through the root handler (tollhouse/logs.py) too.
+        log_config=None if settings.telemetry.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         log_level=settings.log_level,
         server_header=False,
         timeout_keep_alive=30,
@@ -120,9 +122,7 @@ def serve_main(config: str | None = None, host: str | None = None, port: int | N
             file=sys.stderr,
         )
         return 1
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.telemetry.log_format)
     app = create_app(settings, apply_config=loaded)
     GatewayServer(uvicorn_config(app, settings)).run()
     return 0

@@ -15,10 +15,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from tollhouse.auth.settings import AuthSettings
 
 __all__ = [
+    "AuditSettings",
     "AuthSettings",
     "LimitsSettings",
     "QuotaSettings",
     "Settings",
+    "TelemetrySettings",
     "UpstreamDefaults",
     "UsageSettings",
     "UsageSinkSettings",
@@ -127,6 +129,50 @@ class UpstreamDefaults(BaseModel):
     oauth_allow_private: bool = False
 
 
+class AuditSettings(BaseModel):
+    """The audit trail: durability, checkpoints, retention (docs/audit.md)."""
+
+    model_config = {"frozen": True}
+
+    # A tools/call answer waits until its record is committed (durable before response).
+    # False: records are queued and group-committed after the answer (a crash can lose the last
+    # batch); only for deployments that accept that, and for measuring what durability costs.
+    durable: bool = True
+    # When the audit store cannot commit, tools/call is refused (fail closed). False: answer
+    # anyway and keep retrying the records.
+    fail_closed: bool = True
+    # Signed checkpoints: at least every `checkpoint_seconds`, or every `checkpoint_records` records.
+    checkpoint_seconds: float = Field(default=60.0, gt=0)
+    checkpoint_records: int = Field(default=10_000, gt=0)
+    # Each checkpoint is also appended (one JSON line) to this file: an external copy to publish.
+    checkpoint_file: str | None = None
+    retention_days: int = Field(default=400, gt=0)
+    retention_interval_seconds: float = Field(default=3600.0, gt=0)
+    write_batch: int = Field(default=500, gt=0)
+    queue_limit: int = Field(default=100_000, gt=0)
+    # Keep the (guardrail-redacted) arguments in each record, besides their SHA-256.
+    record_arguments: bool = False
+    # Refused authentications: at most one record per (reason, source address) per this interval;
+    # the next record counts the ones left out.
+    auth_failure_interval_seconds: float = Field(default=1.0, ge=0)
+
+
+class TelemetrySettings(BaseModel):
+    """Traces, metrics and logs (docs/operations.md, Telemetry)."""
+
+    model_config = {"frozen": True}
+
+    # OTLP/HTTP collector base URL (`http://collector:4318`); unset: nothing is exported.
+    otlp_endpoint: str | None = None
+    # Extra headers for the collector, `key=value,key=value` (may hold an API key: kept secret).
+    otlp_headers: SecretStr | None = None
+    service_name: str = Field(default="tollhouse", min_length=1)
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    metrics_export_seconds: float = Field(default=60.0, gt=0)
+    # "json": one JSON object per log line, with trace_id/span_id when a span is current.
+    log_format: Literal["text", "json"] = "text"
+
+
 class Settings(BaseSettings):
     """Everything a tollhouse process needs to start; defaults need nothing else running."""
 
@@ -152,6 +198,8 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     quotas: QuotaSettings = QuotaSettings()
     usage: UsageSettings = UsageSettings()
+    audit: AuditSettings = AuditSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
 
     @model_validator(mode="after")
     def _issuer_over_tls(self) -> Settings:

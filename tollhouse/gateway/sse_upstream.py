@@ -12,6 +12,7 @@ everyone (SSE has no per-message recovery); the pool then reconnects.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections import deque
@@ -37,6 +38,7 @@ from tollhouse.gateway.upstream import (
     resubscribe,
 )
 from tollhouse.registry.models import JSONObject, Upstream
+from tollhouse.tracing import Tracing, inject_headers, traced_request
 
 __all__ = ["SSE_PROTOCOL_VERSION", "SseUpstream"]
 
@@ -102,12 +104,14 @@ class SseUpstream:
         max_response_bytes: int = 16 * 1024 * 1024,
         client_name: str = "tollhouse",
         client_version: str = __version__,
+        tracing: Tracing | None = None,
     ) -> None:
         if upstream.url is None:
             raise ValueError(f"upstream {upstream.name} has no url")
         self.name = upstream.name
         self._resource_uris: frozenset[str] = frozenset()
         self._upstream = upstream
+        self._tracing = tracing
         self._url = URL(upstream.url)
         self._environ: Mapping[str, str] = os.environ if environ is None else environ
         self._credentials: CredentialProvider = credentials or StaticCredentials(upstream, self._environ)
@@ -259,10 +263,35 @@ class SseUpstream:
         `session_key` is ignored: every caller shares one channel. It carries no request
         correlation for server->client messages, so a server request is relayed through
         `on_request` only while this is the one relaying call in flight (else -32601), and
-        `on_notification` is not used.
+        `on_notification` is not used. The current trace context goes along in `_meta` and in
+        the W3C headers of the POST, under a CLIENT span when tracing is on.
 
         Raises:
             UpstreamUnavailable, UpstreamTimeout, UpstreamProtocolError, UpstreamRpcError.
+        """
+        send = functools.partial(
+            self._request,
+            method,
+            on_progress=on_progress,
+            timeout_seconds=timeout_seconds,
+            on_request=on_request,
+        )
+        return await traced_request(self._tracing, method, params, send, server=self.name, url=str(self._url))
+
+    async def _request(
+        self,
+        method: str,
+        params: JSONObject,
+        trace_headers: Mapping[str, str] | None = None,
+        *,
+        on_progress: ProgressCallback | None = None,
+        timeout_seconds: float | None = None,
+        on_request: ServerRequestHandler | None = None,
+    ) -> JSONObject:
+        """`request` without tracing: background traffic (list sync, subscriptions) starts no span.
+
+        `trace_headers` is not used: the POST is made by the channel, which adds the headers
+        of the span current in the sending task (`_post`).
         """
         rpc = self._rpc
         if rpc is None or self._description is None:
@@ -280,7 +309,7 @@ class SseUpstream:
         wanted, current = frozenset(uris), self._resource_uris
         self._resource_uris = wanted
         if self.era == "legacy":
-            await resubscribe(self.request, current, wanted)
+            await resubscribe(self._request, current, wanted)
 
     async def list_all(self, method: str, key: str) -> list[JSONObject]:
         """Follow `nextCursor` through every page of a list method; `key` names the items.
@@ -289,7 +318,7 @@ class SseUpstream:
             UpstreamProtocolError: a malformed page, a repeated cursor, or over 1000 pages;
                 and whatever `request` raises.
         """
-        return await list_all(self.name, self.request, method, key)
+        return await list_all(self.name, self._request, method, key)
 
     async def watch(
         self,
@@ -316,8 +345,13 @@ class SseUpstream:
             raise UpstreamUnavailable(self.name)
         if self._credentials.per_request:
             self._post_headers.update(await self._credentials.headers(None))
+        # The channel gives no per-request headers, so they come from the sending task's
+        # context: inside `request` that is the CLIENT span (as HTTP client instrumentation does).
+        trace: dict[str, str] = {}
+        inject_headers(trace)
+        headers = {**self._post_headers, **trace} if trace else self._post_headers
         try:
-            async with http.post(endpoint, data=body, headers=self._post_headers, allow_redirects=False) as r:
+            async with http.post(endpoint, data=body, headers=headers, allow_redirects=False) as r:
                 status = r.status
                 await r.content.read(_POST_BODY_BYTES)
         except aiohttp.ClientError as exc:

@@ -17,7 +17,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import Literal
 
@@ -44,6 +44,7 @@ from tollhouse.gateway.upstream import (
     resubscribe,
 )
 from tollhouse.registry.models import JSONObject, Upstream
+from tollhouse.tracing import Tracing, traced_request
 
 __all__ = ["StdioUpstream"]
 
@@ -125,10 +126,12 @@ class StdioUpstream:
         max_log_line_bytes: int = 8 * 1024,
         client_name: str = "tollhouse",
         client_version: str = __version__,
+        tracing: Tracing | None = None,
     ) -> None:
         if not upstream.command:
             raise ValueError(f"upstream {upstream.name} has no command")
         self.name = upstream.name
+        self._tracing = tracing
         self._resource_uris: frozenset[str] = frozenset()
         self._upstream = upstream
         self._requested_era = era
@@ -275,11 +278,36 @@ class StdioUpstream:
         `session_key` is ignored: every caller shares one channel. It carries no request
         correlation for server->client messages, so a server request is relayed through
         `on_request` only while this is the one relaying call in flight (else -32601), and
-        `on_notification` is not used.
+        `on_notification` is not used. The current trace context goes along in `_meta` (stdio
+        has no headers), under a CLIENT span when tracing is on.
 
         Raises:
             UpstreamUnavailable, UpstreamTimeout, UpstreamProtocolError, UpstreamRpcError.
         """
+        send = partial(
+            self._request,
+            method,
+            on_progress=on_progress,
+            timeout_seconds=timeout_seconds,
+            on_request=on_request,
+            client_capabilities=client_capabilities,
+            log_level=log_level,
+        )
+        return await traced_request(self._tracing, method, params, send, server=self.name)
+
+    async def _request(
+        self,
+        method: str,
+        params: JSONObject,
+        trace_headers: Mapping[str, str] | None = None,
+        *,
+        on_progress: ProgressCallback | None = None,
+        timeout_seconds: float | None = None,
+        on_request: ServerRequestHandler | None = None,
+        client_capabilities: JSONObject | None = None,
+        log_level: str | None = None,
+    ) -> JSONObject:
+        """`request` without tracing: background traffic (list sync, subscriptions) starts no span."""
         rpc = self._rpc
         if rpc is None or self._era is None:
             raise UpstreamUnavailable(self.name)
@@ -307,7 +335,7 @@ class StdioUpstream:
         wanted, current = frozenset(uris), self._resource_uris
         self._resource_uris = wanted
         if self.era == "legacy":
-            await resubscribe(self.request, current, wanted)
+            await resubscribe(self._request, current, wanted)
 
     async def list_all(self, method: str, key: str) -> list[JSONObject]:
         """Follow `nextCursor` through every page of a list method; `key` names the items.
@@ -316,7 +344,7 @@ class StdioUpstream:
             UpstreamProtocolError: a malformed page, a repeated cursor, or over 1000 pages;
                 and whatever `request` raises.
         """
-        return await list_all(self.name, self.request, method, key)
+        return await list_all(self.name, self._request, method, key)
 
     async def watch(
         self,

@@ -54,6 +54,7 @@ from tollhouse.gateway.upstream import (
     resubscribe,
 )
 from tollhouse.registry.models import JSONObject, Upstream
+from tollhouse.tracing import Tracing, traced_request
 
 __all__ = ["LEGACY_PROTOCOL_VERSION", "MODERN_PROTOCOL_VERSION", "HttpUpstream", "encode_header_value"]
 
@@ -108,12 +109,14 @@ class HttpUpstream:
         max_connections: int = 100,
         client_name: str = "tollhouse",
         client_version: str = __version__,
+        tracing: Tracing | None = None,
     ) -> None:
         if upstream.url is None:
             raise ValueError(f"upstream {upstream.name} has no url")
         self.name = upstream.name
         self._upstream = upstream
         self._url = upstream.url
+        self._tracing = tracing
         self._requested_era = era
         self._environ: Mapping[str, str] = os.environ if environ is None else environ
         self._credentials: CredentialProvider = credentials or StaticCredentials(upstream, self._environ)
@@ -239,12 +242,43 @@ class HttpUpstream:
         """Send one request and return its `result`; cancelling the caller cancels it upstream.
 
         `principal_key` is who the call is for: per-user credentials are chosen by it (and
-        legacy sessions are kept apart per principal then).
+        legacy sessions are kept apart per principal then). The current trace context goes
+        along in `_meta` and in the W3C headers, under a CLIENT span when tracing is on.
 
         Raises:
             UpstreamUnavailable, UpstreamTimeout, UpstreamProtocolError, UpstreamRpcError,
             UpstreamAuthorizationRequired.
         """
+        send = functools.partial(
+            self._request,
+            method,
+            session_key=session_key,
+            on_progress=on_progress,
+            timeout_seconds=timeout_seconds,
+            on_request=on_request,
+            client_capabilities=client_capabilities,
+            on_notification=on_notification,
+            log_level=log_level,
+            principal_key=principal_key,
+        )
+        return await traced_request(self._tracing, method, params, send, server=self.name, url=self._url)
+
+    async def _request(
+        self,
+        method: str,
+        params: JSONObject,
+        trace_headers: Mapping[str, str],
+        *,
+        session_key: str | None = None,
+        on_progress: ProgressCallback | None = None,
+        timeout_seconds: float | None = None,
+        on_request: ServerRequestHandler | None = None,
+        client_capabilities: JSONObject | None = None,
+        on_notification: NotificationCallback | None = None,
+        log_level: str | None = None,
+        principal_key: str | None = None,
+    ) -> JSONObject:
+        """`request` without tracing: background traffic (list sync, subscriptions) starts no span."""
         rpc = self._rpc
         if rpc is None or self._era is None:
             raise UpstreamUnavailable(self.name)
@@ -266,15 +300,23 @@ class HttpUpstream:
                                 request_id, method, params, envelope, on_progress is not None
                             )
                             headers = self._modern_headers(method, params)
-                            if extra:
-                                headers = {**headers, **extra}
+                            if extra or trace_headers:
+                                headers = {**headers, **(extra or {}), **trace_headers}
                             return await rpc.call(
                                 body, headers, request_id, None, on_progress, None, on_notification
                             )
                         if extra is not None and principal_key is not None:
                             session_key = f"{principal_key}{_PRINCIPAL_SEP}{session_key or ''}"
                         return await self._legacy_request(
-                            rpc, method, params, session_key, on_progress, on_request, on_notification, extra
+                            rpc,
+                            method,
+                            params,
+                            session_key,
+                            on_progress,
+                            on_request,
+                            on_notification,
+                            extra,
+                            trace_headers,
                         )
                     except UpstreamUnauthorized as exc:
                         if not extra:  # nothing was sent that a fresh credential could replace
@@ -300,7 +342,7 @@ class HttpUpstream:
         seen: set[str] = set()
         params: JSONObject = {}
         for _ in range(_MAX_PAGES):
-            result = await self.request(method, params)
+            result = await self._request(method, params, {})
             page = result.get(key)
             if not isinstance(page, list) or not all(isinstance(item, dict) for item in page):
                 raise UpstreamProtocolError(self.name)
@@ -325,6 +367,7 @@ class HttpUpstream:
         on_request: ServerRequestHandler | None = None,
         on_notification: NotificationCallback | None = None,
         credential: Mapping[str, str] | None = None,
+        trace_headers: Mapping[str, str] | None = None,
     ) -> JSONObject:
         for _attempt in range(2):
             session = await self._legacy_session(rpc, session_key, credential)
@@ -333,9 +376,11 @@ class HttpUpstream:
                 session.headers.update(credential)
             request_id = next(self._ids)
             body = encode_request(request_id, method, params, None, on_progress is not None)
+            # Per request, not on the session: the session's headers serve its other requests too.
+            headers = {**session.headers, **trace_headers} if trace_headers else session.headers
             try:
                 return await rpc.call(
-                    body, session.headers, request_id, session, on_progress, on_request, on_notification
+                    body, headers, request_id, session, on_progress, on_request, on_notification
                 )
             except SessionExpired:
                 # §1.6: a 404 means the session is gone and the request was not processed,
@@ -524,7 +569,9 @@ class HttpUpstream:
         wanted, current = frozenset(uris), self._resource_uris
         self._resource_uris = wanted
         if self._era == "legacy":
-            await resubscribe(functools.partial(self.request, session_key=_WATCH_KEY), current, wanted)
+            await resubscribe(
+                functools.partial(self._request, trace_headers={}, session_key=_WATCH_KEY), current, wanted
+            )
         elif wanted != current:
             self._resubscribe.set()
 
