@@ -458,7 +458,19 @@ def load_args(description: str, name: str, *, concurrency: str, eras: str) -> tu
         default="api-key",
         help="the agent's bearer: an API key, or an OAuth client-credentials JWT (default api-key)",
     )
+    parser.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a TOLLHOUSE_* setting for the gateway, repeatable\n"
+        "(e.g. TOLLHOUSE_AUDIT__DURABLE=false: records committed after the answer)",
+    )
     args = parser.parse_args()
+    for item in args.gateway_env:
+        name, sep, _ = item.partition("=")
+        if not sep or not name.startswith("TOLLHOUSE_"):
+            parser.error(f"--gateway-env takes TOLLHOUSE_NAME=VALUE, not {item!r}")
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.eras = [e.strip() for e in args.eras.split(",")]
     if not set(args.eras) <= {"modern", "legacy"}:
@@ -479,7 +491,7 @@ def main() -> int:
     admin_token = new_admin_token()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    gw_env = gateway_env(env, port, admin_token)
+    gw_env = gateway_env(env, port, admin_token) | dict(e.split("=", 1) for e in args.gateway_env)
     studio_argv = [sys.executable, str(ROOT / "examples/servers/studio.py"), "--port", "0"]
     with (
         tempfile.TemporaryDirectory(prefix="tollhouse-bench-") as tmp,
@@ -503,7 +515,8 @@ def main() -> int:
         "timestamp": args.stamp,
         "machine": machine(),
         "settings": {
-            k: getattr(args, k) for k in ("duration", "warmup", "concurrency", "eras", "credential")
+            k: getattr(args, k)
+            for k in ("duration", "warmup", "concurrency", "eras", "credential", "gateway_env")
         },
         "runs": runs,
         "summary": summary,

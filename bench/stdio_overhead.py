@@ -168,7 +168,9 @@ def main() -> int:
         tempfile.TemporaryDirectory(prefix="tollhouse-bench-") as tmp,
         asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
     ):
-        gw_env = gateway_env(env, port, admin_token, Path(tmp) / "data")
+        gw_env = gateway_env(env, port, admin_token, Path(tmp) / "data") | dict(
+            e.split("=", 1) for e in args.gateway_env
+        )
         log = Path(tmp) / "gateway.log"
         with child(studio_argv, env, Path(tmp) / "studio.log", pipe=True) as studio:
             studio_url = read_ready(studio, time.monotonic() + 60)

@@ -171,6 +171,14 @@ async def test_the_openapi_document_lists_every_admin_route(tmp_path: Path) -> N
             "/budgets/{id}",
             "/budgets/{id}/credits",
             "/budgets/{id}/status",
+            "/audit/records",
+            "/audit/records/{node}/{seq}",
+            "/audit/verify",
+            "/audit/export",
+            "/audit/keys",
+            "/audit/status",
+            "/audit/checkpoint",
+            "/audit/retention",
         } == paths
 
 

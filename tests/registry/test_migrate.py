@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from tollhouse.registry.migrate import alembic_config, create_engine_for, database_url_for, upgrade
 from tollhouse.registry.tables import metadata
 
-HEAD = "0010"
+HEAD = "0011"
 TABLES = {
     "alembic_version",
     "upstreams",
@@ -189,3 +190,39 @@ def test_an_in_memory_sqlite_database_is_one_database_for_every_thread() -> None
             assert pool.submit(count).result(timeout=10) == 0
     finally:
         engine.dispose()
+
+
+def test_audit_records_written_before_0011_get_their_filter_columns(database_url: str) -> None:
+    record = {
+        "kind": "mcp",
+        "action": "tools/call",
+        "who": {"subject": "alice", "client_id": "c_1", "teams": ["platform", "finance"]},
+        "what": {"server": "calc", "tool": "x" * 300},
+        "outcome": {"result": "ok"},
+        "correlation": {"trace_id": "ab" * 16},
+    }
+    command.upgrade(alembic_config(url=database_url), "0010")
+    engine = create_engine_for(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO audit_records (node, seq, time, hash, record) VALUES ('gw', 1, :t, 'h', :r)"
+                ),
+                {"t": datetime(2026, 11, 23, tzinfo=UTC), "r": json.dumps(record)},
+            )
+        upgrade(database_url)
+        with engine.connect() as conn:
+            row = conn.execute(sa.select(metadata.tables["audit_records"])).one()
+    finally:
+        engine.dispose()
+
+    assert (row.kind, row.action, row.subject, row.client_id, row.team) == (
+        "mcp",
+        "tools/call",
+        "alice",
+        "c_1",
+        "platform",
+    )
+    # A value too long for an index entry is left out of its column (the record keeps it).
+    assert (row.server, row.tool, row.outcome, row.trace_id) == ("calc", None, "ok", "ab" * 16)

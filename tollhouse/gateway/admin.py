@@ -30,6 +30,7 @@ from tollhouse.auth.verifiers import (
     hash_secret,
     new_api_key,
 )
+from tollhouse.gateway.admin_audit import audit_routes
 from tollhouse.gateway.admin_http import Problem as _Problem
 from tollhouse.gateway.admin_http import iso as _iso
 from tollhouse.gateway.admin_http import json_response as _json
@@ -92,6 +93,8 @@ class AdminState:
     usage: UsageService | None = None
     # Limits and kill switches (gateway/admission.py AdmissionService); None: not wired.
     admission: Any = None
+    # The audit trail's recorder (gateway/auditing.py Auditor); None: admin actions go unrecorded.
+    auditor: Any = None
 
 
 def admin_app(state: AdminState) -> Starlette:
@@ -102,13 +105,19 @@ def admin_app(state: AdminState) -> Starlette:
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             try:
-                # Who decided, for the records a change leaves (pins, policies, audit).
-                request.state.subject = await _authorize(
-                    state, request, need or ("read" if request.method == "GET" else "admin")
-                )
-                return await fn(request)
-            except _Problem as p:
-                return _problem(p)
+                try:
+                    # Who decided, for the records a change leaves (pins, policies, audit).
+                    request.state.subject = await _authorize(
+                        state, request, need or ("read" if request.method == "GET" else "admin")
+                    )
+                    response = await fn(request)
+                except _Problem as p:
+                    response = _problem(p)
+            except Exception:
+                _record_admin(state, request, 500)
+                raise
+            _record_admin(state, request, response.status_code)
+            return response
 
         return endpoint
 
@@ -351,6 +360,7 @@ def admin_app(state: AdminState) -> Starlette:
         *identity_routes(state, guarded, Passwords()),
         *policy_routes(state, guarded),
         *usage_routes(state, guarded),
+        *audit_routes(state, guarded),
         *limit_routes(state, guarded),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
@@ -606,11 +616,28 @@ async def _authorize(state: AdminState, request: Request, need: str) -> str:
             reason="admin_token", path=request.url.path, source=_source(request), token=token, status=401
         )
         raise _Problem(401, "Unauthorized", "invalid admin token") from None
+    request.state.subject = principal.subject  # named in the record of a refusal, too
     if principal.kind != "user":
         raise _Problem(403, "Forbidden", "client credentials cannot use the admin API")
     if not NEEDS[need].intersection(principal.roles):
         raise _Problem(403, "Forbidden", f"this needs one of the roles: {', '.join(sorted(NEEDS[need]))}")
     return principal.subject
+
+
+def _record_admin(state: AdminState, request: Request, status: int) -> None:
+    """Audit a change, a refusal, or a read that asked to be recorded (`request.state.audit`)."""
+    details = getattr(request.state, "audit", None)
+    if state.auditor is None or (request.method == "GET" and status not in (401, 403) and details is None):
+        return
+    state.auditor.admin_action(
+        request.method,
+        request.url.path,
+        status,
+        principal=None,
+        subject=getattr(request.state, "subject", None),
+        source_ip=_source(request),
+        details=details,
+    )
 
 
 def _source(request: Request) -> str | None:

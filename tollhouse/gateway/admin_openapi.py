@@ -107,6 +107,27 @@ def openapi_document() -> dict[str, Any]:
                 "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "get": op("This period's spend, reservations, overage and credits (?name=…)"),
             },
+            "/audit/records": {
+                "get": op(
+                    "Audit records, newest first (?since, until, subject, team, client_id, server, tool, "
+                    "outcome, trace_id, kind, action, limit<=500, cursor) (admin, auditor)"
+                )
+            },
+            "/audit/records/{node}/{seq}": {
+                "parameters": [
+                    {"name": "node", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "seq", "in": "path", "required": True, "schema": {"type": "integer"}},
+                ],
+                "get": op("One audit record and the checkpoint that anchors it (admin, auditor)"),
+            },
+            "/audit/verify": {"get": op("Verify every node's chain and checkpoints in the database")},
+            "/audit/export": {
+                "get": op("The trail as JSON lines: keys, records, checkpoints (?since, until; recorded)")
+            },
+            "/audit/keys": {"get": op("The checkpoint verification keys")},
+            "/audit/status": {"get": op("The audit writer's state, each node's head and last checkpoint")},
+            "/audit/checkpoint": {"post": op("Sign this node's head now (admin)")},
+            "/audit/retention": {"post": op("Purge records past retention now; the run's summary (admin)")},
             "/limits": {"get": op("List rate and concurrency limits, the counter storage and its health")},
             "/limits/recent": {
                 "get": op("Recent refusals by limits, the loop breaker and kill switches (audit)")

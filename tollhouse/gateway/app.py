@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import anyio
+from opentelemetry.sdk.trace.export import SpanExporter
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -23,12 +24,14 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Scope
 
 from tollhouse import __version__
+from tollhouse.audit.retention import run_retention
 from tollhouse.auth.external import start_all
 from tollhouse.auth.middleware import BearerAuthMiddleware
 from tollhouse.auth.server import authorization_server_routes, is_dev_loopback
 from tollhouse.auth.verifiers import TokenVerifier, hash_secret
 from tollhouse.gateway.admin import AdminState, admin_app, apply_loaded
 from tollhouse.gateway.admission import AdmissionService, AdmitStage
+from tollhouse.gateway.auditing import build_auditor
 from tollhouse.gateway.authorization import AuthorizeStage, PolicyService
 from tollhouse.gateway.cors import DiscoveryCors
 from tollhouse.gateway.credential_wiring import bearer_identify, build_credential_services
@@ -62,6 +65,7 @@ from tollhouse.registry.pin_store import SqlPinStore
 from tollhouse.registry.policy_store import SqlPolicyStore
 from tollhouse.registry.store import RegistryStore, SqlRegistryStore
 from tollhouse.telemetry import CONTENT_TYPE, Telemetry
+from tollhouse.tracing import Tracing, current_ids
 
 __all__ = ["ADMIN_TOKEN_SETTING", "Deps", "create_app"]
 
@@ -76,20 +80,21 @@ class Deps:
     store: RegistryStore | None = None
     connector_factory: ConnectorFactory | None = None
     verifier: TokenVerifier | None = None
+    span_exporter: SpanExporter | None = None
 
 
 def _default_connector_factory(
-    settings: Settings, credentials: UpstreamCredentials | None = None
+    settings: Settings, credentials: UpstreamCredentials | None = None, tracing: Tracing | None = None
 ) -> ConnectorFactory:
     limit = settings.upstreams.max_response_bytes
 
     def factory(upstream: Upstream) -> UpstreamConnector:
         if upstream.transport == "stdio":
-            return StdioUpstream(upstream, max_message_bytes=limit)
+            return StdioUpstream(upstream, max_message_bytes=limit, tracing=tracing)
         provider = None if credentials is None else credentials.provider(upstream)
         if upstream.transport == "sse":
-            return SseUpstream(upstream, max_response_bytes=limit, credentials=provider)
-        return HttpUpstream(upstream, max_response_bytes=limit, credentials=provider)
+            return SseUpstream(upstream, max_response_bytes=limit, credentials=provider, tracing=tracing)
+        return HttpUpstream(upstream, max_response_bytes=limit, credentials=provider, tracing=tracing)
 
     return factory
 
@@ -110,9 +115,13 @@ def create_app(
     )
     keys = door.api_keys
     verifier = deps.verifier or door.verifier
+    # Built before the pool: the connectors open the CLIENT spans.
+    tracing = Tracing(
+        settings.telemetry, node=settings.node_name, version=__version__, exporter=deps.span_exporter
+    )
     pool = UpstreamPool(
         store,
-        deps.connector_factory or _default_connector_factory(settings, creds.credentials),
+        deps.connector_factory or _default_connector_factory(settings, creds.credentials, tracing),
         settings.upstreams,
         pins=SqlPinStore(engine),
     )
@@ -140,7 +149,7 @@ def create_app(
         store=SqlLimitStore(engine),
         client_id_of=_client_id_of(store),
     )
-    telemetry = Telemetry(node=settings.node_name, version=__version__)
+    telemetry = Telemetry(node=settings.node_name, version=__version__, otlp=settings.telemetry)
     usage = build_usage(settings, engine, store, telemetry)
     pipeline = build_pipeline(
         pool,
@@ -154,6 +163,7 @@ def create_app(
             BudgetStage(usage.metering),
         ],
         outer=[UsageStage(usage.metering)],
+        tracing=tracing,
     )
     handlers = McpHandlers(
         pool, pipeline, page_size=settings.limits.page_size, policies=policies, metering=usage.metering
@@ -170,7 +180,10 @@ def create_app(
             return ToolsetView(name) if name in pool.snapshot.toolsets else None
         return aggregate
 
-    endpoint = McpEndpoint(handlers, sessions, settings.limits, resolve_view)
+    auditor = build_auditor(
+        settings, engine, door, trace_ids=current_ids, snapshot_version=lambda: pool.snapshot.version
+    )
+    endpoint = McpEndpoint(handlers, sessions, settings.limits, resolve_view, auditor, tracing)
     admin_state = AdminState(
         store=store,
         pool=pool,
@@ -183,6 +196,7 @@ def create_app(
         policies=policies,
         admission=admission,
         usage=usage,
+        auditor=auditor,
     )
     # `keys rotate` swaps the ring: token signing follows (older keys stay in the JWKS).
     admin_state.keyring_listeners.append(door.use_ring)
@@ -205,6 +219,8 @@ def create_app(
         keys.replace(await store.list_clients())
         try:
             async with anyio.create_task_group() as tg:
+                await tg.start(auditor.trail.run)
+                tg.start_soon(run_retention, auditor.trail, auditor, settings.audit)
                 await tg.start(pool.run)
                 await pool.set_toolsets(await store.list_toolsets())
                 await tg.start(sessions.run)
@@ -226,10 +242,13 @@ def create_app(
                 tg.cancel_scope.cancel()
         finally:
             telemetry.shutdown()
+            tracing.shutdown()
             with anyio.CancelScope(shield=True):
                 await store.close()
 
-    register_gateway_metrics(telemetry, pool=pool, sessions=sessions, admission=admission, usage=usage)
+    register_gateway_metrics(
+        telemetry, pool=pool, sessions=sessions, admission=admission, usage=usage, audit=auditor.trail
+    )
 
     async def metrics(request: Request) -> Response:
         return Response(await telemetry.render(), media_type=CONTENT_TYPE)
@@ -346,6 +365,16 @@ async def _apply_at_start(state: AdminState, config: LoadedConfig) -> None:
         prices=config.prices if "prices" in config.sections else None,
         budgets=config.budgets if "budgets" in config.sections else None,
     )
+    if state.auditor is not None:
+        # Changes made from the config file at start are admin actions too (names, never secrets).
+        state.auditor.system(
+            "config.applied",
+            {
+                "servers": sorted(s.name for s in config.servers),
+                "clients": sorted(c.name for c in config.clients),
+                "sections": sorted(config.sections),
+            },
+        )
     for client in summary["clients"]:
         # New clients' keys exist only now; print them once, never log them.
         shown = ", ".join(

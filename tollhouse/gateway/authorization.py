@@ -372,6 +372,9 @@ class AuthorizeStage:
         facts = policies.facts(ctx.principal, source_ip=ctx.source_ip, protocol_version=ctx.protocol_version)
         resource = policies.tool_ref(self._snapshot(), tool)
         decision = policies.decide(ctx.principal, "call_tool", resource, facts, ctx.arguments)
+        if ctx.audit is not None:
+            ctx.audit.policies = decision.policy_ids
+            ctx.audit.policy_version = policies.version
         if not decision.allowed:
             raise UnknownTool(ctx.name)
         return await call_next(

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tollhouse import __version__
-from tollhouse.gateway import cli_identity, cli_policy, cli_quotas, cli_tools, cli_usage
+from tollhouse.gateway import cli_audit, cli_identity, cli_policy, cli_quotas, cli_tools, cli_usage
 from tollhouse.gateway.cli_common import (
     DEFAULT_URL,
     PROG,
@@ -913,6 +913,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # policies
     cli_usage.add_usage_commands(branch, leaf)
+    cli_audit.add_audit_commands(branch, leaf)
     cli_policy.add_policy_commands(
         branch,
         leaf,

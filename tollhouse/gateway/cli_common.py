@@ -132,7 +132,7 @@ class AdminClient:
         except httpx2.HTTPError as exc:
             raise CliError(f"request to the gateway at {self.url} failed: {clean(str(exc))}") from None
         if response.status_code >= 400:
-            raise CliError(self._problem(response))
+            raise CliError(self.problem(response))
         if response.is_redirect:
             where = clean(response.headers.get("location"))
             raise CliError(
@@ -141,7 +141,7 @@ class AdminClient:
         self.last_status = response.status_code
         return response
 
-    def _problem(self, response: httpx2.Response) -> str:
+    def problem(self, response: httpx2.Response) -> str:
         """The `detail` of an application/problem+json answer (RFC 9457), as one line."""
         detail = None
         try:

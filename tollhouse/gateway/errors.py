@@ -13,12 +13,14 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AUDIT_UNAVAILABLE",
     "INTERNAL_ERROR",
     "INVALID_PARAMS",
     "INVALID_REQUEST",
     "METHOD_NOT_FOUND",
     "PARSE_ERROR",
     "PENDING_APPROVAL",
+    "AuditUnavailable",
     "BudgetExhausted",
     "ConcurrencyLimited",
     "GatewayError",
@@ -69,6 +71,7 @@ LOOP_BLOCKED = -31042
 KILL_SWITCH_ENGAGED = -31043
 BUDGET_EXHAUSTED = -31050
 METERING_UNAVAILABLE = -31051
+AUDIT_UNAVAILABLE = -31060
 # MCP 2025-11-25: "URL elicitation required" (the client sends the user to a URL, then retries).
 URL_ELICITATION_REQUIRED = -32042
 
@@ -365,6 +368,18 @@ class MeteringUnavailable(GatewayError):
     def __init__(self, budget: str) -> None:
         data = {"budget": budget, "reason": "ledger_unavailable", "retry_after_seconds": 1}
         super().__init__(f"Budget cannot be checked right now (fail-closed): {budget}", data)
+        self.headers = ((b"retry-after", b"1"),)
+
+
+class AuditUnavailable(GatewayError):
+    """The call's audit record cannot be committed and the audit trail fails closed."""
+
+    code = AUDIT_UNAVAILABLE
+    status = 503
+
+    def __init__(self) -> None:
+        data = {"reason": "audit_unavailable", "retry_after_seconds": 1}
+        super().__init__("The audit trail cannot record this call right now (fail-closed)", data)
         self.headers = ((b"retry-after", b"1"),)
 
 

@@ -125,6 +125,8 @@ class GuardStage:
                 raise GuardrailBlocked(ctx.name, "arguments", _detectors(checked.findings))
             if checked.changed:
                 arguments = checked.value
+        if ctx.audit is not None:
+            ctx.audit.args = arguments  # what the upstream sees: redacted where a guardrail redacted
         result = await call_next(ctx.replace(arguments=arguments) if arguments is not ctx.arguments else ctx)
         if policy is not None and policy.max_result_bytes is not None:
             try:

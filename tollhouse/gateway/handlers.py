@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tollhouse import __version__
+from tollhouse.audit.records import AuditNotes
 from tollhouse.auth.principal import Principal
 from tollhouse.gateway.authorization import PolicyService
 from tollhouse.gateway.errors import (
@@ -73,6 +74,8 @@ class RequestContext:
     source_ip: str | None = None  # the caller's address, for policy and audit
     # Headers for the HTTP response, filled by stages before it starts (the stream's own list).
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # What the pipeline learns for this request's audit record.
+    audit: AuditNotes = field(default_factory=AuditNotes)
 
 
 Handler = Callable[[JSONObject, RequestContext], Awaitable[JSONObject]]
@@ -276,6 +279,7 @@ class McpHandlers:
             task=_object_or_none(params.get("task")),
             source_ip=rc.source_ip,
             response_headers=rc.response_headers,
+            audit=rc.audit,
         )
         try:
             result = await self._pipeline(ctx)
@@ -296,6 +300,7 @@ class McpHandlers:
                 session_key=rc.session_key,
                 ttl_ms=upstream_task[1],
             )
+            rc.audit.task_id = task_id
             result = rewrite_task_ids(result, {upstream_task[0]: task_id})
         return _own_result(result, rc)
 

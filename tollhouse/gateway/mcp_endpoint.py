@@ -15,13 +15,21 @@ import binascii
 import logging
 import secrets
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import anyio
 import orjson
 from starlette.types import Message, Receive, Scope, Send
 
-from tollhouse.auth.middleware import RESOURCE_METADATA_KEY, challenge, client_address, principal_of
+from tollhouse.auth.middleware import (
+    PRINCIPAL_KEY,
+    RESOURCE_METADATA_KEY,
+    challenge,
+    client_address,
+    principal_of,
+)
+from tollhouse.gateway.auditing import Auditor
 from tollhouse.gateway.errors import (
     HEADER_MISMATCH,
     INTERNAL_ERROR,
@@ -29,6 +37,7 @@ from tollhouse.gateway.errors import (
     INVALID_REQUEST,
     PARSE_ERROR,
     UNSUPPORTED_PROTOCOL_VERSION,
+    AuditUnavailable,
     GatewayError,
     InsufficientScope,
     MethodNotFound,
@@ -41,6 +50,7 @@ from tollhouse.gateway.sessions import DownstreamSession, Pending, SessionManage
 from tollhouse.gateway.settings import LimitsSettings
 from tollhouse.gateway.views import View
 from tollhouse.registry.models import JSONObject
+from tollhouse.tracing import Tracing, error_type_of, target_of
 
 __all__ = ["VIEW_KEY", "McpEndpoint"]
 
@@ -95,7 +105,11 @@ class McpEndpoint:
         sessions: SessionManager,
         limits: LimitsSettings,
         resolve_view: Callable[[Scope], View | None],
+        auditor: Auditor | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
+        self._auditor = auditor
+        self._tracing = tracing
         self._handlers = handlers
         self._resolve_view = resolve_view
         self._sessions = sessions
@@ -122,6 +136,10 @@ class McpEndpoint:
             else:
                 await _plain(send, 405, b"Method not allowed", [(b"allow", b"GET, POST, DELETE")])
         except _Reject as r:
+            if self._auditor is not None and PRINCIPAL_KEY in scope:
+                self._auditor.rejected(
+                    principal_of(scope), client_address(scope), r.status, r.code, r.message, r.request_id
+                )
             await _error_response(send, r.status, r.request_id, r.code, r.message, r.data)
 
     # -- POST ---------------------------------------------------------------------------------
@@ -292,10 +310,13 @@ class McpEndpoint:
             on_progress=stream.progress if progress_token is not None else None,
         )
         # 2026-07-28: closing the response stream is how a client cancels; watch for it.
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
-            await stream.answer(handler, params, rc)
-            tg.cancel_scope.cancel()
+        with self._server_span(rpc_method, params, headers, rc) as span:
+            outcome: tuple[JSONObject | None, Exception | None] | None = None
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
+                outcome = await stream.answer(handler, params, rc, rpc_method, self._auditor)
+                tg.cancel_scope.cancel()
+            self._end_span(span, outcome)
 
     async def _listen(
         self, receive: Receive, send: Send, request_id: Any, params: JSONObject, view: View
@@ -380,6 +401,10 @@ class McpEndpoint:
             )
         except TooManySessions:
             raise _Reject(503, INTERNAL_ERROR, "Too many sessions", request_id=request_id) from None
+        if self._auditor is not None:
+            self._auditor.session_started(
+                principal_of(scope), client_address(scope), session.id, str(result["protocolVersion"])
+            )
         body = orjson.dumps({"jsonrpc": "2.0", "id": request_id, "result": result})
         await _send_json(send, 200, body, [(b"mcp-session-id", session.id.encode())])
 
@@ -441,15 +466,47 @@ class McpEndpoint:
             session_key=session.id,
             on_progress=stream.progress if progress_token is not None else None,
         )
-        with anyio.CancelScope() as cancel_scope:
+        with anyio.CancelScope() as cancel_scope, self._server_span(rpc_method, params, headers, rc) as span:
             session.inflight[request_id] = cancel_scope
             try:
-                await stream.answer(handler, params, rc)
+                self._end_span(span, await stream.answer(handler, params, rc, rpc_method, self._auditor))
             finally:
                 session.inflight.pop(request_id, None)
         if cancel_scope.cancelled_caught:
             # notifications/cancelled: the client wants no response (MCP basic/utilities/cancellation).
             await stream.close_without_answer()
+
+    def _server_span(
+        self, method: str, params: JSONObject, headers: dict[str, str], rc: RequestContext
+    ) -> AbstractContextManager[Any]:
+        if self._tracing is None:
+            return nullcontext()
+        return self._tracing.server_span(
+            method,
+            params,
+            headers,
+            target=target_of(method, params),
+            request_id=rc.request_id,
+            session_id=rc.session.id if rc.session is not None else None,
+            protocol_version=rc.protocol_version,
+            client_address=rc.source_ip,
+        )
+
+    def _end_span(self, span: Any, outcome: tuple[JSONObject | None, Exception | None] | None) -> None:
+        """Mark the SERVER span of a request answered with an error (the answer raised nothing).
+
+        No outcome: the client went away and the call was cancelled.
+        """
+        if span is None or self._tracing is None:
+            return
+        if outcome is None:
+            self._tracing.fail(span, "cancelled")
+            return
+        result, failure = outcome
+        if failure is not None:
+            self._tracing.fail(span, error_type_of(failure))
+        elif result is not None and result.get("isError") is True:
+            self._tracing.fail(span, "tool_error")
 
     async def _get(self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str]) -> None:
         if headers.get("mcp-protocol-version") == MODERN_VERSION:
@@ -585,11 +642,78 @@ class _Stream:
         result = answer.get("result")
         return result if isinstance(result, dict) else {}
 
-    async def answer(self, handler: Any, params: JSONObject, rc: RequestContext) -> None:
-        """Run the handler and send its result or error (JSON-RPC errors travel on a 200 here)."""
+    async def answer(
+        self,
+        handler: Any,
+        params: JSONObject,
+        rc: RequestContext,
+        method: str = "",
+        auditor: Auditor | None = None,
+    ) -> tuple[JSONObject | None, Exception | None]:
+        """Run the handler, record it, and send its result or error (JSON-RPC errors on a 200 here).
+
+        The audit record is written before anything is sent: a tools/call's answer leaves only
+        once its record is committed (or, failing closed, becomes an AuditUnavailable error).
+        """
+        result: JSONObject | None = None
+        failure: Exception | None = None
         try:
-            payload: JSONObject = {"jsonrpc": "2.0", "id": self._id, "result": await handler(params, rc)}
-        except InsufficientScope as exc:
+            if auditor is not None:
+                auditor.before(method, rc.audit)
+            result = await handler(params, rc)
+        except anyio.get_cancelled_exc_class() as exc:
+            if auditor is not None:
+                auditor.trail.submit(self._record(auditor, method, params, rc, None, exc))
+            raise
+        except Exception as exc:
+            failure = exc
+        if auditor is not None:
+            try:
+                await auditor.after(
+                    method,
+                    params,
+                    principal=rc.principal,
+                    source_ip=rc.source_ip,
+                    notes=rc.audit,
+                    request_id=self._id,
+                    session_id=rc.session.id if rc.session is not None else None,
+                    result=result,
+                    failure=failure,
+                )
+            except AuditUnavailable as exc:
+                result, failure = None, exc
+        await self._send_answer(result, failure, rc)
+        return result, failure
+
+    @staticmethod
+    def _record(
+        auditor: Auditor,
+        method: str,
+        params: JSONObject,
+        rc: RequestContext,
+        result: JSONObject | None,
+        failure: BaseException | None,
+    ) -> dict[str, Any]:
+        return auditor.request_record(
+            method,
+            params,
+            principal=rc.principal,
+            source_ip=rc.source_ip,
+            notes=rc.audit,
+            request_id=rc.request_id,
+            session_id=rc.session.id if rc.session is not None else None,
+            result=result,
+            failure=failure,
+        )
+
+    async def _send_answer(
+        self, result: JSONObject | None, failure: Exception | None, rc: RequestContext
+    ) -> None:
+        payload: JSONObject
+        if failure is None:
+            payload = {"jsonrpc": "2.0", "id": self._id, "result": result}
+        elif isinstance(failure, InsufficientScope):
+            exc = failure
             payload = {"jsonrpc": "2.0", "id": self._id, "error": exc.to_error()}
             if not self._sse:
                 # Step-up (MCP authorization, scope challenge): 403 + WWW-Authenticate naming
@@ -607,16 +731,16 @@ class _Stream:
                     [*self.headers, (b"www-authenticate", header)],
                 )
                 return
-        except GatewayError as exc:
-            payload = {"jsonrpc": "2.0", "id": self._id, "error": exc.to_error()}
-            if exc.status != 200 and not self._sse:
+        elif isinstance(failure, GatewayError):
+            payload = {"jsonrpc": "2.0", "id": self._id, "error": failure.to_error()}
+            if failure.status != 200 and not self._sse:
                 # A refusal the HTTP exchange can still carry (429 for a limit), with its headers.
-                await _send_json(self._send, exc.status, orjson.dumps(payload), [*self.headers, *exc.headers])
+                await _send_json(
+                    self._send, failure.status, orjson.dumps(payload), [*self.headers, *failure.headers]
+                )
                 return
-        except anyio.get_cancelled_exc_class():
-            raise
-        except Exception:
-            logger.exception("unexpected error answering a request")
+        else:
+            logger.error("unexpected error answering a request", exc_info=failure)
             payload = {
                 "jsonrpc": "2.0",
                 "id": self._id,

@@ -485,6 +485,8 @@ class UsageStage:
         tool = ctx.tool
         assert tool is not None, "ResolveStage runs first"
         meter = self._metering.begin("tools/call", ctx.arguments)
+        if ctx.audit is not None:
+            ctx.audit.usage_event = meter.event_id
         outcome, result = "upstream_error", None
         try:
             result = await call_next(ctx.replace(meter=meter))

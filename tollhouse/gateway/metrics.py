@@ -9,15 +9,20 @@ Prometheus names (docs/operations.md, "Metrics", lists them with their labels):
 - tollhouse_usage_queue, tollhouse_usage_events_written_total,
   tollhouse_usage_events_dropped_total, tollhouse_usage_outbox_backlog{sink},
   tollhouse_usage_outbox_oldest_age_seconds{sink}, tollhouse_usage_deliveries_total{sink},
-  tollhouse_usage_delivery_failures_total{sink}.
+  tollhouse_usage_delivery_failures_total{sink};
+- tollhouse_audit_queue, tollhouse_audit_lag_seconds, tollhouse_audit_records_written_total,
+  tollhouse_audit_records_dropped_total, tollhouse_audit_write_failures_total,
+  tollhouse_audit_checkpoints_total.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from tollhouse.audit.writer import AuditTrail
 from tollhouse.gateway.admission import AdmissionService
 from tollhouse.gateway.pool import UpstreamPool
 from tollhouse.gateway.sessions import SessionManager
@@ -36,8 +41,11 @@ def register_gateway_metrics(
     sessions: SessionManager,
     admission: AdmissionService,
     usage: UsageService,
+    audit: AuditTrail | None = None,
 ) -> None:
     """Create the observable instruments over the running services."""
+    if audit is not None:
+        _audit_metrics(telemetry, audit)
 
     def upstreams() -> Points:
         live = pool.snapshot.live
@@ -138,3 +146,31 @@ def register_gateway_metrics(
         lambda: [(float(shipper.states[s.name].failures), {"sink": s.name}) for s in shipper.sinks],
         unit="{attempt}",
     )
+
+
+def _audit_metrics(telemetry: Telemetry, trail: AuditTrail) -> None:
+    telemetry.gauge(
+        "tollhouse.audit.queue",
+        "Audit records accepted but not yet committed",
+        lambda: [(float(trail.queued), {})],
+        unit="{record}",
+    )
+
+    def lag() -> Points:
+        # How far the committed trail trails the requests: 0 when nothing waits.
+        status = trail.status()
+        behind = status["seconds_since_commit"] if trail.queued and status["seconds_since_commit"] else 0.0
+        return [(float(behind), {})]
+
+    telemetry.gauge("tollhouse.audit.lag", "Age of the audit backlog (0 when caught up)", lag, unit="s")
+    for name, description, attribute in (
+        ("tollhouse.audit.records.written", "Audit records committed", "written"),
+        ("tollhouse.audit.records.dropped", "Audit records dropped (queue full)", "dropped"),
+        ("tollhouse.audit.write.failures", "Audit batches the store refused", "failures"),
+        ("tollhouse.audit.checkpoints", "Signed audit checkpoints stored", "checkpoints"),
+    ):
+        telemetry.total(name, description, functools.partial(_attribute, trail, attribute), unit="{record}")
+
+
+def _attribute(trail: AuditTrail, name: str) -> Points:
+    return [(float(getattr(trail, name)), {})]

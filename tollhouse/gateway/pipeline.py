@@ -35,8 +35,17 @@ from tollhouse.gateway.sealing import Sealer
 from tollhouse.gateway.snapshot import ExposedItem
 from tollhouse.gateway.upstream import NotificationCallback, ProgressCallback
 from tollhouse.registry.models import JSONObject
+from tollhouse.tracing import Tracing, error_type_of
 
-__all__ = ["CallContext", "Pipeline", "ResolveStage", "Stage", "UpstreamStage", "build_pipeline"]
+__all__ = [
+    "CallContext",
+    "Pipeline",
+    "ResolveStage",
+    "Stage",
+    "TracedStage",
+    "UpstreamStage",
+    "build_pipeline",
+]
 
 Next = Callable[["CallContext"], Awaitable[JSONObject]]
 
@@ -72,6 +81,8 @@ class CallContext:
     meter: Any = None
     # The budget reservation, when AdmitStage took it alongside the rate limits (one round trip).
     budget_hold: Any = None
+    # What the stages learn for the call's audit record (audit/records.py AuditNotes), shared.
+    audit: Any = None
 
     def replace(self, **changes: Any) -> CallContext:
         """A copy with some fields changed."""
@@ -104,6 +115,8 @@ class ResolveStage:
                 # A registered upstream that is down: say so rather than "unknown tool".
                 raise UpstreamUnavailable(ctx.name.partition("__")[0])
             raise UnknownTool(ctx.name)
+        if ctx.audit is not None:
+            ctx.audit.item, ctx.audit.snapshot = tool, snapshot.version
         return await call_next(ctx.replace(tool=tool, snapshot_version=snapshot.version))
 
 
@@ -260,6 +273,40 @@ async def _end(ctx: CallContext) -> JSONObject:
     raise RuntimeError("the last stage must not call call_next")
 
 
+class TracedStage:
+    """A stage with an INTERNAL span covering its own work (not the stages after it).
+
+    The span is a sibling of the upstream's CLIENT span under the request's SERVER span: it
+    ends when the stage hands over to the next one, or fails with the stage's exception.
+    """
+
+    def __init__(self, stage: Stage, name: str, tracing: Tracing) -> None:
+        self._stage = stage
+        self._name = name
+        self._tracing = tracing
+
+    async def __call__(self, ctx: CallContext, call_next: Next) -> JSONObject:
+        span = self._tracing.tracer.start_span(self._name)
+        ended = False
+
+        async def handed_over(next_ctx: CallContext) -> JSONObject:
+            nonlocal ended
+            if not ended:
+                ended = True
+                span.end()
+            return await call_next(next_ctx)
+
+        try:
+            return await self._stage(ctx, handed_over)
+        except BaseException as exc:
+            if not ended:
+                self._tracing.fail(span, error_type_of(exc))
+            raise
+        finally:
+            if not ended:
+                span.end()
+
+
 def build_pipeline(
     pool: UpstreamPool,
     sealer: Sealer,
@@ -268,17 +315,25 @@ def build_pipeline(
     authorize: Stage | None = None,
     checks: Sequence[Stage] = (),
     outer: Sequence[Stage] = (),
+    tracing: Tracing | None = None,
 ) -> Pipeline:
     """The chain for tools/call: resolve, authorize, pin, scope, `checks` (validate, guard), upstream.
 
     Authorization comes before the pin check so that a tool the caller may not call answers
     like an unknown tool whatever its pin state (DESIGN.md, Contract details).
     """
+
     # `outer` (metering) runs right after resolve, so it sees every outcome of a resolved call.
+    def traced(stage: Stage) -> Stage:
+        if tracing is None:
+            return stage
+        name = type(stage).__name__.removesuffix("Stage").lower()
+        return TracedStage(stage, f"tollhouse.{name}", tracing)
+
     stages: list[Stage] = [ResolveStage(pool), *outer]
     if authorize is not None:
-        stages.append(authorize)
-    stages += [PinStage(), ScopeStage(pool), *checks, UpstreamStage(pool, sealer, parking)]
+        stages.append(traced(authorize))
+    stages += [PinStage(), ScopeStage(pool), *map(traced, checks), UpstreamStage(pool, sealer, parking)]
     return Pipeline(stages)
 
 

@@ -4,7 +4,9 @@
 last checkpoint) and seals the batch onto it inside the same transaction, so what is committed
 is always a contiguous chain. The (node, seq) primary key refuses a second writer that shares a
 node name: its batch fails rather than forking the chain. Records are stored as their RFC 8785
-canonical JSON, exactly what `audit export` writes and `audit verify` hashes.
+canonical JSON, exactly what `audit export` writes and `audit verify` hashes; a few of their
+fields are copied into indexed columns for `search` (the filters of the console and the API).
+Pages are newest first, (time, node, seq) descending, continued with a keyset cursor.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -20,14 +23,61 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from tollhouse.audit.chain import GENESIS, seal
+from tollhouse.audit.records import rfc3339_ms
 from tollhouse.registry.tables import AUDIT_CHECKPOINTS, AUDIT_RECORDS, utc
 from tollhouse.registry.transactions import TransactionalStore
 
-__all__ = ["SqlAuditStore"]
+__all__ = ["FILTERS", "AuditKey", "SqlAuditStore"]
+
+# What `search` filters on by exact match (besides the time window `since`/`until`).
+FILTERS = ("subject", "team", "client_id", "server", "tool", "outcome", "trace_id", "kind", "action")
+# Longer values are not copied into the columns (the record keeps them): a client-chosen tool
+# name must not exceed an index entry's size limit and so make a whole batch fail to commit.
+_MAX_COLUMN = 256
+
+
+@dataclass(frozen=True, order=True)
+class AuditKey:
+    """A record's place in the newest-first order: what a page cursor carries."""
+
+    time: datetime
+    node: str
+    seq: int
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any]) -> AuditKey:
+        """The key of a sealed record."""
+        return cls(_time_of(record), str(record["node"]), int(record["seq"]))
+
+
+_APPEND_ATTEMPTS = 20
 
 
 def _time_of(record: Mapping[str, Any]) -> datetime:
     return utc(datetime.fromisoformat(str(record["time"])))
+
+
+def _columns(record: Mapping[str, Any]) -> dict[str, str | None]:
+    """The filter columns of one record (migration 0011 fills older rows by the same rule)."""
+
+    def part(name: str) -> Mapping[str, Any]:
+        value = record.get(name)
+        return value if isinstance(value, Mapping) else {}
+
+    who, what = part("who"), part("what")
+    teams = who.get("teams")
+    values = {
+        "kind": record.get("kind"),
+        "action": record.get("action"),
+        "subject": who.get("subject"),
+        "client_id": who.get("client_id"),
+        "team": teams[0] if isinstance(teams, list) and teams else None,
+        "server": what.get("server"),
+        "tool": what.get("tool"),
+        "outcome": part("outcome").get("result"),
+        "trace_id": part("correlation").get("trace_id"),
+    }
+    return {k: v if isinstance(v, str) and len(v) <= _MAX_COLUMN else None for k, v in values.items()}
 
 
 class SqlAuditStore(TransactionalStore):
@@ -54,13 +104,23 @@ class SqlAuditStore(TransactionalStore):
                             "time": _time_of(r),
                             "hash": r["hash"],
                             "record": rfc8785.dumps(r).decode(),
+                            **_columns(r),
                         }
                         for r in sealed
                     ],
                 )
             return sealed
 
-        return await self._run(work, write=True)
+        # Two writers sharing a node name (replicas left at the default host name) race for
+        # the same seq: the loser's insert hits the primary key and is sealed again onto the
+        # new head, so the node's chain stays one contiguous, database-sequenced chain.
+        for attempt in range(_APPEND_ATTEMPTS):
+            try:
+                return await self._run(work, write=True)
+            except sa.exc.IntegrityError:
+                if attempt == _APPEND_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     async def head(self, node: str) -> tuple[int, str]:
         """(last seq, its hash) of `node`'s chain; (0, GENESIS) for a chain not started."""
@@ -88,20 +148,231 @@ class SqlAuditStore(TransactionalStore):
             )
             return True
 
-        return await self._run(work, write=True)
+        try:
+            return await self._run(work, write=True)
+        except sa.exc.IntegrityError:
+            return False  # another writer of the same node stored this checkpoint first
 
-    async def checkpoints(self) -> list[dict[str, Any]]:
-        """Every checkpoint, by node then seq."""
+    async def checkpoints(
+        self, node: str | None = None, *, first: int | None = None, last: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Every checkpoint (of `node`, with first <= seq <= last when given), by node then seq."""
 
         def work(session: Session) -> list[dict[str, Any]]:
+            query = sa.select(AUDIT_CHECKPOINTS.c.checkpoint).order_by(
+                AUDIT_CHECKPOINTS.c.node, AUDIT_CHECKPOINTS.c.seq
+            )
+            if node is not None:
+                query = query.where(AUDIT_CHECKPOINTS.c.node == node)
+            if first is not None:
+                query = query.where(AUDIT_CHECKPOINTS.c.seq >= first)
+            if last is not None:
+                query = query.where(AUDIT_CHECKPOINTS.c.seq <= last)
+            return [json.loads(r.checkpoint) for r in session.execute(query)]
+
+        return await self._run(work)
+
+    async def latest_checkpoints(self) -> list[dict[str, Any]]:
+        """Each node's newest checkpoint, by node."""
+
+        def work(session: Session) -> list[dict[str, Any]]:
+            newest = (
+                sa.select(AUDIT_CHECKPOINTS.c.node, sa.func.max(AUDIT_CHECKPOINTS.c.seq).label("seq"))
+                .group_by(AUDIT_CHECKPOINTS.c.node)
+                .subquery()
+            )
             rows = session.execute(
-                sa.select(AUDIT_CHECKPOINTS.c.checkpoint).order_by(
-                    AUDIT_CHECKPOINTS.c.node, AUDIT_CHECKPOINTS.c.seq
+                sa.select(AUDIT_CHECKPOINTS.c.checkpoint)
+                .join(
+                    newest,
+                    sa.and_(
+                        AUDIT_CHECKPOINTS.c.node == newest.c.node, AUDIT_CHECKPOINTS.c.seq == newest.c.seq
+                    ),
                 )
+                .order_by(AUDIT_CHECKPOINTS.c.node)
             )
             return [json.loads(r.checkpoint) for r in rows]
 
         return await self._run(work)
+
+    async def anchor(self, node: str, seq: int) -> dict[str, Any] | None:
+        """`node`'s newest checkpoint before `seq` (what a chain starting at `seq` hangs from)."""
+
+        def work(session: Session) -> dict[str, Any] | None:
+            text = session.execute(
+                sa.select(AUDIT_CHECKPOINTS.c.checkpoint)
+                .where(AUDIT_CHECKPOINTS.c.node == node, AUDIT_CHECKPOINTS.c.seq < seq)
+                .order_by(AUDIT_CHECKPOINTS.c.seq.desc())
+                .limit(1)
+            ).scalar()
+            return json.loads(text) if text is not None else None
+
+        return await self._run(work)
+
+    async def covering(self, node: str, seq: int) -> dict[str, Any] | None:
+        """`node`'s oldest checkpoint at or after `seq`: the one that anchors that record."""
+
+        def work(session: Session) -> dict[str, Any] | None:
+            text = session.execute(
+                sa.select(AUDIT_CHECKPOINTS.c.checkpoint)
+                .where(AUDIT_CHECKPOINTS.c.node == node, AUDIT_CHECKPOINTS.c.seq >= seq)
+                .order_by(AUDIT_CHECKPOINTS.c.seq)
+                .limit(1)
+            ).scalar()
+            return json.loads(text) if text is not None else None
+
+        return await self._run(work)
+
+    async def search(
+        self, filters: Mapping[str, Any], *, before: AuditKey | None = None, limit: int = 50
+    ) -> tuple[list[dict[str, Any]], AuditKey | None]:
+        """Up to `limit` records matching `filters`, newest first and older than `before`; and the
+        cursor of the next page (None when this is the last).
+
+        `filters` holds `since`/`until` (datetimes: since <= time < until) and exact matches on
+        the names in FILTERS; None values are ignored. A record whose stored text is not JSON
+        comes back as {node, seq, time, "unreadable": true} (`audit verify` names it).
+
+        Raises:
+            ValueError: a filter name that is not one of those.
+        """
+        unknown = set(filters) - {"since", "until", *FILTERS}
+        if unknown:
+            raise ValueError(f"unknown audit filters: {', '.join(sorted(unknown))}")
+        table = AUDIT_RECORDS
+        query = (
+            sa.select(table.c.time, table.c.node, table.c.seq, table.c.record)
+            .order_by(table.c.time.desc(), table.c.node.desc(), table.c.seq.desc())
+            .limit(limit + 1)
+        )
+        for name in FILTERS:
+            if filters.get(name) is not None:
+                query = query.where(table.c[name] == str(filters[name]))
+        if filters.get("since") is not None:
+            query = query.where(table.c.time >= utc(filters["since"]))
+        if filters.get("until") is not None:
+            query = query.where(table.c.time < utc(filters["until"]))
+        if before is not None:
+            # A row-value comparison, so the filter column's (…, time, node, seq) index serves it.
+            query = query.where(
+                sa.tuple_(table.c.time, table.c.node, table.c.seq)
+                < sa.tuple_(
+                    sa.literal(utc(before.time), table.c.time.type),
+                    sa.literal(before.node, table.c.node.type),
+                    sa.literal(before.seq, table.c.seq.type),
+                )
+            )
+        rows = await self._run(lambda session: list(session.execute(query)))
+        items = [_loaded(r.node, int(r.seq), r.time, r.record) for r in rows[:limit]]
+        if len(rows) <= limit:
+            return items, None
+        last = rows[limit - 1]
+        return items, AuditKey(utc(last.time), last.node, int(last.seq))
+
+    async def get(self, node: str, seq: int) -> dict[str, Any] | None:
+        """The record at `seq` in `node`'s chain, or None."""
+
+        def work(session: Session) -> str | None:
+            return session.execute(
+                sa.select(AUDIT_RECORDS.c.record).where(
+                    AUDIT_RECORDS.c.node == node, AUDIT_RECORDS.c.seq == seq
+                )
+            ).scalar()
+
+        text = await self._run(work)
+        return json.loads(text) if text is not None else None
+
+    async def heads(self) -> list[dict[str, Any]]:
+        """Each node's last record: {node, seq, hash, time} (the stored time, RFC 3339), by node."""
+
+        def work(session: Session) -> list[dict[str, Any]]:
+            last = (
+                sa.select(AUDIT_RECORDS.c.node, sa.func.max(AUDIT_RECORDS.c.seq).label("seq"))
+                .group_by(AUDIT_RECORDS.c.node)
+                .subquery()
+            )
+            rows = session.execute(
+                sa.select(
+                    AUDIT_RECORDS.c.node, AUDIT_RECORDS.c.seq, AUDIT_RECORDS.c.hash, AUDIT_RECORDS.c.time
+                )
+                .join(last, sa.and_(AUDIT_RECORDS.c.node == last.c.node, AUDIT_RECORDS.c.seq == last.c.seq))
+                .order_by(AUDIT_RECORDS.c.node)
+            )
+            return [
+                {"node": r.node, "seq": int(r.seq), "hash": r.hash, "time": rfc3339_ms(r.time)} for r in rows
+            ]
+
+        return await self._run(work)
+
+    async def window(
+        self, since: datetime | None = None, until: datetime | None = None
+    ) -> dict[str, tuple[int, int]]:
+        """Per node, (first seq, last seq) of its records with since <= time < until."""
+
+        def work(session: Session) -> dict[str, tuple[int, int]]:
+            table = AUDIT_RECORDS
+            query = sa.select(table.c.node, sa.func.min(table.c.seq), sa.func.max(table.c.seq)).group_by(
+                table.c.node
+            )
+            if since is not None:
+                query = query.where(table.c.time >= utc(since))
+            if until is not None:
+                query = query.where(table.c.time < utc(until))
+            return {node: (int(first), int(last)) for node, first, last in session.execute(query)}
+
+        return await self._run(work)
+
+    async def pages(
+        self, node: str, first: int = 1, last: int | None = None, *, page: int = 5000
+    ) -> AsyncIterator[list[tuple[int, str, str]]]:
+        """`node`'s records with first <= seq (<= last), by seq, a page of (seq, hash, text) at a time.
+
+        The text is the record exactly as stored (RFC 8785), as exports carry it.
+        """
+        after = first - 1
+        while True:
+
+            def work(session: Session, after: int = after) -> list[tuple[int, str, str]]:
+                query = (
+                    sa.select(AUDIT_RECORDS.c.seq, AUDIT_RECORDS.c.hash, AUDIT_RECORDS.c.record)
+                    .where(AUDIT_RECORDS.c.node == node, AUDIT_RECORDS.c.seq > after)
+                    .order_by(AUDIT_RECORDS.c.seq)
+                    .limit(page)
+                )
+                if last is not None:
+                    query = query.where(AUDIT_RECORDS.c.seq <= last)
+                return [(int(r.seq), r.hash, r.record) for r in session.execute(query)]
+
+            batch = await self._run(work)
+            if batch:
+                yield batch
+            if len(batch) < page:
+                return
+            after = batch[-1][0]
+
+    async def first_since(self, node: str, since: datetime) -> int | None:
+        """The smallest seq of `node`'s records with time >= `since` (None: all are older)."""
+
+        def work(session: Session) -> int | None:
+            value = session.execute(
+                sa.select(sa.func.min(AUDIT_RECORDS.c.seq)).where(
+                    AUDIT_RECORDS.c.node == node, AUDIT_RECORDS.c.time >= utc(since)
+                )
+            ).scalar()
+            return int(value) if value is not None else None
+
+        return await self._run(work)
+
+    async def purge_through(self, node: str, seq: int) -> int:
+        """Delete `node`'s records with seq <= `seq`; how many were deleted."""
+
+        def work(session: Session) -> int:
+            result = session.execute(
+                sa.delete(AUDIT_RECORDS).where(AUDIT_RECORDS.c.node == node, AUDIT_RECORDS.c.seq <= seq)
+            )
+            return int(result.rowcount)  # type: ignore[attr-defined]  # a CursorResult
+
+        return await self._run(work, write=True)
 
     async def records(
         self, *, since: datetime | None = None, until: datetime | None = None, page: int = 5000
@@ -118,6 +389,17 @@ class SqlAuditStore(TransactionalStore):
                 return
             last = json.loads(batch[-1])
             after = (str(last["node"]), int(last["seq"]))
+
+
+def _loaded(node: str, seq: int, time: datetime, text: str) -> dict[str, Any]:
+    """A stored record; one whose text is not a JSON object is shown by its place only."""
+    try:
+        record = json.loads(text)
+    except ValueError:
+        record = None
+    if isinstance(record, dict):
+        return record
+    return {"node": node, "seq": seq, "time": rfc3339_ms(utc(time)), "unreadable": True}
 
 
 def _head(session: Session, node: str) -> tuple[int, str]:

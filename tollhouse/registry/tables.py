@@ -606,16 +606,38 @@ class UsageOutboxRow(SQLModel, table=True):
     next_attempt_at: datetime = Field(sa_type=UTCDateTime)
 
 
+# Audit columns that `GET /audit/records` filters on, each with an index that ends in the page
+# order (time, node, seq), so a filtered newest-first page is an index range scan.
+_AUDIT_FILTERED = ("kind", "action", "subject", "client_id", "team", "server", "tool", "outcome")
+
+
 class AuditRecordRow(SQLModel, table=True):
-    """One sealed audit record (tollhouse/audit/chain.py): its place in its chain, its canonical JSON."""
+    """One sealed audit record (tollhouse/audit/chain.py): its place in its chain, its canonical JSON.
+
+    The columns after `record` copy fields of it for the console's and the API's filters (the
+    first team only); the record text stays the one source of truth that the chain covers.
+    """
 
     __tablename__ = "audit_records"
+    __table_args__ = (
+        *(sa.Index(f"ix_audit_records_{c}_time", c, "time", "node", "seq") for c in _AUDIT_FILTERED),
+        sa.Index("ix_audit_records_trace_id", "trace_id"),
+    )
 
     node: str = Field(primary_key=True)
     seq: int = Field(primary_key=True, sa_type=sa.BigInteger, sa_column_kwargs={"autoincrement": False})
     time: datetime = Field(sa_type=UTCDateTime, index=True)
     hash: str
     record: str = Field(sa_type=sa.Text)
+    kind: str | None = None
+    action: str | None = None
+    subject: str | None = None
+    client_id: str | None = None
+    team: str | None = None
+    server: str | None = None
+    tool: str | None = None
+    outcome: str | None = None
+    trace_id: str | None = None
 
 
 class AuditCheckpointRow(SQLModel, table=True):
