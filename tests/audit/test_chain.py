@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 import pytest
+import rfc8785
 
 from tollhouse.audit.chain import (
     GENESIS,
@@ -16,6 +17,7 @@ from tollhouse.audit.chain import (
     public_key_text,
     record_hash,
     seal,
+    seal_canonical,
     verify,
 )
 
@@ -146,3 +148,14 @@ def test_the_public_key_text_round_trips_and_bad_text_is_refused() -> None:
     for bad in ("", "not base64!", public_key_text(SIGNER.public_key)[:-4]):
         with pytest.raises(ValueError):
             public_key_from_text(bad)
+
+
+def test_seal_canonical_is_seal_and_its_rfc8785_text() -> None:
+    body = {
+        "time": "2026-11-23T10:00:00.123Z",
+        "what": {"args": {"é": 1.5, "\U0001f600": "x", "a\u0001": [1, {"z": None, "b": True}]}},
+        "action": "tools/call",
+    }
+    record, text = seal_canonical(body, "node-a", 7, GENESIS)
+    assert record == seal(body, "node-a", 7, GENESIS)
+    assert text == rfc8785.dumps(record).decode()

@@ -85,3 +85,22 @@ async def test_a_tool_call_is_one_trace_from_the_agent_into_the_upstream(tmp_pat
     )
     assert call["correlation"]["trace_id"] == TRACE_ID
     assert call["correlation"]["span_id"] == f"{server.context.span_id:016x}"
+
+
+async def test_without_an_exporter_the_agents_trace_context_passes_through(tmp_path: Path) -> None:
+    app = notes.build_server().streamable_http_app(host="127.0.0.1")
+    traceparent = f"00-{TRACE_ID}-{PARENT_ID}-01"
+    async with serve(app, path="/mcp") as notes_url, running_gateway(tmp_path) as gw:
+        await gw.add_server("notes", notes_url)
+        key = await gw.create_client("agent")
+        async with gw.client(key, "2026-07-28") as client:
+            result = await client.call_tool(
+                "notes__trace_context", {}, meta=cast(RequestParamsMeta, {"traceparent": traceparent})
+            )
+        records = await all_records(store_for(tmp_path))
+    reported = json.loads(result.content[0].text)  # type: ignore[union-attr]
+
+    # Nothing records spans, so nothing new is made: the upstream sees the agent's own context.
+    assert reported == {"meta_traceparent": traceparent, "header_traceparent": traceparent}
+    call = next(r for r in records if r["action"] == "tools/call")
+    assert call["correlation"]["trace_id"] == TRACE_ID

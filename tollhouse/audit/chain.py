@@ -41,6 +41,7 @@ __all__ = [
     "public_key_text",
     "record_hash",
     "seal",
+    "seal_canonical",
     "verify",
 ]
 
@@ -59,6 +60,24 @@ def seal(record: Mapping[str, Any], node: str, seq: int, prev: str) -> dict[str,
     sealed = {**record, "node": node, "seq": seq, "prev": prev}
     sealed["hash"] = record_hash(sealed, prev)
     return sealed
+
+
+def seal_canonical(record: Mapping[str, Any], node: str, seq: int, prev: str) -> tuple[dict[str, Any], str]:
+    """`seal`, and the sealed record's RFC 8785 text, canonicalising each member once.
+
+    RFC 8785 writes an object as its members sorted by key, so the text with `hash` is the
+    text without it plus one member: both come from the same per-member texts. (Top-level
+    keys are plain ASCII names, where UTF-16 and code-point order agree.)
+    """
+    sealed = {**record, "node": node, "seq": seq, "prev": prev}
+    members = {key: rfc8785.dumps(key) + b":" + rfc8785.dumps(value) for key, value in sealed.items()}
+    keys = sorted(members)
+    body = b"{" + b",".join(members[k] for k in keys) + b"}"
+    digest = hashlib.sha256(body + prev.encode("ascii")).hexdigest()
+    sealed["hash"] = digest
+    members["hash"] = b'"hash":"' + digest.encode("ascii") + b'"'
+    text = b"{" + b",".join(members[k] for k in sorted(members)) + b"}"
+    return sealed, text.decode()
 
 
 def _b64(data: bytes) -> str:

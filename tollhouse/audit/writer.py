@@ -19,13 +19,15 @@ and stored, and appended to `checkpoint_file` when one is configured (the extern
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
@@ -36,8 +38,9 @@ from tollhouse.audit.chain import CheckpointSigner, public_key_text
 from tollhouse.audit.records import rfc3339_ms
 from tollhouse.auth.keyring import KeyRing
 from tollhouse.registry.audit_store import SqlAuditStore
+from tollhouse.registry.usage_store import UsageRow, insert_usage
 
-__all__ = ["PURPOSE", "AuditTrail", "AuditUnavailable", "signing_keys"]
+__all__ = ["PURPOSE", "AuditTrail", "AuditUnavailable", "Passengers", "signing_keys"]
 
 logger = logging.getLogger("tollhouse.audit")
 
@@ -46,6 +49,36 @@ PURPOSE = "audit-checkpoint"
 
 class AuditUnavailable(Exception):
     """The record could not be committed (the audit store is down or too slow)."""
+
+
+class Passengers(Protocol):
+    """Rows another writer lets this one commit in its transactions (usage events: M4)."""
+
+    @property
+    def sinks(self) -> tuple[str, ...]:
+        """The usage sinks (one outbox row each)."""
+        ...
+
+    @property
+    def waiting(self) -> int:
+        """Rows waiting for a commit."""
+        ...
+
+    def carried_by(self, wake: Callable[[], None] | None) -> None:
+        """Start (a wake callback) or stop (None) riding in this writer's transactions."""
+        ...
+
+    def take(self) -> list[UsageRow]:
+        """The rows for the next transaction."""
+        ...
+
+    def landed(self, batch: Sequence[UsageRow]) -> None:
+        """They were committed."""
+        ...
+
+    def returned(self, batch: Sequence[UsageRow]) -> None:
+        """They were not: queue them again."""
+        ...
 
 
 @dataclass
@@ -77,8 +110,10 @@ class AuditTrail:
         checkpoint_seconds: float = 60.0,
         checkpoint_records: int = 10_000,
         checkpoint_file: str | None = None,
+        linger_seconds: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._linger = linger_seconds
         self.store = store
         self.node = node
         self._ring = ring
@@ -89,6 +124,7 @@ class AuditTrail:
         self._checkpoint_file = Path(checkpoint_file) if checkpoint_file else None
         self._clock = clock
         self._queue: deque[_Pending] = deque()
+        self._passengers: Passengers | None = None
         self._in_flight = 0
         self._wake: anyio.Event | None = None
         self._idle: list[anyio.Event] = []
@@ -159,14 +195,31 @@ class AuditTrail:
 
     # -- the writer task ----------------------------------------------------------------------
 
+    def carry(self, passengers: Passengers) -> None:
+        """Commit `passengers`' rows in this writer's transactions (call before `run`).
+
+        A call's usage event is queued before its audit record, so both land in the same
+        transaction, and a busy gateway pays one commit for both (SECURITY_GOALS M4).
+        """
+        self._passengers = passengers
+
+    def _poke(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _idle_now(self) -> bool:
+        return not self._queue and (self._passengers is None or not self._passengers.waiting)
+
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Commit batches and checkpoint until cancelled; on the way out, commit what is left."""
         self._wake = anyio.Event()
+        if self._passengers is not None:
+            self._passengers.carried_by(self._poke)
         task_status.started()
         backoff = 0.02
         try:
             while True:
-                if not self._queue:
+                if self._idle_now():
                     for waiter in self._idle:
                         waiter.set()
                     self._idle.clear()
@@ -175,6 +228,9 @@ class AuditTrail:
                     self._wake = anyio.Event()
                     await self._maybe_checkpoint()
                     continue
+                if self._linger and len(self._queue) < self._batch:
+                    # A commit costs far more than a record: gather what arrives meanwhile.
+                    await anyio.sleep(self._linger)
                 if await self._commit_batch():
                     backoff = 0.02
                     await self._maybe_checkpoint()
@@ -189,10 +245,12 @@ class AuditTrail:
             self._wake = None
             with anyio.CancelScope(shield=True) as scope:
                 scope.deadline = anyio.current_time() + 5
-                while self._queue and await self._commit_batch():
+                while not self._idle_now() and await self._commit_batch():
                     pass
                 if self._since_checkpoint:
                     await self._checkpoint()
+            if self._passengers is not None:
+                self._passengers.carried_by(None)  # what is left, its own writer commits
             for pending in self._queue:
                 if pending.done is not None:
                     pending.error = AuditUnavailable("the gateway is stopping")
@@ -208,9 +266,16 @@ class AuditTrail:
     async def _commit_batch(self) -> bool:
         batch = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
         self._in_flight = len(batch)
+        riders: list[UsageRow] = self._passengers.take() if self._passengers is not None else []
+        extra = None
+        if riders and self._passengers is not None:
+            sinks = self._passengers.sinks
+            extra = functools.partial(insert_usage, rows=riders, sinks=sinks, now=datetime.now(UTC))
         try:
-            sealed = await self.store.append(self.node, [p.body for p in batch])
+            sealed = await self.store.append(self.node, [p.body for p in batch], head=self._head, extra=extra)
         except Exception as exc:
+            if self._passengers is not None:
+                self._passengers.returned(riders)
             self.failures += 1
             if self.healthy:
                 logger.error("audit records not committed (%d): %s; retrying", len(batch), type(exc).__name__)
@@ -223,6 +288,8 @@ class AuditTrail:
             return False
         finally:
             self._in_flight = 0
+        if self._passengers is not None:
+            self._passengers.landed(riders)
         if not self.healthy:
             logger.warning("audit store writable again")
         self.healthy = True

@@ -183,6 +183,8 @@ def create_app(
     auditor = build_auditor(
         settings, engine, door, trace_ids=current_ids, snapshot_version=lambda: pool.snapshot.version
     )
+    # A call's usage event commits in the same transaction as its audit record (M4).
+    auditor.trail.carry(usage.metering.writer)
     endpoint = McpEndpoint(handlers, sessions, settings.limits, resolve_view, auditor, tracing)
     admin_state = AdminState(
         store=store,

@@ -347,6 +347,7 @@ def build_auditor(
         checkpoint_seconds=audit.checkpoint_seconds,
         checkpoint_records=audit.checkpoint_records,
         checkpoint_file=audit.checkpoint_file,
+        linger_seconds=audit.commit_linger_ms / 1000,
     )
     auditor = Auditor(trail, audit, trace_ids=trace_ids, snapshot_version=snapshot_version)
     door.failures.subscribe(auditor.auth_failure)

@@ -156,6 +156,8 @@ class UsageWriter:
         self._wake: anyio.Event | None = None
         self._idle: list[anyio.Event] = []
         self._on_commit = on_commit
+        # The audit writer, when it carries this writer's events in its own transactions.
+        self._carrier: Callable[[], None] | None = None
         self.dropped = 0
         self.written = 0
         self.failures = 0
@@ -173,17 +175,71 @@ class UsageWriter:
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 logger.error("usage queue full: %d events dropped so far (database too slow?)", self.dropped)
         self._queue.append(row)
-        if self._wake is not None:
+        self._poke()
+
+    def _poke(self) -> None:
+        if self._carrier is not None:
+            self._carrier()
+        elif self._wake is not None:
             self._wake.set()
 
     async def flush(self) -> None:
         """Wait until every event submitted so far is committed (or the writer gave up on it)."""
-        if self.queued == 0 or self._wake is None:
+        if self.queued == 0 or (self._wake is None and self._carrier is None):
             return
         idle = anyio.Event()
         self._idle.append(idle)
-        self._wake.set()
+        self._poke()
         await idle.wait()
+
+    # -- riding in the audit writer's transactions (SECURITY_GOALS M4) ------------------------
+
+    @property
+    def sinks(self) -> tuple[str, ...]:
+        """The sinks each event gets an outbox row for."""
+        return self._sinks
+
+    def carried_by(self, wake: Callable[[], None] | None) -> None:
+        """Let the audit writer commit this writer's events (`wake` tells it some wait); None: stop."""
+        self._carrier = wake
+        if wake is None and self._wake is not None:
+            self._wake.set()  # commit whatever the carrier left behind
+        elif wake is not None and self._queue:
+            wake()
+
+    @property
+    def waiting(self) -> int:
+        """Events queued and not yet taken by a commit."""
+        return len(self._queue)
+
+    def take(self) -> list[UsageRow]:
+        """Hand the carrier the queued events (up to a batch); `landed` or `returned` must follow."""
+        batch = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
+        self._in_flight += len(batch)
+        return batch
+
+    def landed(self, batch: Sequence[UsageRow]) -> None:
+        """The carrier committed `batch`."""
+        self._in_flight -= len(batch)
+        self.written += len(batch)
+        if batch and self._on_commit is not None:
+            self._on_commit()
+        self._maybe_idle()
+
+    def returned(self, batch: Sequence[UsageRow]) -> None:
+        """The carrier's transaction failed: `batch` goes back to the front of the queue."""
+        self._in_flight -= len(batch)
+        self.failures += 1
+        room = self._limit - len(self._queue)
+        keep = list(batch[-room:]) if room > 0 else []
+        self.dropped += len(batch) - len(keep)
+        self._queue.extendleft(reversed(keep))
+
+    def _maybe_idle(self) -> None:
+        if not self._queue and not self._in_flight:
+            for waiter in self._idle:
+                waiter.set()
+            self._idle.clear()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Commit batches until cancelled; on the way out, commit what is left (bounded by 5 s)."""
@@ -192,10 +248,9 @@ class UsageWriter:
         backoff = 0.05
         try:
             while True:
-                if not self._queue:
-                    for waiter in self._idle:
-                        waiter.set()
-                    self._idle.clear()
+                if not self._queue or self._carrier is not None:
+                    if not self._queue:
+                        self._maybe_idle()
                     await self._wake.wait()
                     self._wake = anyio.Event()
                     continue
@@ -213,23 +268,14 @@ class UsageWriter:
                 waiter.set()
 
     async def _commit_one(self) -> bool:
-        batch = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
-        self._in_flight = len(batch)
+        batch = self.take()
         try:
             await self._store.insert(batch, self._sinks, datetime.now(UTC))
         except Exception:
-            self.failures += 1
             logger.exception("usage events not committed (%d); retrying", len(batch))
-            room = self._limit - len(self._queue)
-            keep = batch[-room:] if room > 0 else []
-            self.dropped += len(batch) - len(keep)
-            self._queue.extendleft(reversed(keep))
+            self.returned(batch)
             return False
-        finally:
-            self._in_flight = 0
-        self.written += len(batch)
-        if self._on_commit is not None:
-            self._on_commit()
+        self.landed(batch)
         return True
 
 

@@ -325,7 +325,7 @@ def build_pipeline(
 
     # `outer` (metering) runs right after resolve, so it sees every outcome of a resolved call.
     def traced(stage: Stage) -> Stage:
-        if tracing is None:
+        if tracing is None or not tracing.recording:
             return stage
         name = type(stage).__name__.removesuffix("Stage").lower()
         return TracedStage(stage, f"tollhouse.{name}", tracing)

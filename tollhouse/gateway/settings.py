@@ -149,6 +149,9 @@ class AuditSettings(BaseModel):
     retention_days: int = Field(default=400, gt=0)
     retention_interval_seconds: float = Field(default=3600.0, gt=0)
     write_batch: int = Field(default=500, gt=0)
+    # Group commit: the writer waits this long for more records before a commit (a commit costs
+    # ~0.7 ms of CPU, a record ~0.1 ms), so busy gateways commit many records at once.
+    commit_linger_ms: float = Field(default=1.0, ge=0, le=100)
     queue_limit: int = Field(default=100_000, gt=0)
     # Keep the (guardrail-redacted) arguments in each record, besides their SHA-256.
     record_arguments: bool = False

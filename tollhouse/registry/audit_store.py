@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import rfc8785
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from tollhouse.audit.chain import GENESIS, seal
+from tollhouse.audit.chain import GENESIS, seal_canonical
 from tollhouse.audit.records import rfc3339_ms
 from tollhouse.registry.tables import AUDIT_CHECKPOINTS, AUDIT_RECORDS, utc
 from tollhouse.registry.transactions import TransactionalStore
@@ -83,32 +82,46 @@ def _columns(record: Mapping[str, Any]) -> dict[str, str | None]:
 class SqlAuditStore(TransactionalStore):
     """Audit records and checkpoints over a sync SQLAlchemy engine."""
 
-    async def append(self, node: str, bodies: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """Seal `bodies` (each with an RFC 3339 `time`) onto `node`'s chain and commit them together."""
+    async def append(
+        self,
+        node: str,
+        bodies: Sequence[Mapping[str, Any]],
+        *,
+        head: tuple[int, str] | None = None,
+        extra: Callable[[Session], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Seal `bodies` (each with an RFC 3339 `time`) onto `node`'s chain and commit them together.
+
+        `head` is the writer's own idea of the chain's head (its last commit), which saves a
+        read per batch; when another writer moved the head meanwhile, the insert conflicts
+        and the batch is sealed again onto the head read from the database. `extra` writes
+        more rows in the same transaction (the calls' usage events).
+        """
+        known = head
 
         def work(session: Session) -> list[dict[str, Any]]:
-            seq, prev = _head(session, node)
+            seq, prev = known if known is not None else _head(session, node)
             sealed: list[dict[str, Any]] = []
+            rows: list[dict[str, Any]] = []
             for body in bodies:
                 seq += 1
-                record = seal(body, node, seq, prev)
+                record, text = seal_canonical(body, node, seq, prev)
                 prev = record["hash"]
                 sealed.append(record)
-            if sealed:
-                session.execute(
-                    sa.insert(AUDIT_RECORDS),
-                    [
-                        {
-                            "node": node,
-                            "seq": r["seq"],
-                            "time": _time_of(r),
-                            "hash": r["hash"],
-                            "record": rfc8785.dumps(r).decode(),
-                            **_columns(r),
-                        }
-                        for r in sealed
-                    ],
+                rows.append(
+                    {
+                        "node": node,
+                        "seq": seq,
+                        "time": _time_of(record),
+                        "hash": prev,
+                        "record": text,
+                        **_columns(record),
+                    }
                 )
+            if rows:
+                session.execute(sa.insert(AUDIT_RECORDS), rows)
+            if extra is not None:
+                extra(session)
             return sealed
 
         # Two writers sharing a node name (replicas left at the default host name) race for
@@ -118,6 +131,7 @@ class SqlAuditStore(TransactionalStore):
             try:
                 return await self._run(work, write=True)
             except sa.exc.IntegrityError:
+                known = None
                 if attempt == _APPEND_ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")

@@ -15,6 +15,7 @@ rows, never the events.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,7 +27,7 @@ from sqlalchemy.orm import Session
 from tollhouse.registry.tables import USAGE_EVENTS, USAGE_OUTBOX, utc
 from tollhouse.registry.transactions import TransactionalStore
 
-__all__ = ["DIMENSIONS", "Claimed", "SqlUsageStore", "UsageRow"]
+__all__ = ["DIMENSIONS", "Claimed", "SqlUsageStore", "UsageRow", "insert_usage"]
 
 # Report dimension -> column; `client` is the client id.
 DIMENSIONS: Mapping[str, str] = {
@@ -87,25 +88,7 @@ class SqlUsageStore(TransactionalStore):
     async def insert(self, rows: Sequence[UsageRow], sinks: Sequence[str], now: datetime) -> None:
         """Insert events and their outbox rows (one per sink), in one transaction; known ids are skipped."""
 
-        def work(session: Session) -> None:
-            ids = [r.id for r in rows]
-            known = set(session.scalars(sa.select(USAGE_EVENTS.c.id).where(USAGE_EVENTS.c.id.in_(ids))))
-            fresh = [r for r in rows if r.id not in known]
-            if not fresh:
-                return
-            session.execute(sa.insert(USAGE_EVENTS), [_values(r) for r in fresh])
-            if sinks:
-                due = utc(now)
-                session.execute(
-                    sa.insert(USAGE_OUTBOX),
-                    [
-                        {"sink": s, "event_id": r.id, "attempts": 0, "next_attempt_at": due}
-                        for r in fresh
-                        for s in sinks
-                    ],
-                )
-
-        await self._run(work, write=True)
+        await self._run(functools.partial(insert_usage, rows=rows, sinks=sinks, now=now), write=True)
 
     async def claim(self, sink: str, limit: int, now: datetime, lease_seconds: float) -> list[Claimed]:
         """Up to `limit` due rows of `sink`, oldest first, leased to the caller for `lease_seconds`."""
@@ -297,3 +280,29 @@ def _bucket_text(value: Any) -> str:
     if isinstance(value, datetime):
         return value.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
     return f"{value}Z"
+
+
+def insert_usage(session: Session, *, rows: Sequence[UsageRow], sinks: Sequence[str], now: datetime) -> None:
+    """Insert events and their outbox rows inside `session`'s transaction; known ids are skipped.
+
+    The audit writer calls this in its own transaction, so a call's usage event and its audit
+    record commit together (SECURITY_GOALS M4).
+    """
+    if not rows:
+        return
+    ids = [r.id for r in rows]
+    known = set(session.scalars(sa.select(USAGE_EVENTS.c.id).where(USAGE_EVENTS.c.id.in_(ids))))
+    fresh = [r for r in rows if r.id not in known]
+    if not fresh:
+        return
+    session.execute(sa.insert(USAGE_EVENTS), [_values(r) for r in fresh])
+    if sinks:
+        due = utc(now)
+        session.execute(
+            sa.insert(USAGE_OUTBOX),
+            [
+                {"sink": s, "event_id": r.id, "attempts": 0, "next_attempt_at": due}
+                for r in fresh
+                for s in sinks
+            ],
+        )
