@@ -22,6 +22,7 @@ import anyio
 import httpx2
 import pytest
 import rfc8785
+import sqlalchemy as sa
 from anyio.abc import Process
 from anyio.streams.text import TextReceiveStream
 
@@ -194,12 +195,19 @@ async def test_every_answered_call_has_a_committed_record_across_sigkills(tmp_pa
         await gateway.stop()
         tg.cancel_scope.cancel()
 
-    store = SqlAuditStore(create_engine_for(database_url_for(None, str(data_dir))))
+    engine = create_engine_for(database_url_for(None, str(data_dir)))
+    store = SqlAuditStore(engine)
     records = [r async for r in store.records()]
+    with engine.connect() as connection:
+        usage_ids = set(connection.scalars(sa.text("SELECT id FROM usage_events")))
     recorded = {r["what"].get("args_sha256") for r in records if r["action"] == "tools/call"}
     missing = sorted(i for i in answered if digest(i) not in recorded)
     assert gateway.starts == KILLS + 1
     assert len(answered) >= CALLS * 0.9, f"seed {seed}: only {len(answered)} answered"
     assert not missing, f"seed {seed}: answered calls without a record: {missing[:20]}"
+    # Each answered call's usage event committed with its record (the same transaction, M4).
+    by_digest = {r["what"].get("args_sha256"): r for r in records if r["action"] == "tools/call"}
+    unmetered = [i for i in answered if by_digest[digest(i)]["correlation"]["usage_event"] not in usage_ids]
+    assert not unmetered, f"seed {seed}: answered calls without a usage event: {unmetered[:20]}"
     result = verify(records, await store.checkpoints(), signing_keys(KeyRing.load(None, str(data_dir))))
     assert result.intact, (seed, result.problems[:5])
