@@ -71,6 +71,13 @@ async def test_a_scrape_counts_calls_refusals_upstreams_and_the_outbox_backlog(t
     assert samples["tollhouse_usage_delivery_failures_total"][(("sink", "meter"),)] >= 1
     assert samples["tollhouse_usage_outbox_oldest_age_seconds"][(("sink", "meter"),)] >= 0
 
+    # The audit trail: every answered tools/call was committed before its answer.
+    assert samples["tollhouse_audit_records_written_total"][()] >= total
+    assert samples["tollhouse_audit_write_failures_total"] == {(): 0.0}
+    assert samples["tollhouse_audit_records_dropped_total"] == {(): 0.0}
+    assert () in samples["tollhouse_audit_queue"] and () in samples["tollhouse_audit_lag_seconds"]
+    assert () in samples["tollhouse_audit_checkpoints_total"]
+
 
 async def test_the_scrape_names_no_subject_client_or_tool(tmp_path: Path) -> None:
     async with metered(tmp_path, Receiver()) as (gw, keys, _):
