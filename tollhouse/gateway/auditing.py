@@ -111,38 +111,13 @@ class Auditor:
             )
         )
 
-    async def after(
-        self,
-        method: str,
-        params: JSONObject,
-        *,
-        principal: Principal,
-        source_ip: str | None,
-        notes: AuditNotes,
-        request_id: Any,
-        session_id: str | None,
-        result: JSONObject | None,
-        failure: BaseException | None,
-        kind: str = "mcp",
-    ) -> None:
-        """Record one answered request; a durable method's record is committed before returning.
+    async def after(self, method: str, body: dict[str, Any], failure: BaseException | None) -> None:
+        """Record one answered request (`request_record`); a durable method's is committed first.
 
         Raises:
             AuditUnavailable: the record of a durable method was not committed and the trail
                 fails closed (the endpoint answers with this error instead of the result).
         """
-        body = self.request_record(
-            method,
-            params,
-            principal=principal,
-            source_ip=source_ip,
-            notes=notes,
-            request_id=request_id,
-            session_id=session_id,
-            result=result,
-            failure=failure,
-            kind=kind,
-        )
         if (
             method not in DURABLE_METHODS
             or not self.settings.durable

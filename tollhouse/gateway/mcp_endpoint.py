@@ -670,15 +670,7 @@ class _Stream:
         if auditor is not None:
             try:
                 await auditor.after(
-                    method,
-                    params,
-                    principal=rc.principal,
-                    source_ip=rc.source_ip,
-                    notes=rc.audit,
-                    request_id=self._id,
-                    session_id=rc.session.id if rc.session is not None else None,
-                    result=result,
-                    failure=failure,
+                    method, self._record(auditor, method, params, rc, result, failure), failure
                 )
             except AuditUnavailable as exc:
                 result, failure = None, exc
