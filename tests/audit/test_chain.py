@@ -158,4 +158,5 @@ def test_seal_canonical_is_seal_and_its_rfc8785_text() -> None:
     }
     record, text = seal_canonical(body, "node-a", 7, GENESIS)
     assert record == seal(body, "node-a", 7, GENESIS)
+    assert record["hash"] == record_hash(record, GENESIS)  # the independent definition
     assert text == rfc8785.dumps(record).decode()

@@ -57,9 +57,7 @@ def record_hash(record: Mapping[str, Any], prev: str) -> str:
 
 def seal(record: Mapping[str, Any], node: str, seq: int, prev: str) -> dict[str, Any]:
     """The record as it is stored: with `node`, `seq`, `prev` and its `hash`."""
-    sealed = {**record, "node": node, "seq": seq, "prev": prev}
-    sealed["hash"] = record_hash(sealed, prev)
-    return sealed
+    return seal_canonical(record, node, seq, prev)[0]
 
 
 def seal_canonical(record: Mapping[str, Any], node: str, seq: int, prev: str) -> tuple[dict[str, Any], str]:

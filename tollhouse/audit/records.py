@@ -28,7 +28,6 @@ import rfc8785
 from tollhouse.auth.principal import Principal
 
 __all__ = [
-    "AUDIT_OUTCOMES",
     "AuditNotes",
     "args_digest",
     "compact",
@@ -36,19 +35,6 @@ __all__ = [
     "rfc3339_ms",
     "who_of",
 ]
-
-# The record's outcome.result values: the usage outcomes plus the front door's and the admin API's.
-AUDIT_OUTCOMES = (
-    "ok",
-    "tool_error",
-    "denied",
-    "rate_limited",
-    "invalid",
-    "upstream_error",
-    "cancelled",
-    "gateway_error",
-    "unauthenticated",
-)
 
 
 def rfc3339_ms(when: datetime | None = None) -> str:

@@ -53,8 +53,6 @@ async def apply_retention(
         if count:
             deleted[node], through[node] = count, cut
             logger.info("audit retention: %d records of %s purged through seq %d", count, node, cut)
-    if trail.node in deleted:
-        trail.note_purge()
     summary = {
         "cutoff": rfc3339_ms(cutoff),
         "days": days,

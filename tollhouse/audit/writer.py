@@ -334,19 +334,8 @@ class AuditTrail:
         if await self.store.add_checkpoint(checkpoint):
             self.checkpoints += 1
             if self._checkpoint_file is not None:
-                await anyio.to_thread.run_sync(self._publish, checkpoint)
+                await anyio.to_thread.run_sync(_publish, self._checkpoint_file, checkpoint)
         return checkpoint
-
-    def _publish(self, checkpoint: Mapping[str, Any]) -> None:
-        try:
-            with self._checkpoint_file.open("ab") as out:  # type: ignore[union-attr]
-                out.write(orjson.dumps({"checkpoint": checkpoint}) + b"\n")
-        except OSError as exc:
-            logger.error("audit checkpoint not published to %s: %s", self._checkpoint_file, exc)
-
-    def note_purge(self) -> None:
-        """Forget the cached head (retention deleted records; the head itself is kept)."""
-        self._head = None
 
     def public_keys(self) -> list[dict[str, str]]:
         """The checkpoint verification keys, for exports and the admin API."""
@@ -368,3 +357,12 @@ class AuditTrail:
             "checkpoints": self.checkpoints,
             "seconds_since_commit": lag,
         }
+
+
+def _publish(path: Path, checkpoint: Mapping[str, Any]) -> None:
+    """Append `checkpoint` to the external copy (a failure is logged: the database keeps it)."""
+    try:
+        with path.open("ab") as out:
+            out.write(orjson.dumps({"checkpoint": checkpoint}) + b"\n")
+    except OSError as exc:
+        logger.error("audit checkpoint not published to %s: %s", path, exc)
