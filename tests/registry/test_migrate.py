@@ -18,10 +18,11 @@ from alembic.runtime.migration import MigrationContext
 from tollhouse.registry.migrate import alembic_config, create_engine_for, database_url_for, upgrade
 from tollhouse.registry.tables import metadata
 
-HEAD = "0011"
+HEAD = "0012"
 TABLES = {
     "alembic_version",
     "upstreams",
+    "a2a_tasks",
     "upstream_meta",
     "catalog_entries",
     "clients",

@@ -9,7 +9,7 @@ token in the query string is refused outright (MCP authorization forbids it; it 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from urllib.parse import parse_qsl
 
 import orjson
@@ -100,18 +100,23 @@ class BearerAuthMiddleware:
         resources: ResourceSpace,
         required_scopes: tuple[str, ...] = ("mcp",),
         failures: AuthFailureLog | None = None,
+        endpoint_of: Callable[[str], str] | None = None,
     ) -> None:
         self.app = app
         self.verifier = verifier
         self.resources = resources
         self.required_scopes = required_scopes
         self.failures = failures or AuthFailureLog()
+        # Paths under one endpoint (an agent's card and HTTP+JSON routes) share its resource.
+        self.endpoint_of = endpoint_of
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
+        if self.endpoint_of is not None:
+            path = self.endpoint_of(path)
         resource = self.resources.uri(path)
         metadata = self.resources.metadata_url(path)
         token = bearer_token(scope)

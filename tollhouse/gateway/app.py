@@ -28,7 +28,10 @@ from tollhouse.audit.retention import run_retention
 from tollhouse.auth.external import start_all
 from tollhouse.auth.middleware import BearerAuthMiddleware
 from tollhouse.auth.server import authorization_server_routes, is_dev_loopback
+from tollhouse.auth.ssrf import UrlPolicy
 from tollhouse.auth.verifiers import TokenVerifier, hash_secret
+from tollhouse.gateway.a2a_connector import A2AConnector, TaskRecorder
+from tollhouse.gateway.a2a_proxy import A2AProxy
 from tollhouse.gateway.admin import AdminState, admin_app, apply_loaded
 from tollhouse.gateway.admission import AdmissionService, AdmitStage
 from tollhouse.gateway.auditing import build_auditor
@@ -56,6 +59,7 @@ from tollhouse.gateway.upstream import UpstreamConnector
 from tollhouse.gateway.upstream_credentials import UpstreamCredentials
 from tollhouse.gateway.usage_service import build_usage
 from tollhouse.gateway.views import AggregateView, ServerView, ToolsetView, View
+from tollhouse.registry.a2a_task_store import SqlTaskOwners
 from tollhouse.registry.config import LoadedConfig
 from tollhouse.registry.identity_store import SqlIdentityStore
 from tollhouse.registry.limits import SqlLimitStore
@@ -84,11 +88,27 @@ class Deps:
 
 
 def _default_connector_factory(
-    settings: Settings, credentials: UpstreamCredentials | None = None, tracing: Tracing | None = None
+    settings: Settings,
+    credentials: UpstreamCredentials | None = None,
+    tracing: Tracing | None = None,
+    on_task: TaskRecorder | None = None,
 ) -> ConnectorFactory:
     limit = settings.upstreams.max_response_bytes
+    a2a = settings.a2a
+    interface_policy = UrlPolicy(
+        allow_loopback_http=a2a.interface_allow_loopback_http, allow_private=a2a.interface_allow_private
+    )
 
     def factory(upstream: Upstream) -> UpstreamConnector:
+        if upstream.transport == "a2a":
+            return A2AConnector(
+                upstream,
+                credentials=None if credentials is None else credentials.provider(upstream),
+                max_response_bytes=limit,
+                card_max_bytes=a2a.card_max_bytes,
+                interface_policy=interface_policy,
+                on_task=on_task,
+            )
         if upstream.transport == "stdio":
             return StdioUpstream(upstream, max_message_bytes=limit, tracing=tracing)
         provider = None if credentials is None else credentials.provider(upstream)
@@ -119,9 +139,15 @@ def create_app(
     tracing = Tracing(
         settings.telemetry, node=settings.node_name, version=__version__, exporter=deps.span_exporter
     )
+    owners = SqlTaskOwners(engine)
+
+    async def record_task(agent: str, task_id: str, context_id: str | None, owner: str) -> None:
+        await owners.record(agent, task_id, context_id, owner)
+
     pool = UpstreamPool(
         store,
-        deps.connector_factory or _default_connector_factory(settings, creds.credentials, tracing),
+        deps.connector_factory
+        or _default_connector_factory(settings, creds.credentials, tracing, record_task),
         settings.upstreams,
         pins=SqlPinStore(engine),
     )
@@ -186,6 +212,21 @@ def create_app(
     # A call's usage event commits in the same transaction as its audit record (M4).
     auditor.trail.carry(usage.metering.writer)
     endpoint = McpEndpoint(handlers, sessions, settings.limits, resolve_view, auditor, tracing)
+    a2a_proxy = A2AProxy(
+        pool=pool,
+        policies=policies,
+        admission=admission,
+        metering=usage.metering,
+        auditor=auditor,
+        owners=owners,
+        tracing=tracing,
+        public_url=settings.public_url,
+        max_body_bytes=settings.limits.max_body_bytes,
+        push_policy=UrlPolicy(
+            allow_loopback_http=settings.a2a.push_allow_loopback_http,
+            allow_private=settings.a2a.push_allow_private,
+        ),
+    )
     admin_state = AdminState(
         store=store,
         pool=pool,
@@ -269,9 +310,34 @@ def create_app(
         public_origin=f"{public.scheme}://{public.netloc}",
     )
 
+    a2a_auth = OriginGuard(
+        BearerAuthMiddleware(
+            a2a_proxy,
+            verifier=verifier,
+            resources=door.resources,
+            failures=door.failures,
+            required_scopes=("a2a",),
+            endpoint_of=_a2a_endpoint,
+        ),
+        public_origin=f"{public.scheme}://{public.netloc}",
+    )
+    discovery = OriginGuard(
+        BearerAuthMiddleware(
+            a2a_proxy.discovery,
+            verifier=verifier,
+            resources=door.resources,
+            failures=door.failures,
+            required_scopes=("a2a",),
+        ),
+        public_origin=f"{public.scheme}://{public.netloc}",
+    )
+
     def exists(kind: str, name: str) -> bool:
+        upstream = pool.upstream(name)
+        if kind == "agent":
+            return upstream is not None and upstream.is_agent
         if kind == "server":
-            return pool.upstream(name) is not None
+            return upstream is not None and not upstream.is_agent
         if kind == "toolset":
             return name in pool.snapshot.toolsets
         return False
@@ -300,6 +366,9 @@ def create_app(
             Route("/mcp", mcp),
             Route("/mcp/{toolset}", mcp),
             Route("/servers/{server}/mcp", mcp),
+            Route("/a2a", discovery, methods=["GET"]),
+            Route("/a2a/{agent}", a2a_auth),
+            Route("/a2a/{agent}/{rest:path}", a2a_auth),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
@@ -312,6 +381,12 @@ def create_app(
         lifespan=lifespan,
     )
     return DiscoveryCors(app)
+
+
+def _a2a_endpoint(path: str) -> str:
+    """`/a2a/{agent}/anything` is the resource `/a2a/{agent}` (its card and HTTP+JSON paths included)."""
+    parts = path.split("/", 3)
+    return "/".join(parts[:3]) if len(parts) > 3 else path
 
 
 def _client_id_of(store: RegistryStore) -> Callable[[str], Awaitable[str | None]]:

@@ -183,6 +183,66 @@ class Auditor:
             },
         )
 
+    def a2a_record(
+        self,
+        method: str,
+        *,
+        principal: Principal,
+        source_ip: str | None,
+        agent: str,
+        skill: str | None,
+        binding: str,
+        version: str,
+        outcome: str,
+        failure: GatewayError | None,
+        a2a_error: str | None,
+        notes: AuditNotes,
+        request_id: Any,
+        task_id: str | None,
+        context_id: str | None,
+        usage_event: str | None,
+    ) -> dict[str, Any]:
+        """The record of one A2A request through `/a2a/{agent}` (not queued)."""
+        trace_id, span_id = self._trace_ids() if self._trace_ids is not None else (None, None)
+        code: Any = failure.code if failure is not None else a2a_error
+        return new_record(
+            "a2a",
+            method,
+            who=who_of(principal, source_ip),
+            what={
+                "method": method,
+                "server": agent,
+                "tool": f"{agent}__{skill}" if skill else None,
+                "binding": binding,
+                "a2a_version": version,
+            },
+            where={"snapshot": notes.snapshot, "policy_version": notes.policy_version},
+            outcome={
+                "result": outcome,
+                "code": code,
+                "reason": failure.message[:200] if failure is not None else None,
+                "policies": list(notes.policies),
+            },
+            correlation={
+                "jsonrpc_id": request_id,
+                "trace_id": trace_id,
+                "span_id": span_id,
+                "usage_event": usage_event,
+                "task_id": task_id,
+                "context_id": context_id,
+            },
+        )
+
+    async def after_a2a(self, method: str, record: dict[str, Any]) -> None:
+        """Keep an A2A request's record: a message's is committed (durable), others queued."""
+        if method not in ("SendMessage", "SendStreamingMessage") or not self.settings.durable:
+            self.trail.submit(record)
+            return
+        try:
+            await self.trail.commit(record)
+        except NotCommitted:
+            logger.warning("the audit record of an A2A %s was not committed yet; it stays queued", method)
+
     def session_started(
         self, principal: Principal, source_ip: str | None, session_id: str, protocol_version: str
     ) -> None:

@@ -29,12 +29,14 @@ from tollhouse.policies.compile import PolicyError
 from tollhouse.policies.engine import PolicyEngine
 from tollhouse.policies.guardrails import GuardrailPolicy
 from tollhouse.policies.model import (
+    AgentRef,
     Decision,
     GuardrailSpec,
     PolicyRecord,
     PromptRef,
     RequestFacts,
     ResourceRef,
+    SkillRef,
     TargetRef,
     ToolRef,
     principal_view,
@@ -264,7 +266,9 @@ class PolicyService:
 
     # -- the request path ---------------------------------------------------------------------
 
-    def facts(self, principal: Principal, *, source_ip: str | None, protocol_version: str) -> RequestFacts:
+    def facts(
+        self, principal: Principal, *, source_ip: str | None, protocol_version: str, method: str = ""
+    ) -> RequestFacts:
         """The request's context as policy sees it."""
         return RequestFacts(
             scopes=tuple(sorted(set(principal.scopes))),
@@ -272,6 +276,7 @@ class PolicyService:
             source_ip=source_ip,
             protocol_version=protocol_version,
             time=int(self._clock()),
+            method=method,
         )
 
     def tool_ref(self, snapshot: Snapshot, tool: ExposedItem) -> ToolRef:
@@ -301,11 +306,19 @@ class PolicyService:
             self._toolsets_for = (snapshot.version, mapping)
         return mapping
 
+    def tool_target(self, snapshot: Snapshot, tool: ExposedItem) -> tuple[str, TargetRef]:
+        """The action and resource a tools/call decides: an agent's skill is `call_agent` on its Skill."""
+        upstream = self._upstream(tool.server)
+        if upstream is not None and upstream.is_agent:
+            return "call_agent", SkillRef(tool.server, tool.name)
+        return "call_tool", self.tool_ref(snapshot, tool)
+
     def visible_tool(
         self, principal: Principal, snapshot: Snapshot, tool: ExposedItem, facts: RequestFacts
     ) -> bool:
         """The list phase for a tool: shown unless calling it is definitely denied."""
-        return self.engine.visible(principal_view(principal), self.tool_ref(snapshot, tool), facts)
+        _, target = self.tool_target(snapshot, tool)
+        return self.engine.visible(principal_view(principal), target, facts)
 
     def visible_prompt(self, principal: Principal, prompt: ExposedItem, facts: RequestFacts) -> bool:
         """The list phase for a prompt."""
@@ -369,9 +382,14 @@ class AuthorizeStage:
         tool = ctx.tool
         assert tool is not None, "ResolveStage runs first"
         policies = self._policies
-        facts = policies.facts(ctx.principal, source_ip=ctx.source_ip, protocol_version=ctx.protocol_version)
-        resource = policies.tool_ref(self._snapshot(), tool)
-        decision = policies.decide(ctx.principal, "call_tool", resource, facts, ctx.arguments)
+        action, resource = policies.tool_target(self._snapshot(), tool)
+        facts = policies.facts(
+            ctx.principal,
+            source_ip=ctx.source_ip,
+            protocol_version=ctx.protocol_version,
+            method="SendMessage" if action == "call_agent" else "tools/call",
+        )
+        decision = policies.decide(ctx.principal, action, resource, facts, ctx.arguments)
         if ctx.audit is not None:
             ctx.audit.policies = decision.policy_ids
             ctx.audit.policy_version = policies.version
@@ -461,4 +479,8 @@ def _resource_id(resource: TargetRef) -> str:
         return f'Prompt::"{resource.exposed}"'
     if isinstance(resource, ResourceRef):
         return f'Resource::"{resource.uri}"'
+    if isinstance(resource, SkillRef):
+        return f'Skill::"{resource.agent}/{resource.skill}"'
+    if isinstance(resource, AgentRef):
+        return f'Agent::"{resource.agent}"'
     return repr(resource)

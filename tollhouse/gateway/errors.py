@@ -138,8 +138,10 @@ class UpstreamUnavailable(GatewayError):
 
     code = UPSTREAM_UNAVAILABLE
 
-    def __init__(self, server: str) -> None:
+    def __init__(self, server: str, reason: str | None = None) -> None:
         super().__init__(f"Upstream unavailable: {server}", {"server": server})
+        # For health and the admin (why it is down); the wire keeps the plain message.
+        self.reason = reason
 
 
 class UpstreamTimeout(GatewayError):

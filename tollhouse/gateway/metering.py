@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -420,8 +420,12 @@ class Metering:
         outcome: str,
         result: JSONObject | None,
         snapshot_version: int,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
-        """Build the call's event and queue it (synchronous: safe in `finally` under cancellation)."""
+        """Build the call's event and queue it (synchronous: safe in `finally` under cancellation).
+
+        `extra` adds fields to the event's data (an A2A call's protocol, task and context ids).
+        """
         if meter.skip:
             return
         if meter.response_bytes is None:
@@ -459,6 +463,8 @@ class Metering:
             data["error_code"] = meter.error_code
         if meter.flags:
             data["flags"] = list(meter.flags)
+        if extra:
+            data.update({k: v for k, v in extra.items() if v is not None})
         event = CloudEvent(
             {
                 "id": meter.event_id,

@@ -21,7 +21,7 @@ from tollhouse.gateway.snapshot import PinView
 from tollhouse.policies.scanner import scan_definition
 from tollhouse.registry.models import JSONObject, Upstream, UpstreamCatalog
 from tollhouse.registry.pin_store import Decision, PinStore
-from tollhouse.registry.pins import INSTRUCTIONS, Pin, PinKey, PinKind, reconcile
+from tollhouse.registry.pins import CARD, INSTRUCTIONS, Pin, PinKey, PinKind, reconcile
 
 if TYPE_CHECKING:
     from tollhouse.gateway.pipeline import CallContext, Next
@@ -70,6 +70,7 @@ class Pinning:
                 previous_tools,
                 now,
                 scan,
+                catalog.card,
             ),
         )
         # None: the server was removed meanwhile; nothing of it is served any more.
@@ -121,6 +122,9 @@ class Pinning:
             )
             instructions = pins.get(INSTRUCTIONS)
             if instructions is None or instructions.status != "approved":
+                held.add(server)
+            card = pins.get(CARD)
+            if card is not None and card.status != "approved":
                 held.add(server)
         self._view = PinView(tools=MappingProxyType(tools), held=frozenset(held))
 

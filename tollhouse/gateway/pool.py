@@ -20,7 +20,7 @@ from tollhouse.gateway.errors import GatewayError, UpstreamRpcError, UpstreamUna
 from tollhouse.gateway.pinning import Pinning
 from tollhouse.gateway.settings import UpstreamDefaults
 from tollhouse.gateway.snapshot import Snapshot, build_snapshot
-from tollhouse.gateway.upstream import ServerDescription, UpstreamConnector
+from tollhouse.gateway.upstream import Redescribing, ServerDescription, UpstreamConnector
 from tollhouse.registry.models import (
     MAX_EXPOSED_NAME,
     SEPARATOR,
@@ -372,6 +372,8 @@ class UpstreamPool:
 
     async def _sync(self, name: str, *, rebuild: bool = True) -> None:
         connector = self._connectors[name]
+        if isinstance(connector, Redescribing) and name in self._descriptions:
+            self._descriptions[name] = await connector.describe()
         description = self._descriptions[name]
         lists: dict[str, tuple[JSONObject, ...]] = {}
         for capability, method, key, field_name in _LIST_METHODS:
@@ -384,6 +386,7 @@ class UpstreamPool:
             instructions=description.instructions,
             protocol_version=description.protocol_version,
             synced_at=datetime.now(UTC),
+            card=description.card,
             **lists,
         )
         upstream = self._upstreams.get(name)
@@ -566,6 +569,8 @@ class UpstreamPool:
 def _describe(error: BaseException | str) -> str:
     if isinstance(error, str):
         return error
+    if isinstance(error, UpstreamUnavailable) and error.reason:
+        return error.reason
     if isinstance(error, GatewayError):
         return error.message
     if isinstance(error, TimeoutError):

@@ -129,6 +129,21 @@ class UpstreamDefaults(BaseModel):
     oauth_allow_private: bool = False
 
 
+class A2ASettings(BaseModel):
+    """A2A agents: card fetching, and the URLs a peer may make tollhouse (or an agent) reach."""
+
+    model_config = {"frozen": True}
+
+    card_max_bytes: int = Field(default=256 * 1024, gt=0)
+    # Push-notification URLs come from callers and are validated like any peer URL (SSRF);
+    # these open loopback (http too) or private ranges deliberately (tests, internal receivers).
+    push_allow_loopback_http: bool = False
+    push_allow_private: bool = False
+    # An interface URL on another origin than the registered card URL is checked the same way.
+    interface_allow_loopback_http: bool = False
+    interface_allow_private: bool = False
+
+
 class AuditSettings(BaseModel):
     """The audit trail: durability, checkpoints, retention (docs/audit.md)."""
 
@@ -202,6 +217,7 @@ class Settings(BaseSettings):
     quotas: QuotaSettings = QuotaSettings()
     usage: UsageSettings = UsageSettings()
     audit: AuditSettings = AuditSettings()
+    a2a: A2ASettings = A2ASettings()
     telemetry: TelemetrySettings = TelemetrySettings()
 
     @model_validator(mode="after")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from tollhouse.registry.models import JSONObject
 
@@ -17,6 +17,7 @@ __all__ = [
     "RELAY_CAPABILITIES",
     "NotificationCallback",
     "ProgressCallback",
+    "Redescribing",
     "ServerDescription",
     "ServerRequestHandler",
     "UpstreamConnector",
@@ -46,6 +47,7 @@ class ServerDescription:
     capabilities: JSONObject = field(default_factory=dict)
     server_info: JSONObject = field(default_factory=dict)
     instructions: str | None = None
+    card: JSONObject | None = None  # an A2A agent's card (A2A connectors only)
 
 
 async def resubscribe(
@@ -129,4 +131,13 @@ class UpstreamConnector(Protocol):
 
     async def aclose(self) -> None:
         """Close every session and the HTTP client."""
+        ...
+
+
+@runtime_checkable
+class Redescribing(Protocol):
+    """A connector whose description can change while connected (an A2A agent's card)."""
+
+    async def describe(self) -> ServerDescription:
+        """Learn the upstream's description again (cheaply, when nothing changed)."""
         ...

@@ -81,7 +81,7 @@ V = TypeVar("V")
 
 # Context fields whose value changes call by call: a decision reading one is never cached.
 PER_CALL_FIELDS = frozenset({"arguments", "time", "source_ip", "*"})
-_FACT_FIELDS = ("scopes", "client_id", "protocol_version")
+_FACT_FIELDS = ("scopes", "client_id", "protocol_version", "method")
 
 # Which resource types each action applies to (as in the schema), and the action whose
 # decision governs listing a resource of each type.

@@ -185,4 +185,6 @@ def context_json(fields: frozenset[str], facts: RequestFacts, arguments: Mapping
         context["protocol_version"] = facts.protocol_version
     if every or "time" in fields:
         context["time"] = int(facts.time)
+    if every or "method" in fields:
+        context["method"] = facts.method
     return orjson.dumps(context).decode()

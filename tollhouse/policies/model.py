@@ -122,6 +122,7 @@ class RequestFacts:
     source_ip: str | None = None
     protocol_version: str = ""
     time: int = 0
+    method: str = ""  # an agent call's A2A 1.0 method (SendMessage, GetTask, …); MCP: the MCP method
 
 
 @dataclass(frozen=True, slots=True)

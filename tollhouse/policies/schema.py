@@ -34,7 +34,7 @@ __all__ = [
     "schema_text",
 ]
 
-CONTEXT_FIELDS = ("arguments", "scopes", "client_id", "source_ip", "protocol_version", "time")
+CONTEXT_FIELDS = ("arguments", "scopes", "client_id", "source_ip", "protocol_version", "time", "method")
 
 ENTITY_TYPES = (
     "User",
@@ -74,7 +74,8 @@ type RequestContext = {{
   client_id: String,
   source_ip: ipaddr,
   protocol_version: String,
-  time: Long
+  time: Long,
+  method: String
 }};
 action list_tool, call_tool appliesTo {{
   principal: [User, Client], resource: [Tool], context: RequestContext

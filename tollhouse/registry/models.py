@@ -23,7 +23,8 @@ RESERVED_NAMES = frozenset({"tollhouse"})
 SEPARATOR = "__"
 MAX_EXPOSED_NAME = 128
 
-Transport = Literal["http", "sse", "stdio"]
+Transport = Literal["http", "sse", "stdio", "a2a"]
+AgentTools = Literal["skills", "none"]
 Approval = Literal["first-use", "manual"]
 FailureMode = Literal["open", "closed"]
 HealthState = Literal["unknown", "healthy", "degraded", "down"]
@@ -92,8 +93,24 @@ class UpstreamAuth:
 
 
 @dataclass(frozen=True)
+class AgentOptions:
+    """How an A2A agent (an upstream with transport `a2a`) is registered.
+
+    Its card comes from `Upstream.url` (the card URL) or, when that is None, from `card`
+    (an inline card). With `require_signature`, a card is accepted only when one of its JWS
+    signatures verifies with a key of `jwks`. `tools` says whether its skills are also
+    exposed as MCP tools `{agent}__{skill}`.
+    """
+
+    card: JSONObject | None = None
+    require_signature: bool = False
+    jwks: JSONObject | None = None
+    tools: AgentTools = "skills"
+
+
+@dataclass(frozen=True)
 class Upstream:
-    """A registered upstream MCP server."""
+    """A registered upstream: an MCP server, or an A2A agent (transport `a2a`, options in `a2a`)."""
 
     name: str
     transport: Transport = "http"
@@ -112,8 +129,14 @@ class Upstream:
     call_timeout_seconds: float = 60.0
     # Step-up: original tool name (or glob) -> the OAuth scopes a token needs to call it.
     scopes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    a2a: AgentOptions | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+
+    @property
+    def is_agent(self) -> bool:
+        """True for an A2A agent."""
+        return self.transport == "a2a"
 
     def scopes_for(self, tool: str) -> tuple[str, ...]:
         """Every scope a call of `tool` needs (the union of all matching patterns), sorted."""
@@ -163,6 +186,7 @@ class UpstreamCatalog:
     instructions: str | None = None
     protocol_version: str | None = None
     synced_at: datetime | None = None
+    card: JSONObject | None = None  # an A2A agent's card as fetched (pinned like instructions)
 
     def entries(self) -> list[CatalogEntry]:
         """All definitions as catalog entries."""

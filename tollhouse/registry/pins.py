@@ -22,6 +22,7 @@ import rfc8785
 from tollhouse.registry.models import Approval, JSONObject, JSONValue
 
 __all__ = [
+    "CARD",
     "INSTRUCTIONS",
     "Pin",
     "PinKey",
@@ -36,12 +37,13 @@ __all__ = [
     "reconcile",
 ]
 
-PinKind = Literal["tool", "instructions"]
+PinKind = Literal["tool", "instructions", "card"]
 PinState = Literal["approved", "pending", "rejected"]
 # What callers and admins see: a pending pin that once had an approved definition is "changed".
 PinStatus = Literal["approved", "pending", "changed", "rejected"]
 PinKey = tuple[PinKind, str]
 INSTRUCTIONS: PinKey = ("instructions", "")
+CARD: PinKey = ("card", "")  # an A2A agent's card (without its signatures)
 Scan = Callable[[PinKind, JSONObject], list[JSONObject]]
 
 # The first-use decider, recorded as `decided_by` of pins nobody had to look at.
@@ -159,6 +161,7 @@ def reconcile(
     previous_tools: Iterable[str],
     now: datetime,
     scan: Scan,
+    card: JSONObject | None = None,
 ) -> Reconciled:
     """Fold one sync of `server` into its pins.
 
@@ -171,7 +174,9 @@ def reconcile(
       first sync a new tool that appears in the same sync in which a listed tool vanished is
       a possible rename and pending under either mode;
     - the server's instructions are pinned like a tool; the first ones are pending only
-      under manual and only when not empty.
+      under manual and only when not empty;
+    - an A2A agent's card (without its signatures) is pinned like instructions: the first
+      one is pending only under manual, and a changed card holds the agent until approved.
     Pins of tools that are gone are kept, so a tool that comes back is judged as before.
     """
     out = dict(pins)
@@ -226,6 +231,9 @@ def reconcile(
     # Empty instructions give the model nothing to read: never pending on first sight.
     first: PinState = "pending" if instructions and approval == "manual" else "approved"
     fold("instructions", "", instructions_definition(instructions), first, _first_reason(approval, initial))
+    if card is not None:
+        first_card: PinState = "pending" if approval == "manual" else "approved"
+        fold("card", "", card, first_card, _first_reason(approval, initial))
     listed: set[str] = set()
     for tool, name in zip(tools, names, strict=True):
         if name in listed:

