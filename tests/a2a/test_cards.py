@@ -21,7 +21,7 @@ from a2a.types import (
     SecurityRequirement,
     SecurityScheme,
 )
-from google.protobuf.json_format import ParseDict  # type: ignore[import-untyped]
+from google.protobuf.json_format import ParseDict
 
 from tollhouse.a2a.cards import (
     SKILL_EXTENSION_URI,

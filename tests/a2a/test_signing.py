@@ -13,7 +13,7 @@ import pytest
 import rfc8785
 from a2a.server.request_handlers.response_helpers import agent_card_to_dict
 from a2a.types import AgentCapabilities, AgentCard, AgentInterface, AgentSkill
-from google.protobuf.json_format import MessageToDict  # type: ignore[import-untyped]
+from google.protobuf.json_format import MessageToDict
 from joserfc import jws
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 

@@ -53,42 +53,27 @@ class Setup:
 
 
 @asynccontextmanager
-async def echo_agent() -> AsyncIterator[str]:
-    """The example echo agent on an ephemeral port; yields its base URL."""
+async def echo_agent(*, legacy: bool = False) -> AsyncIterator[str]:
+    """The example echo agent on an ephemeral port (a 0.3 card with `legacy`); yields its base URL."""
     sock = loopback_socket()
-    async with serve(build_app(f"http://127.0.0.1:{sock.getsockname()[1]}"), sock=sock) as base:
+    async with serve(
+        build_app(f"http://127.0.0.1:{sock.getsockname()[1]}", legacy=legacy), sock=sock
+    ) as base:
         yield base
 
 
 async def add_agent(gw: Gateway, name: str, card_url: str, **extra: Any) -> dict[str, Any]:
-    response = await gw.admin.post("/servers", json={"name": name, "url": card_url, "transport": "a2a", **extra})
+    response = await gw.admin.post("/agents", json={"name": name, "card_url": card_url, **extra})
     assert response.status_code == 201, response.text
     result: dict[str, Any] = response.json()
     return result
 
 
-async def _preseed(tmp_path: Path, name: str, card_url: str) -> None:
-    from tollhouse.registry.migrate import create_engine_for, database_url_for, upgrade
-    from tollhouse.registry.models import Upstream
-    from tollhouse.registry.store import SqlRegistryStore
-
-    url = database_url_for(None, str(tmp_path / "data"))
-    (tmp_path / "data").mkdir(parents=True, exist_ok=True)
-    upgrade(url)
-    store = SqlRegistryStore(create_engine_for(url))
-    await store.create_upstream(Upstream(name=name, transport="a2a", url=card_url))
-    await store.close()
-
-
 @asynccontextmanager
-async def gateway_with_echo(tmp_path: Path, **overrides: Any) -> AsyncIterator[Setup]:
-    async with echo_agent() as agent_base:
-        await _preseed(tmp_path, "echo", f"{agent_base}/.well-known/agent-card.json")
-        async with running_gateway(tmp_path, **overrides) as gw:
-            key = await gw.create_client("caller")
-            yield Setup(gw, key, agent_base)
-    return
-    async with echo_agent() as agent_base, running_gateway(tmp_path, **overrides) as gw:
+async def gateway_with_echo(
+    tmp_path: Path, *, legacy: bool = False, **overrides: Any
+) -> AsyncIterator[Setup]:
+    async with echo_agent(legacy=legacy) as agent_base, running_gateway(tmp_path, **overrides) as gw:
         await add_agent(gw, "echo", f"{agent_base}/.well-known/agent-card.json")
         key = await gw.create_client("caller")
         yield Setup(gw, key, agent_base)
@@ -136,9 +121,10 @@ async def test_sdk_client_through_the_gateway(tmp_path: Path, binding: str) -> N
         (event,) = await collect(client.send_message(message("hello", "shout")))
         assert [get_artifact_text(a) for a in event.task.artifacts] == ["HELLO"]
 
-    async with gateway_with_echo(tmp_path / "2") as s, sdk_client(
-        s.gw, s.key, binding=binding, streaming=True
-    ) as (client, _):
+    async with (
+        gateway_with_echo(tmp_path / "2") as s,
+        sdk_client(s.gw, s.key, binding=binding, streaming=True) as (client, _),
+    ):
         # Streaming send.
         events = await collect(client.send_message(message("stream me", "echo")))
         kinds = [e.WhichOneof("payload") for e in events]
@@ -149,12 +135,15 @@ async def test_sdk_client_through_the_gateway(tmp_path: Path, binding: str) -> N
         task_id = first.task.id
         async with anyio.create_task_group() as tg:
             seen: list[StreamResponse] = []
+            subscribed = anyio.Event()
 
             async def follow() -> None:
                 async for update in client.subscribe(SubscribeToTaskRequest(id=task_id)):
                     seen.append(update)
+                    subscribed.set()
 
             tg.start_soon(follow)
+            await subscribed.wait()  # the subscription is live (its first event is the task)
             cancelled = await client.cancel_task(CancelTaskRequest(id=task_id))
             assert cancelled.status.state == TaskState.TASK_STATE_CANCELED
         assert seen, "the resubscribed stream saw the task"
@@ -174,3 +163,116 @@ async def test_another_principal_cannot_read_or_cancel_the_task(tmp_path: Path) 
                 await collect(intruder.send_message(message("sneak", "echo", task_id=task_id)))
             # The owner still can.
             assert (await client.get_task(GetTaskRequest(id=task_id))).id == task_id
+
+
+@asynccontextmanager
+async def client_03(gw: Gateway, key: str, *, binding: str = "JSONRPC") -> AsyncIterator[Client]:
+    """The SDK client in 0.3 mode: only the card's 0.3 interfaces, so it picks its 0.3 transports."""
+    async with sdk_client(gw, key, binding=binding) as (_, card):
+        legacy = [i for i in card.supported_interfaces if i.protocol_version == "0.3"]
+        assert legacy, "the served card offers 0.3 interfaces"
+        del card.supported_interfaces[:]
+        card.supported_interfaces.extend(legacy)
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+            config = ClientConfig(streaming=True, httpx_client=http, supported_protocol_bindings=[binding])
+            yield ClientFactory(config).create(card)
+
+
+@pytest.mark.parametrize("binding", ["JSONRPC", "HTTP+JSON"])
+async def test_sdk_client_in_03_mode(tmp_path: Path, binding: str) -> None:
+    # The card offers 0.3 interfaces when the agent's does (a 1.0-only agent's card stays pure 1.0).
+    async with (
+        gateway_with_echo(tmp_path, legacy=True) as s,
+        client_03(s.gw, s.key, binding=binding) as client,
+    ):
+        events = await collect(client.send_message(message("old times", "shout")))
+        assert events[0].WhichOneof("payload") == "task"
+        task_id = events[0].task.id
+        got = await client.get_task(GetTaskRequest(id=task_id))
+        assert got.status.state == TaskState.TASK_STATE_COMPLETED
+        assert [get_artifact_text(a) for a in got.artifacts] == ["OLD TIMES"]
+        first = await anext(aiter(client.send_message(message("wait here", "echo"))))
+        waiting = first.task.id
+        async with anyio.create_task_group() as tg:
+            seen: list[StreamResponse] = []
+            subscribed = anyio.Event()
+
+            async def follow() -> None:
+                async for update in client.subscribe(SubscribeToTaskRequest(id=waiting)):
+                    seen.append(update)
+                    subscribed.set()
+
+            tg.start_soon(follow)
+            await subscribed.wait()
+            cancelled = await client.cancel_task(CancelTaskRequest(id=waiting))
+            assert cancelled.status.state == TaskState.TASK_STATE_CANCELED
+        assert seen
+
+
+async def test_raw_03_jsonrpc_names_reach_a_10_agent(tmp_path: Path) -> None:
+    async with gateway_with_echo(tmp_path) as s, httpx.AsyncClient(timeout=30) as http:
+        response = await http.post(
+            f"{s.gw.base_url}/a2a/echo",
+            headers={"Authorization": f"Bearer {s.key}"},
+            json={
+                "jsonrpc": "2.0",
+                "id": 7,
+                "method": "message/send",
+                "params": {
+                    "message": {
+                        "kind": "message",
+                        "messageId": str(uuid.uuid4()),
+                        "role": "user",
+                        "parts": [{"kind": "text", "text": "legacy"}],
+                        "metadata": {SKILL_KEY: "echo"},
+                    }
+                },
+            },
+        )
+        body = response.json()
+        assert body["id"] == 7 and body["result"]["kind"] == "task", body
+        assert body["result"]["status"]["state"] == "completed"
+
+
+async def test_a_03_agent_behind_the_gateway(tmp_path: Path) -> None:
+    sock = loopback_socket()
+    app = build_app(f"http://127.0.0.1:{sock.getsockname()[1]}", legacy=True)
+    async with serve(app, sock=sock) as base, running_gateway(tmp_path) as gw:
+        await add_agent(gw, "old", f"{base}/.well-known/agent-card.json")
+        key = await gw.create_client("caller")
+        for binding in ("JSONRPC", "HTTP+JSON"):
+            async with sdk_client(gw, key, binding=binding, agent="old") as (client, card):
+                assert card.supported_interfaces[0].protocol_version == "1.0"
+                assert {i.protocol_version for i in card.supported_interfaces} == {"1.0", "0.3"}
+                (event,) = await collect(client.send_message(message("bridged", "shout")))
+                assert [get_artifact_text(a) for a in event.task.artifacts] == ["BRIDGED"]
+                got = await client.get_task(GetTaskRequest(id=event.task.id))
+                assert got.status.state == TaskState.TASK_STATE_COMPLETED
+
+
+async def test_discovery_and_card_headers(tmp_path: Path) -> None:
+    async with gateway_with_echo(tmp_path) as s, httpx.AsyncClient(timeout=30) as http:
+        auth = {"Authorization": f"Bearer {s.key}"}
+        listed = (await http.get(f"{s.gw.base_url}/a2a", headers=auth)).json()
+        (entry,) = listed["agents"]
+        assert entry["name"] == "echo" and entry["url"] == f"{s.gw.base_url}/a2a/echo"
+        assert [skill["id"] for skill in entry["card"]["skills"]] == ["echo", "shout"]
+        card_url = entry["card_url"]
+        first = await http.get(card_url, headers=auth)
+        assert first.status_code == 200 and first.headers["etag"].startswith('W/"')
+        again = await http.get(card_url, headers={**auth, "If-None-Match": first.headers["etag"]})
+        assert again.status_code == 304
+        card = first.json()
+        # A 1.0 agent's card is served as pure 1.0 (its interfaces all tollhouse's).
+        assert [(i["protocolBinding"], i["protocolVersion"]) for i in card["supportedInterfaces"]] == [
+            ("JSONRPC", "1.0"),
+            ("HTTP+JSON", "1.0"),
+        ]
+        assert "url" not in card and "preferredTransport" not in card
+        assert "tollhouse" in card["securitySchemes"]
+        assert s.agent_base not in first.text
+        # Unauthenticated: 401 with the resource metadata, never the card.
+        refused = await http.get(card_url)
+        assert refused.status_code == 401 and "resource_metadata" in refused.headers["www-authenticate"]
+        unknown = await http.get(f"{s.gw.base_url}/a2a/nobody/.well-known/agent-card.json", headers=auth)
+        assert unknown.status_code == 404

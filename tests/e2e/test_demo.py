@@ -45,6 +45,10 @@ async def test_make_demo_serves_with_a_working_token_and_stops_cleanly() -> None
         assert "MCP endpoint:" in mcp_lines[0], text
         mcp_url = mcp_lines[0].split()[-1]
         assert "FAILED" not in text
+        # An agent calling an agent calling a tool: the delegation completed through the gateway.
+        delegated = [line for line in lines if "delegating client ->" in line]
+        assert delegated and "TASK_STATE_COMPLETED" in delegated[0] and "the demo ran" in delegated[0], text
+        assert any("A2A agents:" in line and "/a2a/echo" in line for line in lines), text
         assert lines[-1].startswith("Authorization: Bearer ")
         key = lines[-1].removeprefix("Authorization: Bearer ").strip()
         gw = Gateway(base_url=mcp_url.removesuffix("/mcp"), admin=None)  # type: ignore[arg-type]
@@ -52,6 +56,7 @@ async def test_make_demo_serves_with_a_working_token_and_stops_cleanly() -> None
             async with gw.client(key, mode) as client:
                 names = {t.name for t in (await client.list_tools()).tools}
                 assert {f"{name}__" in " ".join(names) for name in _EXAMPLES} == {True}
+                assert {"echo__echo", "notes-agent__remember"} <= names  # the agents' skills as tools
     finally:
         # Ctrl-C goes to the whole process group, as a terminal would send it.
         os.killpg(process.pid, signal.SIGINT)

@@ -22,7 +22,15 @@ from tollhouse.registry.config import (
     toolset_from_dict,
     valid_tool_pattern,
 )
-from tollhouse.registry.models import ClientRecord, PolicyEntry, Team, Toolset, Upstream, UpstreamAuth
+from tollhouse.registry.models import (
+    AgentOptions,
+    ClientRecord,
+    PolicyEntry,
+    Team,
+    Toolset,
+    Upstream,
+    UpstreamAuth,
+)
 
 # The example of DESIGN.md, "Declarative configuration", verbatim.
 DESIGN_EXAMPLE = """\
@@ -97,7 +105,7 @@ def error_of(text: str) -> ConfigError:
     return info.value
 
 
-def test_design_example_loads_and_warns_about_sections_of_later_versions() -> None:
+def test_design_example_loads_every_section() -> None:
     config = load_config(DESIGN_EXAMPLE)
 
     assert config.gateway == GatewayConfig(public_url="https://gw.example")
@@ -126,10 +134,16 @@ def test_design_example_loads_and_warns_about_sections_of_later_versions() -> No
             'resource in Server::"calc");',
         ),
     )
-    assert config.warnings == tuple(
-        f"section '{name}' is not supported by this version yet and was ignored" for name in ("agents",)
+    assert config.agents == (
+        Upstream(
+            name="researcher",
+            transport="a2a",
+            url="http://127.0.0.1:9101/.well-known/agent-card.json",
+            a2a=AgentOptions(),
+        ),
     )
-    assert set(PLANNED_SECTIONS) == {"agents"}
+    assert config.warnings == ()
+    assert PLANNED_SECTIONS == ()
     assert config.prices == ({"match": {"server": "calc"}, "per_call_micro": 2000, "currency": "USD"},)
     assert [(s.match, s.rate, s.window, s.failure_mode) for s in config.limits] == [
         ({"team": "platform", "server": "calc"}, "100/minute", "fixed", "open")

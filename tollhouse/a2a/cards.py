@@ -32,6 +32,7 @@ __all__ = [
     "etag_matches",
     "parse_card",
     "rewrite_card",
+    "served_versions",
 ]
 
 JSONObject = dict[str, Any]
@@ -166,6 +167,18 @@ def parse_card(document: Any) -> ParsedCard:
     )
 
 
+def served_versions(parsed: ParsedCard) -> tuple[str, ...]:
+    """The A2A versions a rewritten card offers: always 1.0; 0.3 too when the agent's card offers it.
+
+    A 1.0-only agent's card thus looks as it would directly (no 0.3 fields a strict 1.0 reader
+    rejects), while a 0.3 agent is offered to both generations of clients.
+    """
+    legacy = any(
+        i.binding in _HTTP_BINDINGS and i.protocol_version.startswith("0.") for i in parsed.interfaces
+    )
+    return _SERVED_VERSIONS if legacy else ("1.0",)
+
+
 def rewrite_card(
     parsed: ParsedCard,
     *,
@@ -176,7 +189,8 @@ def rewrite_card(
 ) -> JSONObject:
     """The card tollhouse serves for this agent, as JSON (1.0 shape plus the SDK's 0.3 compatibility fields).
 
-    Interfaces become JSONRPC and HTTP+JSON for 1.0 then 0.3, all at `endpoint_url` verbatim; security schemes
+    Interfaces become JSONRPC and HTTP+JSON for 1.0, then for 0.3 when the agent offers 0.3
+    (`served_versions`), all at `endpoint_url` verbatim; security schemes
     and requirements are replaced by the given ones (1.0 JSON shape) and dropped from every skill; signatures
     are dropped; the tollhouse skill extension is declared; `skills`, when given, keeps only those skill ids
     (in card order). Everything else is kept as the upstream card said.
@@ -193,7 +207,7 @@ def rewrite_card(
     # `url`/`preferredTransport`/`additionalInterfaces` from the 0.3 entries alone.
     card.supported_interfaces.extend(
         AgentInterface(url=endpoint_url, protocol_binding=binding, protocol_version=version)
-        for version in _SERVED_VERSIONS
+        for version in served_versions(parsed)
         for binding in SUPPORTED_BINDINGS
     )
 

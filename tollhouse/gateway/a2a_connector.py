@@ -12,8 +12,8 @@ and the current trace context, added by an httpx request hook.
 
 from __future__ import annotations
 
-import os
 import logging
+import os
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence

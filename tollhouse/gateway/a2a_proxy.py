@@ -52,7 +52,14 @@ from a2a.types import (
     Task,
     TaskPushNotificationConfig,
 )
-from a2a.utils.errors import A2AError, InternalError, InvalidParamsError, TaskNotFoundError
+from a2a.utils.errors import (
+    A2AError,
+    InternalError,
+    InvalidParamsError,
+    PushNotificationNotSupportedError,
+    TaskNotFoundError,
+    UnsupportedOperationError,
+)
 from google.protobuf.json_format import MessageToDict, ParseDict
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -114,7 +121,8 @@ _V03_METHODS = {
     "tasks/pushNotificationConfig/delete": "DeleteTaskPushNotificationConfig",
     "agent/getAuthenticatedExtendedCard": "GetExtendedAgentCard",
 }
-_V10_METHODS = frozenset(_V03_METHODS.values())
+_METHODS = tuple(_V03_METHODS.values())
+_V10_METHODS = frozenset(_METHODS)
 # HTTP+JSON: (verb, path pattern at the end of the path) -> method; a tenant or /v1 prefix may precede.
 _REST = (
     ("POST", re.compile(r"/message:send$"), "SendMessage"),
@@ -135,6 +143,15 @@ _REST = (
     ("GET", re.compile(r"/(extendedAgentCard|card)$"), "GetExtendedAgentCard"),
 )
 _SEND = frozenset({"SendMessage", "SendStreamingMessage"})
+_INVALID = frozenset(
+    {
+        "InvalidParamsError",
+        "InvalidRequestError",
+        "MethodNotFoundError",
+        "UnsupportedOperationError",
+        "PushNotificationNotSupportedError",
+    }
+)
 _GRPC_STATUS = {
     400: "INVALID_ARGUMENT",
     403: "PERMISSION_DENIED",
@@ -181,6 +198,7 @@ class _Exchange:
     context_id: str | None = None
     failure: GatewayError | None = None  # an upstream failure, answered by tollhouse
     a2a_error: str | None = None  # the name of an A2A error the agent (or ownership) answered
+    payload: JSONObject = field(default_factory=dict)  # the request's params (the loop breaker's key)
     notes: AuditNotes = field(default_factory=AuditNotes)
     started: float = field(default_factory=time.perf_counter)
     upstream_ms: int | None = None
@@ -227,6 +245,19 @@ class _Forwarder(RequestHandler):
         exchange.failure = failure
         self._proxy.report_failure(exchange.agent, failure)
         return InternalError("upstream agent failed")
+
+    def _capable(self, exchange: _Exchange, capability: str) -> None:
+        """Refuse what the agent's card says it cannot do, before anything else (as an SDK agent does)."""
+        card = exchange.connector.card
+        if capability == "push" and not card.push_notifications:
+            exchange.a2a_error = "PushNotificationNotSupportedError"
+            raise PushNotificationNotSupportedError()
+        if capability == "streaming" and not card.streaming:
+            exchange.a2a_error = "UnsupportedOperationError"
+            raise UnsupportedOperationError("Streaming is not supported by the agent")
+        if capability == "extended_card" and not card.extended_card:
+            exchange.a2a_error = "UnsupportedOperationError"
+            raise UnsupportedOperationError("The agent does not support authenticated extended cards")
 
     async def _own(self, exchange: _Exchange, task_id: str) -> None:
         exchange.task_id = exchange.task_id or task_id or None
@@ -279,11 +310,9 @@ class _Forwarder(RequestHandler):
         self, params: SendMessageRequest, context: ServerCallContext
     ) -> AsyncGenerator[Any]:
         exchange = _exchange(context)
+        self._capable(exchange, "streaming")
         await self._check_message(exchange, params)
         connector = exchange.connector
-        if not connector.card.streaming:
-            yield await self.on_message_send(params, context)
-            return
         async for event in self._stream(
             exchange, lambda c: connector.transport.send_message_streaming(params, context=c)
         ):
@@ -293,6 +322,7 @@ class _Forwarder(RequestHandler):
         self, params: SubscribeToTaskRequest, context: ServerCallContext
     ) -> AsyncGenerator[Any]:
         exchange = _exchange(context)
+        self._capable(exchange, "streaming")
         await self._own(exchange, params.id)
         connector = exchange.connector
         async for event in self._stream(exchange, lambda c: connector.transport.subscribe(params, context=c)):
@@ -362,6 +392,7 @@ class _Forwarder(RequestHandler):
         self, params: TaskPushNotificationConfig, context: ServerCallContext
     ) -> TaskPushNotificationConfig:
         exchange = _exchange(context)
+        self._capable(exchange, "push")
         await self._own(exchange, params.task_id)
         await self._check_push_url(exchange, params.url)
         transport = exchange.connector.transport
@@ -374,6 +405,7 @@ class _Forwarder(RequestHandler):
         self, params: GetTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> TaskPushNotificationConfig:
         exchange = _exchange(context)
+        self._capable(exchange, "push")
         await self._own(exchange, params.task_id)
         transport = exchange.connector.transport
         got: TaskPushNotificationConfig = await self._call(
@@ -385,6 +417,7 @@ class _Forwarder(RequestHandler):
         self, params: ListTaskPushNotificationConfigsRequest, context: ServerCallContext
     ) -> ListTaskPushNotificationConfigsResponse:
         exchange = _exchange(context)
+        self._capable(exchange, "push")
         await self._own(exchange, params.task_id)
         transport = exchange.connector.transport
         listed: ListTaskPushNotificationConfigsResponse = await self._call(
@@ -396,6 +429,7 @@ class _Forwarder(RequestHandler):
         self, params: DeleteTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> None:
         exchange = _exchange(context)
+        self._capable(exchange, "push")
         await self._own(exchange, params.task_id)
         transport = exchange.connector.transport
         await self._call(
@@ -406,6 +440,7 @@ class _Forwarder(RequestHandler):
         self, params: GetExtendedAgentCardRequest, context: ServerCallContext
     ) -> AgentCard:
         exchange = _exchange(context)
+        self._capable(exchange, "extended_card")
         transport = exchange.connector.transport
         card: AgentCard = await self._call(
             exchange, lambda c: transport.get_extended_agent_card(params, context=c)
@@ -503,16 +538,26 @@ class A2AProxy:
         upstream = self._pool.upstream(agent)
         if upstream is None or not upstream.is_agent or not upstream.enabled:
             return None
-        facts = self._policies.facts(principal, source_ip=source_ip, protocol_version="a2a")
-        if not self._policies.engine.visible(principal_view(principal), AgentRef(agent), facts):
-            return None
         if agent not in self._pool.snapshot.live:
             return None
         try:
             connector = self._pool.connector(agent)
         except GatewayError:
             return None
-        return connector if isinstance(connector, A2AConnector) else None
+        if not isinstance(connector, A2AConnector):
+            return None
+        return connector if self._may_use(agent, connector, principal, source_ip) else None
+
+    def _may_use(self, agent: str, connector: A2AConnector, principal: Principal, source: str | None) -> bool:
+        """Whether some method of the agent, or some skill, is not definitely denied to the caller."""
+        policies = self._policies
+        view = principal_view(principal)
+        for method in _METHODS:
+            facts = policies.facts(principal, source_ip=source, protocol_version="a2a", method=method)
+            if policies.engine.visible(view, AgentRef(agent), facts):
+                return True
+        facts = policies.facts(principal, source_ip=source, protocol_version="a2a", method="SendMessage")
+        return any(policies.engine.visible(view, SkillRef(agent, s.id), facts) for s in connector.card.skills)
 
     def report_failure(self, agent: str, failure: GatewayError) -> None:
         """Note an upstream failure; the pool probes the agent in the background."""
@@ -577,6 +622,7 @@ class A2AProxy:
             task_id=task_id,
         )
         exchange.skill = _skill_of(payload) if method in _SEND else None
+        exchange.payload = payload
         with self._tracing.server_span(
             method or "a2a", None, headers, target=agent, request_id=request_id, client_address=source
         ):
@@ -613,7 +659,8 @@ class A2AProxy:
             ctx = CallContext(
                 principal=exchange.principal,
                 name=exposed,
-                arguments={},
+                # The loop breaker counts identical requests: the params, path task id included.
+                arguments={**exchange.payload, "_method": method, "_task": exchange.task_id},
                 protocol_version=f"a2a/{exchange.version}",
                 tool=ExposedItem(exposed, agent, skill or "", {}, {}),
                 source_ip=source,
@@ -707,7 +754,7 @@ class A2AProxy:
                 outcome = "denied"
         elif exchange.a2a_error == NOT_OWNER:
             outcome = "denied"  # answered as TaskNotFound: someone else's task
-        elif exchange.a2a_error in ("InvalidParamsError", "InvalidRequestError", "MethodNotFoundError"):
+        elif exchange.a2a_error in _INVALID:
             outcome = "invalid"
         elif exchange.a2a_error is not None:
             outcome = "tool_error"  # the agent's own error answer
@@ -863,7 +910,15 @@ async def _send_error(send: Send, exchange: _Exchange, error: GatewayError) -> i
     headers = [(b"content-type", b"application/json"), *error.headers]
     if exchange.binding == "jsonrpc":
         status = error.status if error.status != 403 else 200
-        body = {"jsonrpc": "2.0", "id": exchange.request_id, "error": error.to_error()}
+        # A2A's JSON-RPC errors carry google.rpc details in an array; ours name their domain.
+        info = {
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": type(error).__name__,
+            "domain": "tollhouse",
+            "metadata": {k: str(v) for k, v in (error.data or {}).items()},
+        }
+        wire = {"code": error.code, "message": error.message, "data": [info]}
+        body = {"jsonrpc": "2.0", "id": exchange.request_id, "error": wire}
     else:
         status = error.status if error.status != 200 else _rest_status(error)
         metadata = {k: str(v) for k, v in (error.data or {}).items()}

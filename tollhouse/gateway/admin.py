@@ -1,4 +1,4 @@
-"""Admin API v1 (`/admin/api/v1`): servers, tools, toolsets, clients, declarative config. JSON in and out.
+"""Admin API v1 (`/admin/api/v1`): servers, agents, tools, toolsets, clients, config. JSON in and out.
 
 Only the admin credential reaches it (a client API key gets 403, anything else 401).
 Errors are `application/problem+json` (RFC 9457); MCP endpoints never use that type.
@@ -30,6 +30,7 @@ from tollhouse.auth.verifiers import (
     hash_secret,
     new_api_key,
 )
+from tollhouse.gateway.admin_agents import agent_routes, check_agent
 from tollhouse.gateway.admin_audit import audit_routes
 from tollhouse.gateway.admin_http import Problem as _Problem
 from tollhouse.gateway.admin_http import iso as _iso
@@ -65,7 +66,7 @@ from tollhouse.registry.store import RegistryStore, StoreConflictError
 
 __all__ = ["SUPPORTED_TRANSPORTS", "AdminState", "admin_app", "apply_loaded", "publish_toolsets"]
 
-SUPPORTED_TRANSPORTS = ("http", "sse", "stdio")
+SUPPORTED_TRANSPORTS = ("http", "sse", "stdio", "a2a")
 _SCOPE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]{1,64}$")  # RFC 6749 §3.3 scope-token
 
 
@@ -123,12 +124,18 @@ def admin_app(state: AdminState) -> Starlette:
 
     async def list_servers(request: Request) -> Response:
         stored = await _stored_fields(state)
-        return _json(
-            {"items": [_server_out(state.pool, u, stored.get(u.name, ())) for u in state.pool.upstreams()]}
-        )
+        servers = [u for u in state.pool.upstreams() if not u.is_agent]  # agents: GET /agents
+        return _json({"items": [_server_out(state.pool, u, stored.get(u.name, ())) for u in servers]})
 
     async def create_server(request: Request) -> Response:
-        upstream, values = _parse_server(await _body(request))
+        body = await _body(request)
+        if body.get("transport") == "a2a":
+            raise _Problem(
+                400,
+                "Invalid server",
+                "A2A agents are registered with POST /agents (tollhouse agents add), not as servers",
+            )
+        upstream, values = _parse_server(body)
         _check_secrets(state, upstream, values, stored=())
         try:
             upstream = await state.store.create_upstream(upstream)
@@ -297,6 +304,8 @@ def admin_app(state: AdminState) -> Starlette:
                 loaded.clients,
                 list(loaded.warnings),
                 prune,
+                agents=loaded.agents,
+                prune_agents=prune and "agents" in loaded.sections,
                 toolsets=loaded.toolsets,
                 secrets=loaded.secrets,
                 teams=loaded.teams,
@@ -321,7 +330,7 @@ def admin_app(state: AdminState) -> Starlette:
         return _json(
             config_to_dict(
                 None,
-                state.pool.upstreams(),
+                [u for u in state.pool.upstreams() if not u.is_agent],
                 clients,
                 toolsets,
                 secret_fields=stored,
@@ -332,6 +341,7 @@ def admin_app(state: AdminState) -> Starlette:
                 limits=[{"id": spec.id, **spec.body()} for spec in state.admission.specs]
                 if state.admission is not None
                 else [],
+                agents=[u for u in state.pool.upstreams() if u.is_agent],
             )
         )
 
@@ -357,6 +367,7 @@ def admin_app(state: AdminState) -> Starlette:
         Route("/config/export", guarded(export_config), methods=["GET"]),
         *key_routes(state, guarded),
         *pin_routes(state, guarded),
+        *agent_routes(state, guarded),
         *identity_routes(state, guarded, Passwords()),
         *policy_routes(state, guarded),
         *usage_routes(state, guarded),
@@ -390,11 +401,15 @@ async def apply_loaded(
     budgets: Sequence[Mapping[str, Any]] | None = None,
     limits: Sequence[Any] = (),
     prune_limits: bool = False,
+    agents: Sequence[Upstream] = (),
+    prune_agents: bool = False,
 ) -> dict[str, Any]:
-    """Upsert what a config names (servers and their secrets, toolsets, teams, clients, policies).
+    """Upsert what a config names (servers, agents and their secrets, toolsets, teams, clients, policies).
 
     With `prune`, also delete the servers and toolsets it omits; clients are never deleted (revoke them);
-    policies are pruned only with `prune_policies` (the file has a `policies` section).
+    policies are pruned only with `prune_policies` (the file has a `policies` section), agents only
+    with `prune_agents` (the file has an `agents` section). Servers and agents share one name
+    space: a server may not take an agent's name, nor the other way round (409).
     A secret given again with the same value changes nothing.
     """
     secrets = secrets or {}
@@ -411,9 +426,25 @@ async def apply_loaded(
     usage_changes = await _apply_usage(state, prices, budgets)
     previous_policies = {e.id for e in state.policies.entries()} if state.policies is not None else set()
     stored_fields = await _stored_fields(state)
+    registered = {u.name: u for u in await state.store.list_upstreams()}
     for upstream in servers:
         _check_transport(upstream)
+        if upstream.is_agent or (upstream.name in registered and registered[upstream.name].is_agent):
+            raise _Problem(
+                409, "Conflict", f"'{upstream.name}' is an agent: servers and agents share one name space"
+            )
         _check_secrets(state, upstream, secrets.get(upstream.name, {}), stored_fields.get(upstream.name, ()))
+    for agent in agents:
+        if not agent.is_agent:
+            raise _Problem(400, "Invalid agent", f"'{agent.name}' is not an A2A agent")
+        if agent.name in registered and not registered[agent.name].is_agent:
+            raise _Problem(
+                409, "Conflict", f"'{agent.name}' is a server: servers and agents share one name space"
+            )
+        check_agent(agent)
+        _check_secrets(
+            state, agent, secrets.get(agent.name, {}), stored_fields.get(agent.name, ()), what="agent"
+        )
     created: list[str] = []
     updated: list[str] = []
     unchanged: list[str] = []
@@ -428,6 +459,16 @@ async def apply_loaded(
         stored = await state.store.upsert_upstream(upstream)
         await _store_secrets(state, upstream.name, changed_secrets)
         (updated if existing else created).append(f"server/{upstream.name}")
+        await state.pool.add(stored)
+    for agent in agents:
+        existing = await state.store.get_upstream(agent.name)
+        changed_secrets = await _changed_secrets(state, agent.name, secrets.get(agent.name, {}))
+        if existing is not None and _same(existing, agent) and not changed_secrets:
+            unchanged.append(f"agent/{agent.name}")
+            continue
+        stored = await state.store.upsert_upstream(agent)
+        await _store_secrets(state, agent.name, changed_secrets)
+        (updated if existing else created).append(f"agent/{agent.name}")
         await state.pool.add(stored)
     toolsets_changed = False
     for toolset in toolsets:
@@ -459,7 +500,7 @@ async def apply_loaded(
     if prune:
         named = {u.name for u in servers}
         for upstream in await state.store.list_upstreams():
-            if upstream.name not in named:
+            if upstream.name not in named and not upstream.is_agent:
                 await state.pool.remove(upstream.name)
                 await state.store.delete_upstream(upstream.name)
                 deleted.append(f"server/{upstream.name}")
@@ -469,6 +510,15 @@ async def apply_loaded(
                 await state.store.delete_toolset(toolset.name)
                 deleted.append(f"toolset/{toolset.name}")
                 toolsets_changed = True
+    if prune_agents:
+        named_agents = {a.name for a in agents}
+        for upstream in await state.store.list_upstreams():
+            if upstream.is_agent and upstream.name not in named_agents:
+                await state.pool.remove(upstream.name)
+                await state.store.delete_upstream(upstream.name)
+                if state.secrets is not None:
+                    await state.secrets.delete_upstream(upstream.name)
+                deleted.append(f"agent/{upstream.name}")
     if toolsets_changed:
         await publish_toolsets(state)
     if state.policies is not None and (policies or prune_policies):
@@ -658,24 +708,28 @@ _SECRET_REQUIRED = frozenset({"bearer", "header", "oauth_client_credentials", "t
 
 
 def _check_secrets(
-    state: AdminState, upstream: Upstream, values: Mapping[str, str], stored: Sequence[str]
+    state: AdminState,
+    upstream: Upstream,
+    values: Mapping[str, str],
+    stored: Sequence[str],
+    *,
+    what: str = "server",
 ) -> None:
     """Refuse a secret that cannot be stored, or a credential whose secret is neither given nor stored."""
+    title = f"Invalid {what}"
     if values and state.secrets is None:
-        raise _Problem(
-            400, "Invalid server", f"server '{upstream.name}': stored secrets need the key ring; use *_env"
-        )
+        raise _Problem(400, title, f"{what} '{upstream.name}': stored secrets need the key ring; use *_env")
     wanted = upstream.auth.stored_secret_field
     for field_name in values:
         if field_name != wanted:
-            raise _Problem(400, "Invalid server", f"server '{upstream.name}': '{field_name}' does not apply")
+            raise _Problem(400, title, f"{what} '{upstream.name}': '{field_name}' does not apply")
     required = wanted is not None and upstream.auth.type in _SECRET_REQUIRED
     if required and wanted not in values and wanted not in stored:
         reference = "token_env" if wanted == "token" else f"{wanted}_env"
         raise _Problem(
             400,
-            "Invalid server",
-            f"server '{upstream.name}': auth needs '{wanted}' (stored encrypted) or '{reference}'",
+            title,
+            f"{what} '{upstream.name}': auth needs '{wanted}' (stored encrypted) or '{reference}'",
         )
 
 
@@ -720,7 +774,7 @@ def _check_transport(upstream: Upstream) -> None:
 
 def _known(state: AdminState, name: str) -> Upstream:
     upstream = state.pool.upstream(name)
-    if upstream is None:
+    if upstream is None or upstream.is_agent:  # agents: /agents/{name}
         raise _Problem(404, "Not Found", f"no server named '{name}'")
     return upstream
 

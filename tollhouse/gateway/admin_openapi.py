@@ -28,6 +28,31 @@ def openapi_document() -> dict[str, Any]:
                 "delete": op("Remove a server", "204"),
             },
             "/servers/{name}/refresh": {"parameters": name, "post": op("Sync a server's catalog now")},
+            "/agents": {
+                "get": op("List A2A agents: status, card, skills, card pin and endpoint"),
+                "post": op("Register an A2A agent (card_url or an inline card)", "201"),
+            },
+            "/agents/{name}": {
+                "parameters": name,
+                "get": op("Show an agent and its current card"),
+                "delete": op("Remove an agent", "204"),
+            },
+            "/agents/{name}/refresh": {
+                "parameters": name,
+                "post": op("Fetch an agent's card again; returns once the new card is live"),
+            },
+            "/agents/{name}/card/diff": {
+                "parameters": name,
+                "get": op("The approved and current card of an agent, and their diff"),
+            },
+            "/agents/{name}/card/approve": {
+                "parameters": name,
+                "post": op("Approve an agent's current card (approver role; body: optional sha256)"),
+            },
+            "/agents/{name}/card/reject": {
+                "parameters": name,
+                "post": op("Reject an agent's current card: the agent stays held (approver role)"),
+            },
             "/tools": {"get": op("List exposed tools (?state=pending|changed|rejected|approved|all: pins)")},
             "/tools/{name}": {"parameters": name, "get": op("Show a tool and its pin")},
             "/tools/{name}/diff": {

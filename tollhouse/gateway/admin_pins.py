@@ -133,8 +133,8 @@ def _shown_name(pin: Pin) -> str:
 
 
 def _present(pool: UpstreamPool, pin: Pin) -> bool:
-    """Whether the server's last catalog still has the pinned item."""
-    if pin.kind == "instructions":
+    """Whether the server's last catalog still has the pinned item (instructions, an agent's card: always)."""
+    if pin.kind in ("instructions", "card"):
         return pool.upstream(pin.server) is not None
     catalog = pool.catalog(pin.server)
     return catalog is not None and any(t.get("name") == pin.name for t in catalog.tools)
@@ -146,7 +146,7 @@ def _held(pool: UpstreamPool, server: str) -> bool:
 
 def pin_out(pool: UpstreamPool, pin: Pin) -> dict[str, Any]:
     """A pin as the admin API shows it (without the definitions; the diff has them)."""
-    served = pin.status == "approved" and (pin.kind == "instructions" or not _held(pool, pin.server))
+    served = pin.status == "approved" and (pin.kind != "tool" or not _held(pool, pin.server))
     return {
         "kind": pin.kind,
         "name": _shown_name(pin),
@@ -167,12 +167,12 @@ def pin_out(pool: UpstreamPool, pin: Pin) -> dict[str, Any]:
 
 
 def pin_items(pool: UpstreamPool, states: tuple[str, ...], server: str | None = None) -> list[dict[str, Any]]:
-    """Pins in one of `states` of items the servers list now, instructions first, then by name."""
+    """Pins in one of `states` of items the servers list now, instructions (and cards) first, then by name."""
     items: list[dict[str, Any]] = []
     for name in pool.pinning.servers():
         if server is not None and name != server:
             continue
-        pins = sorted(pool.pinning.pins(name).values(), key=lambda p: (p.kind != "instructions", p.name))
+        pins = sorted(pool.pinning.pins(name).values(), key=lambda p: (p.kind == "tool", p.kind, p.name))
         items.extend(pin_out(pool, p) for p in pins if p.status in states and _present(pool, p))
     return items
 

@@ -441,6 +441,7 @@ async def _apply_at_start(state: AdminState, config: LoadedConfig) -> None:
         by="config",
         prices=config.prices if "prices" in config.sections else None,
         budgets=config.budgets if "budgets" in config.sections else None,
+        agents=config.agents,
     )
     if state.auditor is not None:
         # Changes made from the config file at start are admin actions too (names, never secrets).
@@ -448,6 +449,7 @@ async def _apply_at_start(state: AdminState, config: LoadedConfig) -> None:
             "config.applied",
             {
                 "servers": sorted(s.name for s in config.servers),
+                "agents": sorted(a.name for a in config.agents),
                 "clients": sorted(c.name for c in config.clients),
                 "sections": sorted(config.sections),
             },

@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from tollhouse import __version__
-from tollhouse.gateway import cli_audit, cli_identity, cli_policy, cli_quotas, cli_tools, cli_usage
+from tollhouse.gateway import (
+    cli_agents,
+    cli_audit,
+    cli_identity,
+    cli_policy,
+    cli_quotas,
+    cli_tools,
+    cli_usage,
+)
 from tollhouse.gateway.cli_common import (
     DEFAULT_URL,
     PROG,
@@ -748,6 +756,9 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("name", metavar="NAME")
     refresh = leaf(servers, "refresh", _servers_refresh, "re-read a server's catalog now", with_json=True)
     refresh.add_argument("name", metavar="NAME")
+
+    # agents
+    cli_agents.add_agent_commands(branch, leaf)
 
     # tools
     tools = branch("tools", "inspect the tools the gateway exposes, and approve their definitions")

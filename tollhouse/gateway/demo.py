@@ -1,10 +1,13 @@
-"""`tollhouse demo`: the example servers, a gateway in front of them, a key, and one agent run.
+"""`tollhouse demo`: the example servers and agents, a gateway in front of them, a key, and agent runs.
 
 It starts examples/servers/studio.py and notes.py as child processes, serves tollhouse
 in-process with a fresh SQLite registry under `.tollhouse/demo`, registers both servers and
-a client through the admin API, runs the scripted agent once through the gateway, prints
-the URLs, the key and an MCP client configuration, and serves until Ctrl-C (or SIGTERM),
-then stops every child.
+a client through the admin API, runs the scripted agent once through the gateway, then
+starts the example A2A agents (echo, and notes-agent, which itself uses the notes tools
+through the gateway), registers them, and has the delegating client discover them through
+`GET /a2a` and delegate a task: an agent calling an agent calling a tool, in one audit trail.
+It prints the URLs, the key and an MCP client configuration, and serves until Ctrl-C (or
+SIGTERM), then stops every child.
 """
 
 from __future__ import annotations
@@ -37,11 +40,13 @@ def _repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
-async def _start_example(name: str, root: Path) -> tuple[Process, str]:
+async def _start_example(name: str, root: Path, *args: str) -> tuple[Process, str]:
+    """Start an example (`servers/NAME.py`, or a module `examples.agents.NAME`); its READY URL."""
     script = root / "examples" / "servers" / f"{name}.py"
     env = {**os.environ, "PYTHONPATH": str(root)}
+    command = [str(script)] if script.exists() else ["-m", f"examples.agents.{name}"]
     proc = await anyio.open_process(
-        [sys.executable, str(script), "--port", "0"], env=env, cwd=root, stderr=None
+        [sys.executable, *command, "--port", "0", *args], env=env, cwd=root, stderr=None
     )
     assert proc.stdout is not None
     line = b""
@@ -112,6 +117,16 @@ async def _demo(port: int) -> int:
                 raise RuntimeError("the gateway did not start")
             key, password = await _register(base, admin_token, urls)
             transcript = await _run_agent(f"{base}/mcp", key)
+            agents: dict[str, str] = {}
+            examples = (
+                ("echo", "echo_agent", ()),
+                ("notes-agent", "notes_agent", ("--mcp-url", f"{base}/mcp", "--token", key)),
+            )
+            for agent, module, args in examples:
+                proc, card_url = await _start_example(module, root, *args)
+                children.append(proc)
+                agents[agent] = card_url
+            transcript += await _run_agents(base, admin_token, key, agents)
             _banner(base, admin_token, urls, key, password, transcript)
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for _ in signals:
@@ -163,6 +178,27 @@ async def _run_agent(url: str, key: str) -> list[str]:
     lines: list[str] = []
     for mode in ("2026-07-28", "legacy"):
         lines.extend(await run_agent(url, key, mode))
+    return lines
+
+
+async def _run_agents(base: str, admin_token: str, key: str, agents: dict[str, str]) -> list[str]:
+    """Register the example A2A agents and delegate one task through the gateway."""
+    from examples.agents.delegating_client import delegate
+
+    async with httpx2.AsyncClient(
+        base_url=f"{base}/admin/api/v1",
+        headers={"Authorization": f"Bearer {admin_token}"},
+        trust_env=False,
+        timeout=30,
+    ) as admin:
+        for name, card_url in agents.items():
+            (await admin.post("/agents", json={"name": name, "card_url": card_url})).raise_for_status()
+    lines = [f"A2A agents: {', '.join(f'{base}/a2a/{name}' for name in agents)} (discovery: {base}/a2a)"]
+    result = await delegate(base, key, "remember", "the demo ran")
+    lines.append(
+        f"delegating client -> {result.agent} (skill remember) -> notes__add_note: "
+        f"task {result.state}, {' | '.join(result.texts)}"
+    )
     return lines
 
 

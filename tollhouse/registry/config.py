@@ -2,8 +2,9 @@
 
 Pure module: no I/O except `load_config_file` reading the one file it is given. The admin API
 receives the same shape as JSON (`config_from_dict`). The sections this version implements
-(`gateway`, `servers`, `toolsets`, `clients`) are validated strictly: an unknown key or a wrong type is a
-`ConfigError` naming its path, with list indexes counted from 0 (`servers[1].urll: unknown key`).
+(`gateway`, `servers`, `agents`, `toolsets`, `clients`, …) are validated strictly: an unknown key or a
+wrong type is a `ConfigError` naming its path, with list indexes counted from 0
+(`servers[1].urll: unknown key`).
 Sections of the contract that later versions implement, and sections this version has never heard
 of, are ignored with a warning, so a file written for a newer version still loads (DESIGN.md,
 "Declarative configuration").
@@ -43,6 +44,7 @@ from tollhouse.registry.models import (
     SEPARATOR,
     TEAM_NAME_RE,
     UPSTREAM_NAME_RE,
+    AgentOptions,
     AuthType,
     ClientRecord,
     PolicyEntry,
@@ -55,6 +57,7 @@ from tollhouse.registry.models import (
 )
 
 __all__ = [
+    "AGENT_KEYS",
     "CLIENT_NAME_RE",
     "IMPLEMENTED_SECTIONS",
     "PLANNED_SECTIONS",
@@ -62,6 +65,9 @@ __all__ = [
     "ConfigError",
     "GatewayConfig",
     "LoadedConfig",
+    "agent_from_dict",
+    "agent_secrets_from_dict",
+    "agent_to_dict",
     "config_from_dict",
     "config_to_dict",
     "dump_config",
@@ -87,6 +93,7 @@ __all__ = [
 IMPLEMENTED_SECTIONS = (
     "gateway",
     "servers",
+    "agents",
     "toolsets",
     "teams",
     "clients",
@@ -95,7 +102,7 @@ IMPLEMENTED_SECTIONS = (
     "prices",
     "budgets",
 )
-PLANNED_SECTIONS = ("agents",)
+PLANNED_SECTIONS: tuple[str, ...] = ()
 
 _GATEWAY_KEYS = ("public_url", "auth")
 _SERVER_KEYS = (
@@ -116,6 +123,21 @@ _SERVER_KEYS = (
     "call_timeout_seconds",
     "scopes",
 )
+AGENT_KEYS = (
+    "name",
+    "card_url",
+    "card",
+    "approval",
+    "enabled",
+    "auth",
+    "require_signature",
+    "jwks",
+    "tools",
+    "connect_timeout_seconds",
+    "call_timeout_seconds",
+)
+# JWK members that only a private or symmetric key has: a card-verification JWKS holds public keys.
+_PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 _AUTH_KEYS = (
     "type",
     "token_env",
@@ -251,8 +273,10 @@ class LoadedConfig:
     # Price rules and budgets (with their credit grants) as written; validated where they are applied.
     prices: tuple[Mapping[str, Any], ...] = ()
     budgets: tuple[Mapping[str, Any], ...] = ()
-    # server name -> secret field -> value, to be stored encrypted; kept out of repr and logs.
+    # server or agent name -> secret field -> value, to be stored encrypted; kept out of repr and logs.
     secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict, repr=False)
+    # A2A agents (`agents:`): upstreams with transport "a2a"; they share the servers' name space.
+    agents: tuple[Upstream, ...] = ()
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -296,7 +320,8 @@ def load_config(text: str, *, source: str = "<config>") -> LoadedConfig:
 
 
 def expand_secret_refs(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    """A copy of a file's configuration with each `servers[].auth` secret `${VAR}` replaced by its value.
+    """A copy of a file's configuration with each `servers[].auth` and `agents[].auth` secret `${VAR}`
+    replaced by its value.
 
     A file never holds a secret: anything else than `${VAR}` there is refused, and so is a
     variable that is unset or empty. Errors name the key and the variable, never a value.
@@ -304,11 +329,17 @@ def expand_secret_refs(data: dict[str, Any], environ: Mapping[str, str]) -> dict
     Raises:
         ConfigError: a literal secret, or a reference to an unset variable.
     """
-    servers = data.get("servers")
-    if not isinstance(servers, list):
-        return data
+    out = data
+    for section in ("servers", "agents"):
+        entries = data.get(section)
+        if isinstance(entries, list):
+            out = {**out, section: _expand_section(section, entries, environ)}
+    return out
+
+
+def _expand_section(section: str, entries: list[Any], environ: Mapping[str, str]) -> list[Any]:
     expanded: list[Any] = []
-    for i, entry in enumerate(servers):
+    for i, entry in enumerate(entries):
         auth = entry.get("auth") if isinstance(entry, Mapping) else None
         if not isinstance(auth, Mapping) or not any(key in auth for key in SECRET_AUTH_KEYS):
             expanded.append(entry)
@@ -317,7 +348,7 @@ def expand_secret_refs(data: dict[str, Any], environ: Mapping[str, str]) -> dict
         for key, reference in SECRET_AUTH_KEYS.items():
             if key not in auth:
                 continue
-            where = f"servers[{i}].auth.{key}"
+            where = f"{section}[{i}].auth.{key}"
             match = _SECRET_REF_RE.match(auth[key]) if isinstance(auth[key], str) else None
             if match is None:
                 raise ConfigError(
@@ -330,7 +361,7 @@ def expand_secret_refs(data: dict[str, Any], environ: Mapping[str, str]) -> dict
                 raise ConfigError(where, f"environment variable {match.group(1)} is not set")
             auth[key] = value
         expanded.append({**entry, "auth": auth})
-    return {**data, "servers": expanded}
+    return expanded
 
 
 def load_config_file(path: str | os.PathLike[str]) -> LoadedConfig:
@@ -383,8 +414,21 @@ def _config(data: Any) -> LoadedConfig:
         for i, item in enumerate(_list(data, "servers", ""))
     ]
     servers = tuple(upstream for upstream, _ in parsed)
-    secrets = {upstream.name: values for upstream, values in parsed if values}
     _no_duplicates([s.name for s in servers], "servers")
+    parsed_agents = [
+        agent_secrets_from_dict(item, path=f"agents[{i}]") for i, item in enumerate(_list(data, "agents", ""))
+    ]
+    agents = tuple(upstream for upstream, _ in parsed_agents)
+    _no_duplicates([a.name for a in agents], "agents")
+    server_at = {s.name: i for i, s in enumerate(servers)}
+    for i, agent in enumerate(agents):
+        if agent.name in server_at:
+            raise ConfigError(
+                f"agents[{i}].name",
+                f"'{agent.name}' is also servers[{server_at[agent.name]}]: servers and agents share one "
+                "name space",
+            )
+    secrets = {upstream.name: values for upstream, values in [*parsed, *parsed_agents] if values}
     toolsets = tuple(
         toolset_from_dict(item, path=f"toolsets[{i}]") for i, item in enumerate(_list(data, "toolsets", ""))
     )
@@ -418,6 +462,7 @@ def _config(data: Any) -> LoadedConfig:
         ),
         sections=frozenset(k for k in data if k in IMPLEMENTED_SECTIONS),
         secrets=secrets,
+        agents=agents,
     )
 
 
@@ -473,6 +518,11 @@ def server_secrets_from_dict(data: Any, *, path: str = "") -> tuple[Upstream, di
     if url is not None and command is not None:
         raise ConfigError(path, "give either 'url' or 'command', not both")
     transport = _str(entry, "transport", path)
+    if transport == "a2a":
+        raise ConfigError(
+            _join(path, "transport"),
+            "A2A agents are not servers: declare them under 'agents' (admin API: /agents)",
+        )
     env: dict[str, str] = {}
     cwd: str | None = None
     kind: Transport
@@ -535,6 +585,97 @@ def server_secrets_from_dict(data: Any, *, path: str = "") -> tuple[Upstream, di
         scopes=_scopes(entry.get("scopes"), _join(path, "scopes")),
     )
     return upstream, secrets
+
+
+def agent_from_dict(data: Any, *, path: str = "") -> Upstream:
+    """Validate one agent entry (an `agents:` item, or the body of `POST /agents`); secrets dropped.
+
+    Raises:
+        ConfigError: the entry is invalid; its path is prefixed with `path`.
+    """
+    return agent_secrets_from_dict(data, path=path)[0]
+
+
+def agent_secrets_from_dict(data: Any, *, path: str = "") -> tuple[Upstream, dict[str, str]]:
+    """Validate one A2A agent entry; returns it (transport `a2a`) and the secret values its `auth` gave.
+
+    The card comes from `card_url` or, inline, from `card` (exactly one). Only the shape is
+    checked here: whether an inline card is a usable A2A card is for tollhouse.a2a.cards, where
+    it is registered. `require_signature` needs `jwks`, a JWKS of public keys.
+
+    Raises:
+        ConfigError: the entry is invalid; its path is prefixed with `path`.
+    """
+    if isinstance(data, Mapping) and "url" in data:
+        raise ConfigError(_join(path, "url"), "unknown key (did you mean 'card_url'?)")
+    entry = _mapping(data, path, AGENT_KEYS)
+    name = _name(entry, path)
+    card_url = _str(entry, "card_url", path)
+    card = entry.get("card")
+    if (card_url is None) == (card is None):
+        raise ConfigError(
+            path, "give exactly one of 'card_url' (where the card is served) or 'card' (inline)"
+        )
+    if card_url is not None:
+        _http_url(card_url, _join(path, "card_url"), base_only=False)
+    if card is not None:
+        card = dict(_mapping(card, _join(path, "card"), None))
+        if not card:
+            raise ConfigError(_join(path, "card"), "must not be empty")
+    approval = _str(entry, "approval", path)
+    if approval not in (None, "first-use", "manual"):
+        raise ConfigError(_join(path, "approval"), "must be 'first-use' or 'manual'")
+    tools = _str(entry, "tools", path)
+    if tools not in (None, "skills", "none"):
+        raise ConfigError(
+            _join(path, "tools"), "must be 'skills' (each skill is an MCP tool {agent}__{skill}) or 'none'"
+        )
+    require_signature = _bool(entry, "require_signature", path)
+    jwks = _jwks(entry.get("jwks"), _join(path, "jwks"))
+    if require_signature and jwks is None:
+        raise ConfigError(
+            _join(path, "jwks"), "required with require_signature: the public keys that may sign the card"
+        )
+    connect, call = _timeouts(entry, path)
+    auth, secrets = _auth(entry.get("auth"), _join(path, "auth"))
+    upstream = Upstream(
+        name=name,
+        transport="a2a",
+        url=card_url,
+        auth=auth,
+        enabled=_bool(entry, "enabled", path, default=True),
+        approval="manual" if approval == "manual" else "first-use",
+        connect_timeout_seconds=connect,
+        call_timeout_seconds=call,
+        a2a=AgentOptions(
+            card=card,
+            require_signature=require_signature,
+            jwks=jwks,
+            tools="none" if tools == "none" else "skills",
+        ),
+    )
+    return upstream, secrets
+
+
+def _jwks(value: Any, path: str) -> dict[str, Any] | None:
+    """A JWKS (`{"keys": [...]}`) of public keys, or None."""
+    if value is None:
+        return None
+    data = _mapping(value, path, None)
+    keys = data.get("keys")
+    if not isinstance(keys, list | tuple) or not keys:
+        raise ConfigError(_join(path, "keys"), "a JWKS needs a non-empty list 'keys'")
+    for i, key in enumerate(keys):
+        where = f"{_join(path, 'keys')}[{i}]"
+        jwk = _mapping(key, where, None)
+        if not isinstance(jwk.get("kty"), str):
+            raise ConfigError(_join(where, "kty"), "required: a JWK names its key type")
+        private = [member for member in _PRIVATE_JWK_MEMBERS if member in jwk]
+        if private:
+            raise ConfigError(
+                where, "holds private or symmetric key material; give the public keys only (no key is echoed)"
+            )
+    return {**data, "keys": [dict(k) for k in keys]}
 
 
 _SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]{1,64}$")  # RFC 6749 §3.3
@@ -1045,6 +1186,13 @@ def server_to_dict(upstream: Upstream, secret_fields: Collection[str] = ()) -> d
         out["scopes"] = {pattern: list(scopes) for pattern, scopes in upstream.scopes.items()}
     if not upstream.enabled:
         out["enabled"] = False
+    _auth_and_timeouts_to_dict(upstream, secret_fields, out)
+    return out
+
+
+def _auth_and_timeouts_to_dict(
+    upstream: Upstream, secret_fields: Collection[str], out: dict[str, Any]
+) -> None:
     auth = upstream.auth
     if auth.type != "none":
         # Settings and references only: a stored secret is exported as the `${VAR}` form that
@@ -1059,6 +1207,27 @@ def server_to_dict(upstream: Upstream, secret_fields: Collection[str] = ()) -> d
         value = getattr(upstream, key)
         if value != getattr(_DEFAULTS, key):
             out[key] = int(value) if float(value).is_integer() else value
+
+
+def agent_to_dict(upstream: Upstream, secret_fields: Collection[str] = ()) -> dict[str, Any]:
+    """One A2A agent as an `agents:` entry: defaults omitted, credentials as references only."""
+    options = upstream.a2a or AgentOptions()
+    out: dict[str, Any] = {"name": upstream.name}
+    if upstream.url is not None:
+        out["card_url"] = upstream.url
+    else:
+        out["card"] = options.card
+    if upstream.approval != _DEFAULTS.approval:
+        out["approval"] = upstream.approval
+    if not upstream.enabled:
+        out["enabled"] = False
+    if options.require_signature:
+        out["require_signature"] = True
+    if options.jwks is not None:
+        out["jwks"] = options.jwks
+    if options.tools != "skills":
+        out["tools"] = options.tools
+    _auth_and_timeouts_to_dict(upstream, secret_fields, out)
     return out
 
 
@@ -1085,10 +1254,13 @@ def config_to_dict(
     prices: Sequence[Mapping[str, Any]] = (),
     budgets: Sequence[Mapping[str, Any]] = (),
     limits: Sequence[Mapping[str, Any]] = (),
+    agents: Sequence[Upstream] = (),
 ) -> dict[str, Any]:
     """The configuration as a plain mapping in the file's shape; empty sections are omitted.
 
-    `secret_fields` names the stored secrets by server (never their values), see `server_to_dict`.
+    `secret_fields` names the stored secrets by server or agent (never their values), see
+    `server_to_dict`. A2A agents (transport `a2a`) go to the `agents` section, whether they are
+    given in `agents` or among `servers`.
 
     Revoked clients are left out: applying the result must not bring them back.
     """
@@ -1099,9 +1271,13 @@ def config_to_dict(
             # Secrets are only ever named here (`client_secret_env`), so the section is safe to write.
             **({"auth": dict(gateway.auth)} if gateway.auth is not None else {}),
         }
-    if servers:
-        stored = secret_fields or {}
-        out["servers"] = [server_to_dict(s, stored.get(s.name, ())) for s in servers]
+    stored = secret_fields or {}
+    plain = [s for s in servers if not s.is_agent]
+    agent_list = [*(s for s in servers if s.is_agent), *agents]
+    if plain:
+        out["servers"] = [server_to_dict(s, stored.get(s.name, ())) for s in plain]
+    if agent_list:
+        out["agents"] = [agent_to_dict(a, stored.get(a.name, ())) for a in agent_list]
     if toolsets:
         out["toolsets"] = [toolset_to_dict(t) for t in toolsets]
     if teams:
@@ -1184,6 +1360,7 @@ def dump_config(
     servers: Sequence[Upstream],
     clients: Sequence[ClientRecord | ClientSpec],
     toolsets: Sequence[Toolset] = (),
+    agents: Sequence[Upstream] = (),
 ) -> str:
     """Render the configuration as YAML that `load_config` reads back to equal values."""
-    return render_yaml(config_to_dict(gateway, servers, clients, toolsets))
+    return render_yaml(config_to_dict(gateway, servers, clients, toolsets, agents=agents))
