@@ -58,6 +58,7 @@ __all__ = [
     "agent_error",
     "skill_tool",
     "tool_result",
+    "transport_failure",
 ]
 
 logger = logging.getLogger(__name__)
@@ -147,6 +148,19 @@ def agent_error(agent: str, exc: BaseException, timeout_seconds: float = 0.0) ->
     if isinstance(exc, httpx.HTTPError | OSError):
         return UpstreamUnavailable(agent)
     return UpstreamProtocolError(agent)
+
+
+def transport_failure(exc: BaseException) -> BaseException | None:
+    """The underlying cause when `exc` is a failure to reach the agent (not the agent's own A2A error).
+
+    The SDK's client wraps network and HTTP failures in its own A2A error classes; the agent's
+    answers (TaskNotFound, …) arrive as the protocol's error classes and are passed on as they are.
+    """
+    if isinstance(exc, A2AError) and type(exc).__module__.startswith("a2a.client"):
+        return exc.__cause__ or exc
+    if isinstance(exc, httpx.HTTPError | OSError | TimeoutError):
+        return exc
+    return None
 
 
 class _CappedStream(httpx.AsyncByteStream):
@@ -307,15 +321,12 @@ class A2AConnector:
             with anyio.fail_after(timeout_seconds or self._upstream.call_timeout_seconds):
                 context = await self.call_context(principal_key)
                 response = await self.transport.send_message(request, context=context)
-        except A2AError as exc:
-            if type(exc).__module__.startswith("a2a.client"):
-                raise agent_error(
-                    self.name, exc.__cause__ or exc, self._upstream.call_timeout_seconds
-                ) from None
+        except (A2AError, httpx.HTTPError, OSError, TimeoutError) as exc:
+            cause = transport_failure(exc)
+            if cause is not None:
+                raise agent_error(self.name, cause, self._upstream.call_timeout_seconds) from None
             # The agent's own refusal (task not found, not cancelable, …) is a tool error.
-            return {"content": [{"type": "text", "text": exc.message}], "isError": True}
-        except (httpx.HTTPError, OSError, TimeoutError) as exc:
-            raise agent_error(self.name, exc, self._upstream.call_timeout_seconds) from None
+            return {"content": [{"type": "text", "text": str(exc)}], "isError": True}
         if response.HasField("task"):
             task = response.task
             if principal_key is not None:

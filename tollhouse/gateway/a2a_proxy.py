@@ -18,7 +18,7 @@ id as correlation.
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import re
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -29,6 +29,7 @@ import anyio
 import httpx
 import orjson
 from a2a.client.client import ClientCallContext
+from a2a.client.transports.base import ClientTransport
 from a2a.server.context import ServerCallContext
 from a2a.server.request_handlers.request_handler import RequestHandler
 from a2a.server.routes import create_rest_routes
@@ -80,7 +81,7 @@ from tollhouse.audit.records import AuditNotes
 from tollhouse.auth.middleware import client_address, principal_of
 from tollhouse.auth.principal import Principal
 from tollhouse.auth.ssrf import FetchError, UnsafeUrlError, UrlPolicy, resolve_safe
-from tollhouse.gateway.a2a_connector import A2AConnector, agent_error
+from tollhouse.gateway.a2a_connector import A2AConnector, agent_error, transport_failure
 from tollhouse.gateway.admission import AdmissionService, AdmitStage
 from tollhouse.gateway.auditing import Auditor
 from tollhouse.gateway.authorization import PolicyService
@@ -101,11 +102,11 @@ from tollhouse.tracing import Tracing
 
 __all__ = ["AGENT_DENIED", "A2AProxy", "AgentDenied", "normalize_method"]
 
-logger = logging.getLogger(__name__)
 
 AGENT_DENIED = -31011
 CARD_PATHS = frozenset({"/.well-known/agent-card.json", "/.well-known/agent.json"})
 EXCHANGE_KEY = "tollhouse.a2a"
+_CARD_CACHE = 1024  # served cards kept (agent x card x the skill sets callers see)
 NOT_OWNER = "NotOwner"  # answered as TaskNotFound; recorded as what it is
 # 0.3 JSON-RPC names -> the 1.0 (gRPC) names that policy, audit and usage use.
 _V03_METHODS = {
@@ -202,6 +203,18 @@ class _Exchange:
     notes: AuditNotes = field(default_factory=AuditNotes)
     started: float = field(default_factory=time.perf_counter)
     upstream_ms: int | None = None
+    finished: bool = False  # metered and audited
+
+
+def _failed(exchange: _Exchange, exc: BaseException) -> BaseException:
+    """What the SDK answers for an upstream error: the agent's own A2A error as is; a failure to
+    reach the agent as an internal error whose real answer (tollhouse's) the front layer sends."""
+    cause = transport_failure(exc)
+    if cause is None:
+        exchange.a2a_error = type(exc).__name__
+        return exc
+    exchange.failure = agent_error(exchange.agent, cause, exchange.connector.call_timeout_seconds)
+    return InternalError("upstream agent failed")
 
 
 class _ContextBuilder(DefaultServerCallContextBuilder):
@@ -230,21 +243,29 @@ class _Forwarder(RequestHandler):
         try:
             with anyio.fail_after(connector.call_timeout_seconds):
                 return await call(await connector.call_context(exchange.principal.key))
-        except A2AError as exc:
-            if type(exc).__module__.startswith("a2a.client"):
-                raise self._upstream_failed(exchange, exc.__cause__ or exc) from None
-            exchange.a2a_error = type(exc).__name__
-            raise
-        except (httpx.HTTPError, OSError, TimeoutError) as exc:
-            raise self._upstream_failed(exchange, exc) from None
+        except (A2AError, httpx.HTTPError, OSError, TimeoutError) as exc:
+            raise _failed(exchange, exc) from None
         finally:
             exchange.upstream_ms = round((time.perf_counter() - started) * 1000)
 
-    def _upstream_failed(self, exchange: _Exchange, exc: BaseException) -> A2AError:
-        failure = agent_error(exchange.agent, exc, exchange.connector.call_timeout_seconds)
-        exchange.failure = failure
-        self._proxy.report_failure(exchange.agent, failure)
-        return InternalError("upstream agent failed")
+    async def _task_op(
+        self,
+        context: ServerCallContext,
+        task_id: str,
+        call: Callable[[ClientTransport, ClientCallContext], Awaitable[Any]],
+        *,
+        capability: str | None = None,
+        push_url: str | None = None,
+    ) -> Any:
+        """An operation on one task: what the card allows, the caller's own task, then the agent."""
+        exchange = _exchange(context)
+        if capability is not None:
+            self._capable(exchange, capability)
+        await self._own(exchange, task_id)
+        if push_url is not None:
+            await self._check_push_url(exchange, push_url)
+        transport = exchange.connector.transport
+        return await self._call(exchange, lambda c: call(transport, c))
 
     def _capable(self, exchange: _Exchange, capability: str) -> None:
         """Refuse what the agent's card says it cannot do, before anything else (as an SDK agent does)."""
@@ -344,21 +365,13 @@ class _Forwarder(RequestHandler):
                 elif kind in ("status_update", "artifact_update") and not exchange.task_id:
                     exchange.task_id = event.task_id
                 yield event
-        except A2AError as exc:
-            if type(exc).__module__.startswith("a2a.client"):
-                raise self._upstream_failed(exchange, exc.__cause__ or exc) from None
-            exchange.a2a_error = type(exc).__name__
-            raise
-        except (httpx.HTTPError, OSError) as exc:
-            raise self._upstream_failed(exchange, exc) from None
+        except (A2AError, httpx.HTTPError, OSError) as exc:
+            raise _failed(exchange, exc) from None
         finally:
             exchange.upstream_ms = round((time.perf_counter() - started) * 1000)
 
     async def on_get_task(self, params: GetTaskRequest, context: ServerCallContext) -> Task | None:
-        exchange = _exchange(context)
-        await self._own(exchange, params.id)
-        transport = exchange.connector.transport
-        task: Task = await self._call(exchange, lambda c: transport.get_task(params, context=c))
+        task: Task = await self._task_op(context, params.id, lambda t, c: t.get_task(params, context=c))
         return task
 
     async def on_list_tasks(self, params: ListTasksRequest, context: ServerCallContext) -> ListTasksResponse:
@@ -382,58 +395,51 @@ class _Forwarder(RequestHandler):
         return listed
 
     async def on_cancel_task(self, params: CancelTaskRequest, context: ServerCallContext) -> Task | None:
-        exchange = _exchange(context)
-        await self._own(exchange, params.id)
-        transport = exchange.connector.transport
-        task: Task = await self._call(exchange, lambda c: transport.cancel_task(params, context=c))
+        task: Task = await self._task_op(context, params.id, lambda t, c: t.cancel_task(params, context=c))
         return task
 
     async def on_create_task_push_notification_config(
         self, params: TaskPushNotificationConfig, context: ServerCallContext
     ) -> TaskPushNotificationConfig:
-        exchange = _exchange(context)
-        self._capable(exchange, "push")
-        await self._own(exchange, params.task_id)
-        await self._check_push_url(exchange, params.url)
-        transport = exchange.connector.transport
-        created: TaskPushNotificationConfig = await self._call(
-            exchange, lambda c: transport.create_task_push_notification_config(params, context=c)
+        created: TaskPushNotificationConfig = await self._task_op(
+            context,
+            params.task_id,
+            lambda t, c: t.create_task_push_notification_config(params, context=c),
+            capability="push",
+            push_url=params.url,
         )
         return created
 
     async def on_get_task_push_notification_config(
         self, params: GetTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> TaskPushNotificationConfig:
-        exchange = _exchange(context)
-        self._capable(exchange, "push")
-        await self._own(exchange, params.task_id)
-        transport = exchange.connector.transport
-        got: TaskPushNotificationConfig = await self._call(
-            exchange, lambda c: transport.get_task_push_notification_config(params, context=c)
+        got: TaskPushNotificationConfig = await self._task_op(
+            context,
+            params.task_id,
+            lambda t, c: t.get_task_push_notification_config(params, context=c),
+            capability="push",
         )
         return got
 
     async def on_list_task_push_notification_configs(
         self, params: ListTaskPushNotificationConfigsRequest, context: ServerCallContext
     ) -> ListTaskPushNotificationConfigsResponse:
-        exchange = _exchange(context)
-        self._capable(exchange, "push")
-        await self._own(exchange, params.task_id)
-        transport = exchange.connector.transport
-        listed: ListTaskPushNotificationConfigsResponse = await self._call(
-            exchange, lambda c: transport.list_task_push_notification_configs(params, context=c)
+        listed: ListTaskPushNotificationConfigsResponse = await self._task_op(
+            context,
+            params.task_id,
+            lambda t, c: t.list_task_push_notification_configs(params, context=c),
+            capability="push",
         )
         return listed
 
     async def on_delete_task_push_notification_config(
         self, params: DeleteTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> None:
-        exchange = _exchange(context)
-        self._capable(exchange, "push")
-        await self._own(exchange, params.task_id)
-        transport = exchange.connector.transport
-        await self._call(
-            exchange, lambda c: transport.delete_task_push_notification_config(params, context=c)
+        await self._task_op(
+            context,
+            params.task_id,
+            lambda t, c: t.delete_task_push_notification_config(params, context=c),
+            capability="push",
         )
 
     async def on_get_extended_agent_card(
@@ -480,6 +486,7 @@ class A2AProxy:
         self._tracing = tracing
         self._base = public_url.rstrip("/")
         self._max_body = max_body_bytes
+        self._cards: dict[tuple[str, int, tuple[str, ...]], tuple[ParsedCard, JSONObject]] = {}
         handler = _Forwarder(owners, push_policy, self)
         builder = _ContextBuilder()
         rpc = JsonRpcDispatcher(handler, context_builder=builder, enable_v0_3_compat=True)
@@ -502,14 +509,23 @@ class A2AProxy:
         view = principal_view(principal)
         engine = self._policies.engine
         skills = [s.id for s in parsed.skills if engine.visible(view, SkillRef(agent, s.id), facts)]
+        # Rewriting parses and serialises the whole card: done once per card and skill set, not per request.
+        key = (agent, id(parsed), tuple(skills))
+        cached = self._cards.get(key)
+        if cached is not None and cached[0] is parsed:
+            return cached[1]
         schemes, requirements = self._security()
-        return rewrite_card(
+        served = rewrite_card(
             parsed,
             endpoint_url=self.endpoint_url(agent),
             security_schemes=schemes,
             security_requirements=requirements,
             skills=skills,
         )
+        if len(self._cards) >= _CARD_CACHE:
+            self._cards.clear()
+        self._cards[key] = (parsed, served)
+        return served
 
     def _security(self) -> tuple[JSONObject, list[JSONObject]]:
         schemes: JSONObject = {
@@ -558,10 +574,6 @@ class A2AProxy:
                 return True
         facts = policies.facts(principal, source_ip=source, protocol_version="a2a", method="SendMessage")
         return any(policies.engine.visible(view, SkillRef(agent, s.id), facts) for s in connector.card.skills)
-
-    def report_failure(self, agent: str, failure: GatewayError) -> None:
-        """Note an upstream failure; the pool probes the agent in the background."""
-        logger.warning("agent %s failed: %s", agent, failure.message)
 
     # -- GET /a2a --------------------------------------------------------------------------------
 
@@ -653,8 +665,7 @@ class A2AProxy:
                 raise AgentDenied(agent, method, skill)
             if agent in self._pool.pinning.view().held:
                 raise PendingApproval(agent, "held")
-            if method in _SEND and self._auditor.settings.fail_closed and not self._auditor.trail.healthy:
-                raise AuditUnavailable()
+            self._auditor.before(method, exchange.notes)
             exposed = f"{agent}__{skill}" if skill else agent
             ctx = CallContext(
                 principal=exchange.principal,
@@ -680,8 +691,10 @@ class A2AProxy:
             failure = exc
             raise
         finally:
-            with anyio.CancelScope(shield=True):
-                await self._finish(exchange, failure, status)
+            if not exchange.finished:
+                # The answer is already out: a record not committed now stays queued and is retried.
+                with anyio.CancelScope(shield=True), contextlib.suppress(AuditUnavailable):
+                    await self._finish(exchange, failure, status)
 
     async def _forward(
         self,
@@ -737,17 +750,33 @@ class A2AProxy:
         return status
 
     async def _release(self, send: Send, exchange: _Exchange, start: AsgiMessage | None, body: bytes) -> None:
+        """Send a held unary answer once its record is kept (committed first for a message)."""
+        assert start is not None
+        if exchange.failure is None and exchange.a2a_error is None and exchange.binding == "jsonrpc":
+            exchange.a2a_error = _rpc_error_name(body)
+        try:
+            await self._finish(exchange, None, int(start["status"]))
+        except AuditUnavailable as exc:
+            await _send_error(send, exchange, exc)
+            return
         if exchange.failure is not None:
             await _send_error(send, exchange, exchange.failure)
             return
-        if exchange.a2a_error is None and exchange.binding == "jsonrpc" and b'"error"' in body[:200]:
-            exchange.a2a_error = _rpc_error_name(body)
-        assert start is not None
         await send(start)
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _finish(self, exchange: _Exchange, failure: BaseException | None, status: int) -> None:
+        """Meter, audit and report the request (once).
+
+        Raises:
+            AuditUnavailable: a message's record could not be committed and the trail fails closed.
+        """
+        exchange.finished = True
         failure = failure or exchange.failure
+        if exchange.failure is not None:
+            await self._pool.report_failure(exchange.agent, exchange.failure)
+        elif exchange.upstream_ms is not None:
+            self._pool.report_success(exchange.agent)
         if failure is not None:
             outcome = classify(failure)
             if isinstance(failure, AgentDenied):
@@ -794,7 +823,7 @@ class A2AProxy:
             context_id=exchange.context_id,
             usage_event=meter.event_id,
         )
-        await self._auditor.after_a2a(exchange.method, record)
+        await self._auditor.after(exchange.method, record, failure)
 
     async def _card(
         self,
@@ -874,6 +903,9 @@ def _query_version(scope: Scope) -> str | None:
 
 
 def _rpc_error_name(body: bytes) -> str | None:
+    """The A2A error a JSON-RPC answer the SDK produced itself carries (None for a result)."""
+    if b'"error"' not in body[:200]:  # the member comes first or early: skip parsing results
+        return None
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -881,7 +913,13 @@ def _rpc_error_name(body: bytes) -> str | None:
     error = document.get("error") if isinstance(document, dict) else None
     if not isinstance(error, dict):
         return None
-    names = {-32001: "TaskNotFoundError", -32602: "InvalidParamsError", -32600: "InvalidRequestError"}
+    names = {
+        -32001: "TaskNotFoundError",
+        -32602: "InvalidParamsError",
+        -32600: "InvalidRequestError",
+        -32601: "MethodNotFoundError",
+        -32700: "InvalidRequestError",
+    }
     code = error.get("code")
     if not isinstance(code, int):
         return "A2AError"

@@ -36,7 +36,9 @@ __all__ = ["DURABLE_METHODS", "Auditor", "build_auditor", "outcome_for"]
 logger = logging.getLogger("tollhouse.audit")
 
 # Methods whose answer waits for their record (A3): the ones that act on an upstream's behalf.
-DURABLE_METHODS = frozenset({"tools/call"})
+# A tools/call's record, and an A2A message's (the A2A method names cannot clash with MCP's),
+# is committed before its answer leaves.
+DURABLE_METHODS = frozenset({"tools/call", "SendMessage"})
 # Named targets, for the record's `what.target` (the tool of a tools/call goes in `what.tool`).
 _TARGET_PARAM = {"prompts/get": "name", "resources/read": "uri", "resources/subscribe": "uri"}
 
@@ -232,16 +234,6 @@ class Auditor:
                 "context_id": context_id,
             },
         )
-
-    async def after_a2a(self, method: str, record: dict[str, Any]) -> None:
-        """Keep an A2A request's record: a message's is committed (durable), others queued."""
-        if method not in ("SendMessage", "SendStreamingMessage") or not self.settings.durable:
-            self.trail.submit(record)
-            return
-        try:
-            await self.trail.commit(record)
-        except NotCommitted:
-            logger.warning("the audit record of an A2A %s was not committed yet; it stays queued", method)
 
     def session_started(
         self, principal: Principal, source_ip: str | None, session_id: str, protocol_version: str
