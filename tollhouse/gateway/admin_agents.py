@@ -23,12 +23,12 @@ from tollhouse.gateway.admin_http import Problem as _Problem
 from tollhouse.gateway.admin_http import iso as _iso
 from tollhouse.gateway.admin_http import json_response as _json
 from tollhouse.gateway.admin_http import read_body as _body
-from tollhouse.gateway.admin_pins import pin_out, readable_diff
+from tollhouse.gateway.admin_pins import pin_decision, pin_out, readable_diff
 from tollhouse.gateway.errors import GatewayError
 from tollhouse.gateway.pool import UpstreamPool
 from tollhouse.registry.config import ConfigError, agent_secrets_from_dict
 from tollhouse.registry.models import SEPARATOR, AgentOptions, Upstream
-from tollhouse.registry.pin_store import Decision, PinConflictError
+from tollhouse.registry.pin_store import Decision
 from tollhouse.registry.pins import CARD, Pin
 from tollhouse.registry.store import StoreConflictError
 
@@ -107,29 +107,7 @@ def agent_routes(state: AdminState, guarded: Guard) -> list[Route]:
         )
 
     def deciding(decision: Decision) -> Endpoint:
-        async def endpoint(request: Request) -> Response:
-            pin = card_pin(state.pool, request.path_params["name"])
-            body = await _body(request)
-            sha = body.get("sha256")
-            if sha is not None and not isinstance(sha, str):
-                raise _Problem(400, "Bad Request", "'sha256' must be the hash shown by the diff")
-            if decision == "approve" and pin.status == "approved" and sha in (None, pin.sha256):
-                return _json(card_pin_out(state.pool, pin))  # nothing to decide: keep who decided
-            by = str(getattr(request.state, "subject", "") or "admin-token")
-            try:
-                decided = await state.pool.decide(pin.server, pin.kind, pin.name, decision, by, sha)
-            except PinConflictError as exc:
-                raise _Problem(
-                    409,
-                    "Conflict",
-                    f"the card changed since {sha}: it is now {exc.current.sha256}; see the diff again",
-                ) from None
-            if decided is None:
-                raise _Problem(404, "Not Found", f"no card pin for agent '{pin.server}'")
-            logger.info("%s card of agent %s (sha256 %s) by %s", decision, pin.server, decided.sha256, by)
-            return _json(card_pin_out(state.pool, decided))
-
-        return endpoint
+        return pin_decision(state, decision, card_pin, card_pin_out)
 
     return [
         Route("/agents", guarded(list_agents), methods=["GET"]),

@@ -32,7 +32,7 @@ from tollhouse.registry.pins import Pin
 if TYPE_CHECKING:
     from tollhouse.gateway.admin import AdminState
 
-__all__ = ["pin_items", "pin_out", "pin_routes", "readable_diff"]
+__all__ = ["pin_decision", "pin_items", "pin_out", "pin_routes", "readable_diff"]
 
 logger = logging.getLogger("tollhouse.pins")
 
@@ -56,31 +56,7 @@ def pin_routes(state: AdminState, guarded: Guard) -> list[Route]:
         return _json(_diff_out(state.pool, _instructions_pin(state.pool, request.path_params["name"])))
 
     def deciding(decision: Decision, find: Callable[[UpstreamPool, str], Pin]) -> Endpoint:
-        async def endpoint(request: Request) -> Response:
-            pin = find(state.pool, request.path_params["name"])
-            body = await _body(request)
-            sha = body.get("sha256")
-            if sha is not None and not isinstance(sha, str):
-                raise _Problem(400, "Bad Request", "'sha256' must be the hash shown by the diff")
-            if decision == "approve" and pin.status == "approved" and sha in (None, pin.sha256):
-                return _json(pin_out(state.pool, pin))  # nothing to decide: keep who decided
-            by = str(getattr(request.state, "subject", "") or "admin-token")
-            try:
-                decided = await state.pool.decide(pin.server, pin.kind, pin.name, decision, by, sha)
-            except PinConflictError as exc:
-                raise _Problem(
-                    409,
-                    "Conflict",
-                    f"the definition changed since {sha}: it is now {exc.current.sha256}; see the diff again",
-                ) from None
-            if decided is None:
-                raise _Problem(404, "Not Found", f"no pin for '{_shown_name(pin)}'")
-            logger.info(
-                "%s %s %s (sha256 %s) by %s", decision, pin.kind, _shown_name(pin), decided.sha256, by
-            )
-            return _json(pin_out(state.pool, decided))
-
-        return endpoint
+        return pin_decision(state, decision, find)
 
     return [
         Route("/approvals", guarded(approvals), methods=["GET"]),
@@ -99,6 +75,40 @@ def pin_routes(state: AdminState, guarded: Guard) -> list[Route]:
             methods=["POST"],
         ),
     ]
+
+
+def pin_decision(
+    state: AdminState,
+    decision: Decision,
+    find: Callable[[UpstreamPool, str], Pin],
+    render: Callable[[UpstreamPool, Pin], dict[str, Any]] | None = None,
+) -> Endpoint:
+    """POST …/approve|reject for the pin `find` names: optional `sha256` guard, 409 when it moved."""
+    show = render or pin_out
+
+    async def endpoint(request: Request) -> Response:
+        pin = find(state.pool, request.path_params["name"])
+        body = await _body(request)
+        sha = body.get("sha256")
+        if sha is not None and not isinstance(sha, str):
+            raise _Problem(400, "Bad Request", "'sha256' must be the hash shown by the diff")
+        if decision == "approve" and pin.status == "approved" and sha in (None, pin.sha256):
+            return _json(show(state.pool, pin))  # nothing to decide: keep who decided
+        by = str(getattr(request.state, "subject", "") or "admin-token")
+        try:
+            decided = await state.pool.decide(pin.server, pin.kind, pin.name, decision, by, sha)
+        except PinConflictError as exc:
+            raise _Problem(
+                409,
+                "Conflict",
+                f"the definition changed since {sha}: it is now {exc.current.sha256}; see the diff again",
+            ) from None
+        if decided is None:
+            raise _Problem(404, "Not Found", f"no pin for '{_shown_name(pin)}'")
+        logger.info("%s %s %s (sha256 %s) by %s", decision, pin.kind, _shown_name(pin), decided.sha256, by)
+        return _json(show(state.pool, decided))
+
+    return endpoint
 
 
 def _states(raw: str | None) -> tuple[str, ...]:
