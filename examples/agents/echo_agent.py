@@ -31,15 +31,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 
 import anyio
-import uvicorn
 from a2a.helpers import new_task, new_text_part
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.events import EventQueue
@@ -51,7 +48,7 @@ from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
-from examples.servers._serving import _Server
+from examples.servers._serving import serve_built
 
 __all__ = [
     "AGENT_CARD_PATH",
@@ -263,38 +260,10 @@ async def serve_agent(
     Raises:
         SystemExit: The application failed to start.
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    bound_port = sock.getsockname()[1]
-    origin = f"http://[{host}]:{bound_port}" if ":" in host else f"http://{host}:{bound_port}"
-    app = build(public_url or origin)
     # A bounded graceful shutdown: an open SSE stream (a subscriber) must not keep the process alive.
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
-    server = _Server(config)
-
-    async def stop_on_signal() -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for _ in signals:
-                server.should_exit = True
-                return
-
-    async def announce() -> None:
-        await server.ready.wait()
-        if server.started:
-            print(f"READY {origin}{AGENT_CARD_PATH}", flush=True)
-
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(stop_on_signal)
-            tg.start_soon(announce)
-            await server.serve([sock])
-            tg.cancel_scope.cancel()
-    finally:
-        sock.close()
-    if not server.started:
-        raise SystemExit("the agent failed to start")
+    await serve_built(
+        build, host, port, ready_path=AGENT_CARD_PATH, public_url=public_url, graceful_seconds=5
+    )
 
 
 def parse_args(

@@ -49,7 +49,29 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
 
 
 async def serve_app(app: ASGIApp, host: str, port: int) -> None:
-    """Serve `app` on host:port, print the READY line, and return after SIGTERM or SIGINT.
+    """Serve `app` on host:port, print `READY http://HOST:PORT/mcp`, and return after SIGTERM or SIGINT.
+
+    Raises:
+        SystemExit: The application failed to start.
+    """
+    await serve_built(lambda origin: app, host, port, ready_path="/mcp")
+
+
+async def serve_built(
+    build: Callable[[str], ASGIApp],
+    host: str,
+    port: int,
+    *,
+    ready_path: str,
+    public_url: str | None = None,
+    graceful_seconds: int | None = None,
+) -> None:
+    """Bind host:port, build the app for its origin, serve it, print `READY {origin}{ready_path}`,
+    and return after SIGTERM or SIGINT.
+
+    `build` gets `public_url` when given, else `http://HOST:PORT` with the port actually bound
+    (an A2A agent's card names its own absolute URLs). `graceful_seconds` bounds the shutdown
+    (an open event stream must not keep the process alive).
 
     Raises:
         SystemExit: The application failed to start.
@@ -60,8 +82,14 @@ async def serve_app(app: ASGIApp, host: str, port: int) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     bound_port = sock.getsockname()[1]
-    server = _Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     netloc = f"[{host}]:{bound_port}" if ":" in host else f"{host}:{bound_port}"
+    config = uvicorn.Config(
+        build(public_url or f"http://{netloc}"),
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=graceful_seconds,
+    )
+    server = _Server(config)
 
     async def stop_on_signal() -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -72,7 +100,7 @@ async def serve_app(app: ASGIApp, host: str, port: int) -> None:
     async def announce() -> None:
         await server.ready.wait()
         if server.started:
-            print(f"READY http://{netloc}/mcp", flush=True)
+            print(f"READY http://{netloc}{ready_path}", flush=True)
 
     try:
         async with anyio.create_task_group() as tg:

@@ -28,7 +28,7 @@ from tollhouse.gateway.cli_common import (
     sub_document,
     when,
 )
-from tollhouse.gateway.cli_tools import print_findings, printable
+from tollhouse.gateway.cli_tools import print_diff
 
 __all__ = [
     "add_agent_commands",
@@ -215,14 +215,7 @@ def agents_diff(args: argparse.Namespace) -> int:
             ("decided", f"{when(data.get('decided_at'))} by {clean(data.get('decided_by'))}"),
         ]
     )
-    print_findings(list_of(data, "findings"))
-    diff = data.get("diff")
-    if isinstance(diff, str) and diff:
-        print("diff (approved -> current):")
-        for line in diff.splitlines():
-            print(printable(line))
-    else:
-        print("diff: none (the current card is the approved one)")
+    print_diff(data, "card")
     return 0
 
 

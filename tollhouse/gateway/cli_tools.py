@@ -23,7 +23,15 @@ from tollhouse.gateway.cli_common import (
     when,
 )
 
-__all__ = ["print_findings", "printable", "tools_approve", "tools_diff", "tools_pending", "tools_reject"]
+__all__ = [
+    "print_diff",
+    "print_findings",
+    "printable",
+    "tools_approve",
+    "tools_diff",
+    "tools_pending",
+    "tools_reject",
+]
 
 
 def printable(line: str) -> str:
@@ -102,6 +110,12 @@ def tools_diff(args: argparse.Namespace) -> int:
         print_json(data)
         return 0
     _pin_fields(data)
+    print_diff(data, "definition")
+    return 0
+
+
+def print_diff(data: dict[str, Any], what: str) -> None:
+    """A pin diff's findings and its readable diff (every line made printable)."""
     print_findings(list_of(data, "findings"))
     diff = data.get("diff")
     if isinstance(diff, str) and diff:
@@ -109,8 +123,7 @@ def tools_diff(args: argparse.Namespace) -> int:
         for line in diff.splitlines():
             print(printable(line))
     else:
-        print("diff: none (the current definition is the approved one)")
-    return 0
+        print(f"diff: none (the current {what} is the approved one)")
 
 
 def _decide(args: argparse.Namespace, action: str) -> int:
