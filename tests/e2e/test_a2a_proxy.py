@@ -25,6 +25,7 @@ from a2a.types import (
     AgentCard,
     CancelTaskRequest,
     GetTaskRequest,
+    ListTasksRequest,
     Message,
     Part,
     Role,
@@ -161,8 +162,13 @@ async def test_another_principal_cannot_read_or_cancel_the_task(tmp_path: Path) 
                 await intruder.cancel_task(CancelTaskRequest(id=task_id))
             with pytest.raises(TaskNotFoundError):
                 await collect(intruder.send_message(message("sneak", "echo", task_id=task_id)))
-            # The owner still can.
+            # The owner still can, and task lists show each caller only their own tasks.
             assert (await client.get_task(GetTaskRequest(id=task_id))).id == task_id
+            (theirs,) = await collect(intruder.send_message(message("theirs", "echo")))
+            mine = [t.id for t in (await client.list_tasks(ListTasksRequest())).tasks]
+            others = [t.id for t in (await intruder.list_tasks(ListTasksRequest())).tasks]
+            assert task_id in mine and theirs.task.id not in mine
+            assert others == [theirs.task.id]
 
 
 @asynccontextmanager

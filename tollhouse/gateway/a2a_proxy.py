@@ -384,11 +384,8 @@ class _Forwarder(RequestHandler):
         listed: ListTasksResponse = await self._call(
             exchange, lambda c: transport.list_tasks(params, context=c)
         )
-        mine = [
-            t
-            for t in listed.tasks
-            if await self._owners.task_owner(exchange.agent, t.id) == exchange.principal.key
-        ]
+        owners = await self._owners.task_owners(exchange.agent, [t.id for t in listed.tasks])
+        mine = [t for t in listed.tasks if owners.get(t.id) == exchange.principal.key]
         del listed.tasks[:]
         listed.tasks.extend(mine)
         listed.total_size = len(mine) if not listed.next_page_token else listed.total_size

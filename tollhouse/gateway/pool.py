@@ -351,7 +351,7 @@ class UpstreamPool:
             with anyio.fail_after(upstream.connect_timeout_seconds + upstream.call_timeout_seconds):
                 self._descriptions[name] = await connector.start()
                 self._connectors[name] = connector
-                await self._sync(name, rebuild=False)
+                await self._sync(name, rebuild=False, redescribe=False)
         except (GatewayError, TimeoutError, OSError) as exc:
             with anyio.CancelScope(shield=True):
                 await connector.aclose()
@@ -370,9 +370,10 @@ class UpstreamPool:
             await self._apply_resources(name)
         return True
 
-    async def _sync(self, name: str, *, rebuild: bool = True) -> None:
+    async def _sync(self, name: str, *, rebuild: bool = True, redescribe: bool = True) -> None:
         connector = self._connectors[name]
-        if isinstance(connector, Redescribing) and name in self._descriptions:
+        # Just connected, the description is fresh; later syncs learn a changed card.
+        if redescribe and isinstance(connector, Redescribing):
             self._descriptions[name] = await connector.describe()
         description = self._descriptions[name]
         lists: dict[str, tuple[JSONObject, ...]] = {}

@@ -79,6 +79,26 @@ class SqlTaskOwners(TransactionalStore):
             self._put(self._tasks, (agent, task_id), owner)
         return owner
 
+    async def task_owners(self, agent: str, task_ids: list[str]) -> dict[str, str]:
+        """The owners of several tasks (a task list's page) in at most one query; unknown ids are absent."""
+        found = {t: o for t in task_ids if (o := self._get(self._tasks, (agent, t))) is not None}
+        missing = [t for t in task_ids if t not in found]
+        if not missing:
+            return found
+
+        def work(session: Session) -> dict[str, str]:
+            rows = session.execute(
+                sa.select(A2A_TASKS.c.task_id, A2A_TASKS.c.owner).where(
+                    A2A_TASKS.c.agent == agent, A2A_TASKS.c.task_id.in_(missing)
+                )
+            ).all()
+            return {str(task): str(owner) for task, owner in rows}
+
+        for task, owner in (await self._run(work)).items():
+            self._put(self._tasks, (agent, task), owner)
+            found[task] = owner
+        return found
+
     async def context_owner(self, agent: str, context_id: str) -> str | None:
         """Who owns the context (the owner of its first task; None: unknown here)."""
         cached = self._get(self._contexts, (agent, context_id))
