@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, Router
 from starlette.types import ASGIApp, Scope
 
 from tollhouse import __version__
@@ -36,6 +36,8 @@ from tollhouse.gateway.admin import AdminState, admin_app, apply_loaded
 from tollhouse.gateway.admission import AdmissionService, AdmitStage
 from tollhouse.gateway.auditing import build_auditor
 from tollhouse.gateway.authorization import AuthorizeStage, PolicyService
+from tollhouse.gateway.console import build_console
+from tollhouse.gateway.console.signin import CONSOLE_SCOPE, console_client
 from tollhouse.gateway.cors import DiscoveryCors
 from tollhouse.gateway.credential_wiring import bearer_identify, build_credential_services
 from tollhouse.gateway.front_door import build_front_door, poll_revocations, protected_resource_routes
@@ -253,6 +255,7 @@ def create_app(
             sessions.broadcast({"jsonrpc": "2.0", "method": "notifications/resources/list_changed"})
 
     pool.subscribe(on_snapshot)
+    closers: list[Callable[[], Awaitable[None]]] = []
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -287,6 +290,8 @@ def create_app(
             telemetry.shutdown()
             tracing.shutdown()
             with anyio.CancelScope(shield=True):
+                for close in closers:
+                    await close()
                 await store.close()
 
     register_gateway_metrics(
@@ -345,24 +350,37 @@ def create_app(
     def step_up_scopes() -> frozenset[str]:
         return frozenset(s for u in pool.upstreams() for scopes in u.scopes.values() for s in scopes)
 
+    oauth_routes = (
+        authorization_server_routes(
+            public_url=settings.public_url,
+            issuer=door.issuer,
+            identity=identity,
+            registry=store,
+            ring=door.ring,
+            dev_loopback=is_dev_loopback(settings.public_url),
+            on_revoke=door.revoke,
+            access_ttl_seconds=settings.auth.access_token_ttl_seconds,
+            known_scopes=lambda: step_up_scopes() | {CONSOLE_SCOPE},
+            first_party=[console_client(settings.public_url)] if settings.console.enabled else [],
+        )
+        if settings.auth.builtin_server
+        else []
+    )
+    admin = admin_app(admin_state)
+    console = build_console(
+        settings,
+        verifier=door.verifier,
+        audience=door.resources.base,
+        ring=lambda: door.ring,
+        admin_app=admin,
+        token_app=Router(routes=oauth_routes) if oauth_routes else None,
+    )
+    closers.append(console.close)
+
     app = Starlette(
         routes=[
             *protected_resource_routes(door, exists=exists, step_up_scopes=step_up_scopes),
-            *(
-                authorization_server_routes(
-                    public_url=settings.public_url,
-                    issuer=door.issuer,
-                    identity=identity,
-                    registry=store,
-                    ring=door.ring,
-                    dev_loopback=is_dev_loopback(settings.public_url),
-                    on_revoke=door.revoke,
-                    access_ttl_seconds=settings.auth.access_token_ttl_seconds,
-                    known_scopes=step_up_scopes,
-                )
-                if settings.auth.builtin_server
-                else []
-            ),
+            *oauth_routes,
             Route("/mcp", mcp),
             Route("/mcp/{toolset}", mcp),
             Route("/servers/{server}/mcp", mcp),
@@ -372,7 +390,8 @@ def create_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
-            Mount("/admin/api/v1", admin_app(admin_state)),
+            Mount("/admin/api/v1", admin),
+            *console.routes,
             Mount(
                 "/oauth/upstreams",
                 creds.connect_app(pool.upstream, bearer_identify(verifier, settings.public_url)),

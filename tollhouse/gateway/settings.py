@@ -17,6 +17,7 @@ from tollhouse.auth.settings import AuthSettings
 __all__ = [
     "AuditSettings",
     "AuthSettings",
+    "ConsoleSettings",
     "LimitsSettings",
     "QuotaSettings",
     "Settings",
@@ -144,6 +145,24 @@ class A2ASettings(BaseModel):
     interface_allow_private: bool = False
 
 
+class ConsoleSettings(BaseModel):
+    """The web console at `/ui/` (docs/console.md)."""
+
+    model_config = {"frozen": True}
+
+    enabled: bool = True
+    # A console sign-in lasts this long at most; its access token is refreshed as it goes.
+    session_ttl_seconds: int = Field(default=8 * 3600, ge=300, le=7 * 86_400)
+    # Sign in through an external identity provider (one of auth.external_issuers) with the
+    # client it registered for the console; unset: the built-in authorization server.
+    issuer: str | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    scopes: str = Field(default="openid", min_length=1, max_length=500)
+    # The `resource` the console asks the provider for (default: public_url, tollhouse's audience).
+    resource: str | None = None
+
+
 class AuditSettings(BaseModel):
     """The audit trail: durability, checkpoints, retention (docs/audit.md)."""
 
@@ -218,6 +237,7 @@ class Settings(BaseSettings):
     usage: UsageSettings = UsageSettings()
     audit: AuditSettings = AuditSettings()
     a2a: A2ASettings = A2ASettings()
+    console: ConsoleSettings = ConsoleSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
 
     @model_validator(mode="after")

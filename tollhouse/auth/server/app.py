@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
@@ -68,7 +68,7 @@ from tollhouse.auth.server.throttle import Buckets, Lockout, ThrottleSettings
 from tollhouse.auth.ssrf import fetch_json
 from tollhouse.auth.tokens import TokenIssuer
 from tollhouse.registry.identity_store import SqlIdentityStore
-from tollhouse.registry.models import User
+from tollhouse.registry.models import ClientRecord, User
 from tollhouse.registry.store import RegistryStore
 
 __all__ = ["authorization_server_routes", "is_dev_loopback"]
@@ -99,6 +99,7 @@ def authorization_server_routes(
     passwords: Passwords | None = None,
     clock: Callable[[], float] = time.time,
     fetch: Fetch = fetch_json,
+    first_party: Sequence[ClientRecord] = (),
 ) -> list[BaseRoute]:
     """The authorization server's routes, to mount at the root of the gateway's app.
 
@@ -107,7 +108,10 @@ def authorization_server_routes(
     access token is revoked, so the resource server can drop it at once. `known_scopes`
     returns every scope a client may ask for (default: `DEFAULT_SCOPES`); `source_address`
     says where a request comes from (default: the peer address), for throttling. `clock`
-    (epoch seconds) and `fetch` (the CIMD fetcher) are seams for tests.
+    (epoch seconds) and `fetch` (the CIMD fetcher) are seams for tests. `first_party` are
+    clients the gateway runs itself (the web console): known without a database row, and
+    their users are not asked to consent (they are signing in to tollhouse, not granting a
+    third party access).
     """
     handlers = _Handlers.build(
         public_url=public_url.rstrip("/"),
@@ -125,6 +129,7 @@ def authorization_server_routes(
         passwords=passwords or Passwords(),
         clock=clock,
         fetch=fetch,
+        first_party={c.client_id: c for c in first_party},
     )
     return handlers.routes()
 
@@ -188,6 +193,7 @@ class _Handlers:
         passwords: Passwords,
         clock: Callable[[], float],
         fetch: Fetch,
+        first_party: Mapping[str, ClientRecord],
     ) -> _Handlers:
         def all_scopes() -> frozenset[str]:
             return frozenset(DEFAULT_SCOPES) | known_scopes()
@@ -197,7 +203,12 @@ class _Handlers:
             issuer=issuer,
             identity=identity,
             clients=ClientDirectory(
-                registry, dev_loopback=dev_loopback, known_scopes=all_scopes, clock=clock, fetch=fetch
+                registry,
+                dev_loopback=dev_loopback,
+                known_scopes=all_scopes,
+                clock=clock,
+                fetch=fetch,
+                first_party=first_party,
             ),
             resources=ResourceSpace(public_url),
             known_scopes=all_scopes,
@@ -305,6 +316,8 @@ class _Handlers:
         session, user = signed_in
         client: OAuthClient = grant.client
         scopes = (oauth_request.scope or "").split()
+        if client.client_id in self.context.clients.first_party:
+            return await self._respond(oauth_request, grant, user)
         if "consent" not in prompt:
             approved = await self.context.identity.consented_scopes(user.subject, client.client_id)
             if approved is not None and set(scopes) <= approved:

@@ -213,13 +213,17 @@ class ClientDirectory:
     clock: Callable[[], float] = time.time
     fetch: Fetch = fetch_json
     max_cached: int = 1000
+    # Clients the gateway itself runs (the web console): fixed in code, never in the database.
+    first_party: Mapping[str, ClientRecord] = field(default_factory=dict)
     _cache: OrderedDict[str, tuple[ClientRecord, float]] = field(default_factory=OrderedDict)
 
     async def get(self, client_id: str) -> OAuthClient | None:
         """The active client with this id, or None (unknown, revoked, or an unusable document)."""
         if not client_id or len(client_id) > _MAX_URI_LENGTH:
             return None
-        if is_metadata_url(client_id, dev_loopback=self.dev_loopback):
+        if client_id in self.first_party:
+            record: ClientRecord | None = self.first_party[client_id]
+        elif is_metadata_url(client_id, dev_loopback=self.dev_loopback):
             record = await self._metadata_client(client_id)
         else:
             record = await self.registry.get_client(client_id)
