@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlencode
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -95,6 +95,14 @@ class TestIdp:
         self.advertised_issuer: str | None = None
         self.jwks_uri: str | None = None
         self.down = False
+        # Authorization code + PKCE for browser sign-in (the console): the registered client,
+        # and who "signs in" at /authorize (this provider has no login page of its own).
+        self.app_client_id = "tollhouse-console-app"
+        self.app_client_secret: str | None = "console-app-secret"
+        self.app_redirect_uris: tuple[str, ...] = ()
+        self.signed_in: dict[str, Any] = {"sub": "carol", "roles": ["idp-auditors"]}
+        self._codes: dict[str, dict[str, Any]] = {}
+        self._refresh: dict[str, dict[str, Any]] = {}
 
     # -- documents ---------------------------------------------------------------------------
 
@@ -208,12 +216,68 @@ class TestIdp:
             Route(self.issuer_path + "/.well-known/openid-configuration", metadata),
             Route("/jwks.json", jwks),
             Route("/introspect", introspect, methods=["POST"]),
+            Route("/authorize", self._authorize, methods=["GET"]),
+            Route("/token", self._token, methods=["POST"]),
         ]
         if self.rfc8414:
             routes.append(Route("/.well-known/oauth-authorization-server" + self.issuer_path, metadata))
         return Starlette(routes=routes)
 
+    async def _authorize(self, request: Request) -> Response:
+        """Authorization code with PKCE, signing in `self.signed_in` without asking anyone."""
+        self.requests["authorize"] += 1
+        params = request.query_params
+        redirect_uri = params.get("redirect_uri", "")
+        if params.get("client_id") != self.app_client_id or redirect_uri not in self.app_redirect_uris:
+            return JSONResponse({"error": "invalid_client"}, status_code=400)
+        if params.get("code_challenge_method") != "S256" or not params.get("code_challenge"):
+            return JSONResponse({"error": "invalid_request"}, status_code=400)
+        code = secrets.token_urlsafe(16)
+        self._codes[code] = {
+            "challenge": params["code_challenge"],
+            "redirect_uri": redirect_uri,
+            "resource": params.get("resource"),
+            "claims": dict(self.signed_in),
+        }
+        location = f"{redirect_uri}?{urlencode({'code': code, 'state': params.get('state', '')})}"
+        return Response(status_code=302, headers={"Location": location})
+
+    async def _token(self, request: Request) -> Response:
+        self.requests["token"] += 1
+        form = await request.form()
+        if self.app_client_secret is not None and not self._authenticated(
+            request.headers.get("authorization", ""), self.app_client_id, self.app_client_secret
+        ):
+            return JSONResponse({"error": "invalid_client"}, status_code=401)
+        grant = form.get("grant_type")
+        if grant == "authorization_code":
+            pending = self._codes.pop(str(form.get("code", "")), None)
+            verifier = str(form.get("code_verifier", ""))
+            challenge = _b64(hashlib.sha256(verifier.encode()).digest())
+            if (
+                pending is None
+                or pending["challenge"] != challenge
+                or pending["redirect_uri"] != form.get("redirect_uri")
+            ):
+                return JSONResponse({"error": "invalid_grant"}, status_code=400)
+        elif grant == "refresh_token":
+            pending = self._refresh.pop(str(form.get("refresh_token", "")), None)
+            if pending is None:
+                return JSONResponse({"error": "invalid_grant"}, status_code=400)
+        else:
+            return JSONResponse({"error": "unsupported_grant_type"}, status_code=400)
+        refresh = secrets.token_urlsafe(16)
+        self._refresh[refresh] = pending
+        audience = pending["resource"] or self.issuer
+        token = self.mint(self.claims(audience, scope="openid", azp=self.app_client_id, **pending["claims"]))
+        return JSONResponse(
+            {"access_token": token, "token_type": "Bearer", "expires_in": 300, "refresh_token": refresh}
+        )
+
     def _client_authenticated(self, header: str) -> bool:
+        return self._authenticated(header, self.client_id, self.client_secret)
+
+    def _authenticated(self, header: str, client_id_expected: str, secret_expected: str) -> bool:
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "basic":
             return False
@@ -222,8 +286,8 @@ class TestIdp:
         except (ValueError, UnicodeDecodeError):
             return False
         client_id, _, secret = decoded.partition(":")
-        return hmac.compare_digest(unquote(client_id), self.client_id) and hmac.compare_digest(
-            unquote(secret), self.client_secret
+        return hmac.compare_digest(unquote(client_id), client_id_expected) and hmac.compare_digest(
+            unquote(secret), secret_expected
         )
 
 

@@ -11,6 +11,7 @@ import anyio
 import pytest
 from anyio.streams.text import TextReceiveStream
 
+from tests.console import signed_in
 from tests.harness import MODES, Gateway
 from tollhouse.gateway.demo import _EXAMPLES
 
@@ -57,6 +58,12 @@ async def test_make_demo_serves_with_a_working_token_and_stops_cleanly() -> None
                 names = {t.name for t in (await client.list_tools()).tools}
                 assert {f"{name}__" in " ".join(names) for name in _EXAMPLES} == {True}
                 assert {"echo__echo", "notes-agent__remember"} <= names  # the agents' skills as tools
+        # The printed console sign-in works: the demo user is an admin of the web console.
+        console_line = next(line for line in lines if "Web console:" in line)
+        password = console_line.split("password ", 1)[1].split(";", 1)[0]
+        async with signed_in(gw, "demo", password) as browser:
+            page = await browser.get("/ui/servers")
+            assert page.status_code == 200 and "notes" in page.text, page.text
     finally:
         # Ctrl-C goes to the whole process group, as a terminal would send it.
         os.killpg(process.pid, signal.SIGINT)

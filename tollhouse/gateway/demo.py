@@ -214,6 +214,7 @@ def _banner(
         "",
         f"  MCP endpoint:     {mcp_url}",
         f"  Admin API:        {base}/admin/api/v1  (admin token: {admin_token})",
+        f"  Web console:      {base}/ui/  (sign in as demo, password {password}; role admin)",
         *(f"  upstream {name + ':':<9}{url}" for name, url in urls.items()),
         f"  OAuth sign-in:    user demo, password {password}",
         "                    (MCP clients that speak OAuth connect to the endpoint with no header,",

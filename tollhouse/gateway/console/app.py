@@ -121,6 +121,11 @@ def console_routes(console: Console, pages: list[PageModule]) -> list[BaseRoute]
         response = RedirectResponse(console.ui_path + "/signed-out", status_code=303)
         if session is None:
             return response
+        origin = request.headers.get("origin")
+        if origin is not None and origin != console.origin:
+            return console.bare_page(
+                "error.html", {"title": "Refused", "message": "This sign-out did not come from the console."}, 403
+            )
         form = await request.form(max_files=0, max_fields=10)
         token = form.get("csrf")
         if not console.sealer.check_csrf(session.sid, token if isinstance(token, str) else None):
