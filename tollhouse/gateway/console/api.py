@@ -153,6 +153,8 @@ class _Relay(Response):
 
     def __init__(self, app: ASGIApp, scope: Scope) -> None:
         super().__init__()
+        # The relayed app sends its own length (or streams without one).
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k.lower() != b"content-length"]
         self._app = app
         self._target = scope
 
