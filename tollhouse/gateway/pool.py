@@ -143,6 +143,14 @@ class UpstreamPool:
         """Last observed health of an upstream."""
         return self._health.get(name, Health())
 
+    def breaker(self, name: str) -> tuple[str, int]:
+        """The circuit breaker of an upstream: ("open" while it is down, else "closed"), failures in a row.
+
+        While open, the reconnect loop is the half-open probe: its first success closes it.
+        """
+        state = "open" if self.health(name).status == "down" else "closed"
+        return state, self._failures.get(name, 0)
+
     def description(self, name: str) -> ServerDescription | None:
         """What the upstream said about itself at its last handshake."""
         return self._descriptions.get(name)
