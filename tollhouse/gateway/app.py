@@ -242,6 +242,7 @@ def create_app(
         admission=admission,
         usage=usage,
         auditor=auditor,
+        sessions=sessions,
     )
     # `keys rotate` swaps the ring: token signing follows (older keys stay in the JWKS).
     admin_state.keyring_listeners.append(door.use_ring)

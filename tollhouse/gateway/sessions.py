@@ -66,6 +66,9 @@ class DownstreamSession:
     # (server, upstream uri) this session subscribed to, and the view that names them
     subscriptions: set[tuple[str, str]] = field(default_factory=set)
     view: View | None = None
+    # Who opened it and when (wall clock), for the admin API's list of sessions.
+    principal: Principal | None = None
+    created_at: float = field(default_factory=time.time)
 
     def notify(self, message: JSONObject) -> None:
         """Send a notification on the GET stream, keeping it for replay (resumability).
@@ -126,6 +129,7 @@ class SessionManager:
             last_seen=time.monotonic(),
             outbox_send=send,
             outbox_receive=receive,
+            principal=principal,
         )
         self._sessions[session.id] = session
         return session
@@ -143,6 +147,10 @@ class SessionManager:
             return None
         session.last_seen = time.monotonic()
         return session
+
+    def sessions(self) -> list[DownstreamSession]:
+        """Every live session on this replica, oldest first (read-only: for the admin API)."""
+        return sorted(self._sessions.values(), key=lambda s: s.created_at)
 
     async def close(self, session_id: str) -> None:
         """End a session: cancel its requests, close its stream and its upstream sessions."""
