@@ -4,6 +4,10 @@ Reading needs role `admin` or `auditor`; signing a checkpoint now and running re
 need `admin`. Every request that changes something is recorded by the admin API itself, and so
 is an export (with its window), so the trail shows who took a copy of it.
 
+`/audit/records.jsonl` is the other copy: the records that match the same filters as
+`/audit/records`, newest first, exactly as stored (no keys or checkpoints: a filtered set of
+records is not a chain slice and does not verify on its own). It is recorded like an export.
+
 An export is JSON lines: one `{"key": …}` line per checkpoint key, each node's records exactly
 as stored (RFC 8785 text), then `{"checkpoint": …}` lines. With `since`, each node's records
 start right after its newest checkpoint before the window, so the slice verifies offline
@@ -104,6 +108,26 @@ def audit_routes(state: AdminState, guarded: Guard) -> list[Route]:
             headers={"Content-Disposition": 'attachment; filename="audit.jsonl"'},
         )
 
+    async def matching(request: Request) -> Response:
+        params = request.query_params
+        _only(params, {*FILTERS, "since", "until"})
+        filters: dict[str, Any] = {name: params[name] for name in FILTERS if params.get(name)}
+        since, until = _window(params)
+        request.state.audit = {
+            "filters": dict(filters),
+            "since": params.get("since"),
+            "until": params.get("until"),
+        }
+        pages = trail().store.matching({**filters, "since": since, "until": until})
+        # The first page is read before this listing's own record exists, and later pages continue
+        # below it, so the listing never includes itself.
+        first = await anext(pages, None)
+        return StreamingResponse(
+            _matching_lines(first, pages),
+            media_type="application/x-ndjson",
+            headers={"Content-Disposition": 'attachment; filename="audit-records.jsonl"'},
+        )
+
     async def keys(request: Request) -> Response:
         return json_response({"items": trail().public_keys()})
 
@@ -139,6 +163,7 @@ def audit_routes(state: AdminState, guarded: Guard) -> list[Route]:
 
     return [
         Route("/audit/records", guarded(records, "audit"), methods=["GET"]),
+        Route("/audit/records.jsonl", guarded(matching, "audit"), methods=["GET"]),
         Route("/audit/records/{node}/{seq}", guarded(record, "audit"), methods=["GET"]),
         Route("/audit/verify", guarded(verify, "audit"), methods=["GET"]),
         Route("/audit/export", guarded(export, "audit"), methods=["GET"]),
@@ -177,6 +202,16 @@ async def _export_lines(
     for node, _, last, checkpoints_from in slices:
         for checkpoint in await store.checkpoints(node, first=checkpoints_from, last=last):
             yield orjson.dumps({"checkpoint": checkpoint}) + b"\n"
+
+
+async def _matching_lines(
+    first: list[tuple[AuditKey, str]] | None, rest: AsyncIterator[list[tuple[AuditKey, str]]]
+) -> AsyncIterator[bytes]:
+    if first is None:
+        return
+    yield b"".join(text.encode() + b"\n" for _, text in first)
+    async for page in rest:
+        yield b"".join(text.encode() + b"\n" for _, text in page)
 
 
 def _only(params: Mapping[str, str], allowed: set[str]) -> None:

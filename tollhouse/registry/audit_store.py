@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,13 +26,23 @@ from tollhouse.audit.records import rfc3339_ms
 from tollhouse.registry.tables import AUDIT_CHECKPOINTS, AUDIT_RECORDS, utc
 from tollhouse.registry.transactions import TransactionalStore
 
-__all__ = ["FILTERS", "AuditKey", "SqlAuditStore"]
+__all__ = ["FILTERS", "AuditKey", "CallCounts", "SqlAuditStore"]
 
 # What `search` filters on by exact match (besides the time window `since`/`until`).
 FILTERS = ("subject", "team", "client_id", "server", "tool", "outcome", "trace_id", "kind", "action")
 # Longer values are not copied into the columns (the record keeps them): a client-chosen tool
 # name must not exceed an index entry's size limit and so make a whole batch fail to commit.
 _MAX_COLUMN = 256
+
+
+@dataclass(frozen=True)
+class CallCounts:
+    """Calls in a time window (`SqlAuditStore.call_counts`)."""
+
+    # (the minute's start, outcome, records), minutes in no particular order.
+    by_minute: list[tuple[datetime, str | None, int]]
+    # (server, tool, records, of them errors, of them denials), busiest first.
+    top_tools: list[tuple[str | None, str | None, int, int, int]]
 
 
 @dataclass(frozen=True, order=True)
@@ -190,22 +200,8 @@ class SqlAuditStore(TransactionalStore):
         """Each node's newest checkpoint, by node."""
 
         def work(session: Session) -> list[dict[str, Any]]:
-            newest = (
-                sa.select(AUDIT_CHECKPOINTS.c.node, sa.func.max(AUDIT_CHECKPOINTS.c.seq).label("seq"))
-                .group_by(AUDIT_CHECKPOINTS.c.node)
-                .subquery()
-            )
-            rows = session.execute(
-                sa.select(AUDIT_CHECKPOINTS.c.checkpoint)
-                .join(
-                    newest,
-                    sa.and_(
-                        AUDIT_CHECKPOINTS.c.node == newest.c.node, AUDIT_CHECKPOINTS.c.seq == newest.c.seq
-                    ),
-                )
-                .order_by(AUDIT_CHECKPOINTS.c.node)
-            )
-            return [json.loads(r.checkpoint) for r in rows]
+            newest = _newest_per_node(session, AUDIT_CHECKPOINTS, AUDIT_CHECKPOINTS.c.checkpoint)
+            return [json.loads(r.checkpoint) for r in newest]
 
         return await self._run(work)
 
@@ -250,38 +246,86 @@ class SqlAuditStore(TransactionalStore):
         Raises:
             ValueError: a filter name that is not one of those.
         """
-        unknown = set(filters) - {"since", "until", *FILTERS}
-        if unknown:
-            raise ValueError(f"unknown audit filters: {', '.join(sorted(unknown))}")
-        table = AUDIT_RECORDS
-        query = (
-            sa.select(table.c.time, table.c.node, table.c.seq, table.c.record)
-            .order_by(table.c.time.desc(), table.c.node.desc(), table.c.seq.desc())
-            .limit(limit + 1)
-        )
-        for name in FILTERS:
-            if filters.get(name) is not None:
-                query = query.where(table.c[name] == str(filters[name]))
-        if filters.get("since") is not None:
-            query = query.where(table.c.time >= utc(filters["since"]))
-        if filters.get("until") is not None:
-            query = query.where(table.c.time < utc(filters["until"]))
-        if before is not None:
-            # A row-value comparison, so the filter column's (…, time, node, seq) index serves it.
-            query = query.where(
-                sa.tuple_(table.c.time, table.c.node, table.c.seq)
-                < sa.tuple_(
-                    sa.literal(utc(before.time), table.c.time.type),
-                    sa.literal(before.node, table.c.node.type),
-                    sa.literal(before.seq, table.c.seq.type),
-                )
-            )
-        rows = await self._run(lambda session: list(session.execute(query)))
+        _check_filters(filters)
+        query = _newest_first(filters, before, limit + 1)
+        rows = await self._run(functools.partial(_rows, query))
         items = [_loaded(r.node, int(r.seq), r.time, r.record) for r in rows[:limit]]
         if len(rows) <= limit:
             return items, None
         last = rows[limit - 1]
         return items, AuditKey(utc(last.time), last.node, int(last.seq))
+
+    async def matching(
+        self, filters: Mapping[str, Any], *, page: int = 1000
+    ) -> AsyncIterator[list[tuple[AuditKey, str]]]:
+        """Every record matching `filters` (as `search` takes them), newest first, a page at a time:
+        each as its key and its text exactly as stored (RFC 8785).
+
+        Each page is read when asked for and continues below the last key of the one before,
+        so records committed meanwhile with a newer time never join a listing under way.
+
+        Raises:
+            ValueError: a filter name that is not one of FILTERS, since or until.
+        """
+        _check_filters(filters)
+        before: AuditKey | None = None
+        while True:
+            rows = await self._run(functools.partial(_rows, _newest_first(filters, before, page)))
+            if rows:
+                yield [(AuditKey(utc(r.time), r.node, int(r.seq)), r.record) for r in rows]
+            if len(rows) < page:
+                return
+            last = rows[-1]
+            before = AuditKey(utc(last.time), last.node, int(last.seq))
+
+    async def call_counts(
+        self,
+        since: datetime,
+        until: datetime,
+        *,
+        actions: Collection[str],
+        errors: Collection[str],
+        denials: Collection[str],
+        top: int = 10,
+    ) -> CallCounts:
+        """Records of `actions` with since <= time < until: counts per minute and outcome, and the
+        `top` tools by count (with how many of their outcomes are in `errors` and `denials`).
+
+        Both are aggregates over the (action, time, …) index's range for each action, so the
+        cost follows the records in the window, not the size of the trail.
+        """
+        table = AUDIT_RECORDS
+        window = sa.and_(
+            table.c.action.in_(list(actions)), table.c.time >= utc(since), table.c.time < utc(until)
+        )
+
+        def work(session: Session) -> CallCounts:
+            minute = _minute(table.c.time, session.get_bind().dialect.name).label("minute")
+            calls = sa.func.count().label("calls")
+            per_minute = session.execute(
+                sa.select(minute, table.c.outcome, calls).where(window).group_by("minute", table.c.outcome)
+            )
+            tools = session.execute(
+                sa.select(
+                    table.c.server,
+                    table.c.tool,
+                    calls,
+                    sa.func.sum(sa.case((table.c.outcome.in_(list(errors)), 1), else_=0)),
+                    sa.func.sum(sa.case((table.c.outcome.in_(list(denials)), 1), else_=0)),
+                )
+                .where(window)
+                .group_by(table.c.server, table.c.tool)
+                .order_by(sa.desc("calls"), table.c.server, table.c.tool)
+                .limit(top)
+            )
+            return CallCounts(
+                by_minute=[
+                    (datetime.fromisoformat(m).replace(tzinfo=UTC), o, int(n)) for m, o, n in per_minute
+                ],
+                top_tools=[(s, t, int(n), int(e or 0), int(d or 0)) for s, t, n, e, d in tools],
+            )
+
+        return await self._run(work)
 
     async def get(self, node: str, seq: int) -> dict[str, Any] | None:
         """The record at `seq` in `node`'s chain, or None."""
@@ -300,18 +344,8 @@ class SqlAuditStore(TransactionalStore):
         """Each node's last record: {node, seq, hash, time} (the stored time, RFC 3339), by node."""
 
         def work(session: Session) -> list[dict[str, Any]]:
-            last = (
-                sa.select(AUDIT_RECORDS.c.node, sa.func.max(AUDIT_RECORDS.c.seq).label("seq"))
-                .group_by(AUDIT_RECORDS.c.node)
-                .subquery()
-            )
-            rows = session.execute(
-                sa.select(
-                    AUDIT_RECORDS.c.node, AUDIT_RECORDS.c.seq, AUDIT_RECORDS.c.hash, AUDIT_RECORDS.c.time
-                )
-                .join(last, sa.and_(AUDIT_RECORDS.c.node == last.c.node, AUDIT_RECORDS.c.seq == last.c.seq))
-                .order_by(AUDIT_RECORDS.c.node)
-            )
+            table = AUDIT_RECORDS
+            rows = _newest_per_node(session, table, table.c.node, table.c.seq, table.c.hash, table.c.time)
             return [
                 {"node": r.node, "seq": int(r.seq), "hash": r.hash, "time": rfc3339_ms(r.time)} for r in rows
             ]
@@ -403,6 +437,81 @@ class SqlAuditStore(TransactionalStore):
                 return
             last = json.loads(batch[-1])
             after = (str(last["node"]), int(last["seq"]))
+
+
+def _newest_per_node(session: Session, table: sa.Table, *columns: sa.ColumnElement[Any]) -> list[Any]:
+    """`columns` of each node's highest-seq row in `table`, by node.
+
+    A walk of the (node, seq) primary key: one seek for the next node, one for its last row.
+    There are few nodes and many rows, so this stays fast where a GROUP BY reads every row.
+    """
+    found: list[Any] = []
+    node: str | None = None
+    while True:
+        after = sa.select(table.c.node).order_by(table.c.node).limit(1)
+        if node is not None:
+            after = after.where(table.c.node > node)
+        node = session.execute(after).scalar()
+        if node is None:
+            return found
+        found.append(
+            session.execute(
+                sa.select(*columns).where(table.c.node == node).order_by(table.c.seq.desc()).limit(1)
+            ).one()
+        )
+
+
+def _rows(query: sa.Select[Any], session: Session) -> list[Any]:
+    """A search's rows. On PostgreSQL with a plan made for the values at hand: how selective a
+    tool, subject or outcome is varies by orders of magnitude, and once psycopg prepares the
+    statement a generic plan may intersect two filter indexes and sort thousands of rows where
+    the one selective index, read newest first, stops after a page."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
+    return list(session.execute(query))
+
+
+def _check_filters(filters: Mapping[str, Any]) -> None:
+    unknown = set(filters) - {"since", "until", *FILTERS}
+    if unknown:
+        raise ValueError(f"unknown audit filters: {', '.join(sorted(unknown))}")
+
+
+def _newest_first(filters: Mapping[str, Any], before: AuditKey | None, limit: int) -> sa.Select[Any]:
+    """Up to `limit` records matching `filters` older than `before`, (time, node, seq) descending."""
+    table = AUDIT_RECORDS
+    query = (
+        sa.select(table.c.time, table.c.node, table.c.seq, table.c.record)
+        .order_by(table.c.time.desc(), table.c.node.desc(), table.c.seq.desc())
+        .limit(limit)
+    )
+    for name in FILTERS:
+        if filters.get(name) is not None:
+            query = query.where(table.c[name] == str(filters[name]))
+    if filters.get("since") is not None:
+        query = query.where(table.c.time >= utc(filters["since"]))
+    if filters.get("until") is not None:
+        query = query.where(table.c.time < utc(filters["until"]))
+    if before is not None:
+        # A row-value comparison, so the filter column's (…, time, node, seq) index serves it.
+        query = query.where(
+            sa.tuple_(table.c.time, table.c.node, table.c.seq)
+            < sa.tuple_(
+                sa.literal(utc(before.time), table.c.time.type),
+                sa.literal(before.node, table.c.node.type),
+                sa.literal(before.seq, table.c.seq.type),
+            )
+        )
+    return query
+
+
+def _minute(column: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[str]:
+    """`column`'s UTC minute as text, `2026-11-23 10:04`, on both backends."""
+    if dialect == "postgresql":
+        return sa.func.to_char(sa.func.timezone("UTC", column), "YYYY-MM-DD HH24:MI")
+    # SQLite keeps the naive UTC time as SQLAlchemy's fixed-width text, `2026-11-23 10:04:05.123456`
+    # (tables.UTCDateTime): its first 16 characters are the minute, cut faster than strftime parses.
+    return sa.func.substr(column, 1, 16)
 
 
 def _loaded(node: str, seq: int, time: datetime, text: str) -> dict[str, Any]:
