@@ -43,24 +43,29 @@ from tollhouse.gateway.admin_limits import apply_limits, limit_routes
 from tollhouse.gateway.admin_openapi import openapi_document
 from tollhouse.gateway.admin_pins import pin_items, pin_out, pin_routes
 from tollhouse.gateway.admin_policies import policy_routes
+from tollhouse.gateway.admin_sessions import session_routes
+from tollhouse.gateway.admin_stats import stats_routes
 from tollhouse.gateway.admin_usage import usage_routes
 from tollhouse.gateway.authorization import PolicyProblem, PolicyService
 from tollhouse.gateway.errors import GatewayError
 from tollhouse.gateway.front_door import FrontDoor, revoke_principal
 from tollhouse.gateway.pool import SyncResult, UpstreamPool
+from tollhouse.gateway.sessions import SessionManager
 from tollhouse.gateway.snapshot import Snapshot, split_exposed_name
 from tollhouse.gateway.usage_service import UsageConfigError, UsageService
 from tollhouse.gateway.views import toolset_members
 from tollhouse.registry.config import (
     CLIENT_NAME_RE,
+    SECRET_AUTH_KEYS,
     ConfigError,
     config_from_dict,
     config_to_dict,
     server_secrets_from_dict,
+    server_to_dict,
     toolset_from_dict,
 )
 from tollhouse.registry.identity_store import SqlIdentityStore
-from tollhouse.registry.models import ClientRecord, PolicyEntry, Team, Toolset, Upstream
+from tollhouse.registry.models import ClientRecord, PolicyEntry, Team, Toolset, Upstream, UpstreamAuth
 from tollhouse.registry.secrets_store import SqlSecretStore
 from tollhouse.registry.store import RegistryStore, StoreConflictError
 
@@ -96,6 +101,8 @@ class AdminState:
     admission: Any = None
     # The audit trail's recorder (gateway/auditing.py Auditor); None: admin actions go unrecorded.
     auditor: Any = None
+    # This replica's live session-era MCP sessions (None: not wired, the /sessions routes answer 503).
+    sessions: SessionManager | None = None
 
 
 def admin_app(state: AdminState) -> Starlette:
@@ -153,6 +160,26 @@ def admin_app(state: AdminState) -> Starlette:
         out = _server_out(state.pool, upstream, stored.get(upstream.name, ()))
         out["tools"] = [t.exposed for t in state.pool.snapshot.tools if t.server == upstream.name]
         return _json(out)
+
+    async def update_server(request: Request) -> Response:
+        existing = _known(state, request.path_params["name"])
+        name = existing.name
+        stored = (await _stored_fields(state, name)).get(name, [])
+        upstream, values = _parse_update(existing, await _body(request), stored)
+        _check_secrets(state, upstream, values, stored)
+        changed = await _changed_secrets(state, name, values)
+        # A stored secret the new credential no longer reads would linger unseen: drop it.
+        stale = [f for f in stored if f != upstream.auth.stored_secret_field]
+        if _same(existing, upstream) and not changed and not stale:
+            return _json(_server_out(state.pool, existing, stored))
+        saved = await state.store.upsert_upstream(upstream)
+        await _store_secrets(state, name, changed)
+        if state.secrets is not None:
+            for field_name in stale:
+                await state.secrets.delete_secret(name, field_name)
+        await state.pool.add(saved)
+        kept = sorted((set(stored) - set(stale)) | set(changed))
+        return _json(_server_out(state.pool, saved, kept))
 
     async def delete_server(request: Request) -> Response:
         name = request.path_params["name"]
@@ -352,6 +379,7 @@ def admin_app(state: AdminState) -> Starlette:
         Route("/servers", guarded(list_servers), methods=["GET"]),
         Route("/servers", guarded(create_server), methods=["POST"]),
         Route("/servers/{name}", guarded(show_server), methods=["GET"]),
+        Route("/servers/{name}", guarded(update_server), methods=["PUT"]),
         Route("/servers/{name}", guarded(delete_server), methods=["DELETE"]),
         Route("/servers/{name}/refresh", guarded(refresh_server), methods=["POST"]),
         Route("/tools", guarded(list_tools), methods=["GET"]),
@@ -372,7 +400,9 @@ def admin_app(state: AdminState) -> Starlette:
         *policy_routes(state, guarded),
         *usage_routes(state, guarded),
         *audit_routes(state, guarded),
+        *stats_routes(state, guarded),
         *limit_routes(state, guarded),
+        *session_routes(state, guarded),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
     return Starlette(routes=routes)
@@ -703,6 +733,44 @@ def _parse_server(body: dict[str, Any]) -> tuple[Upstream, dict[str, str]]:
     return upstream, values
 
 
+def _parse_update(
+    existing: Upstream, body: dict[str, Any], stored: Sequence[str]
+) -> tuple[Upstream, dict[str, str]]:
+    """The server a `PUT /servers/{name}` body makes of `existing`, and the secrets the body gives.
+
+    Keys the body leaves out keep their current values; a `url` replaces the stdio keys
+    (`command`, `env`, `cwd`), a `command` the URL ones (`url`, `transport`). A stored secret
+    the body does not send again is kept: it stands in for the value while the entry is
+    validated, and is not among the values returned.
+    """
+    name = existing.name
+    if body.get("name", name) != name:
+        raise _Problem(400, "Invalid server", f"the body names '{body['name']}' but the path '{name}'")
+    current = server_to_dict(existing)
+    if isinstance(current.get("auth"), dict) and existing.auth.stored_secret_field is not None:
+        current["auth"].pop(existing.auth.stored_secret_field, None)  # a `${VAR}` placeholder
+    replaced = {"url": ("command", "env", "cwd"), "command": ("url", "transport")}
+    for given, keys in replaced.items():
+        if given in body:
+            for key in keys:
+                current.pop(key, None)
+    if "timeouts" in body:
+        current.pop("connect_timeout_seconds", None)
+        current.pop("call_timeout_seconds", None)
+    entry = {**current, **body, "name": name}
+    auth = entry.get("auth")
+    kept: tuple[str, str] | None = None
+    if isinstance(auth, dict):
+        wanted = UpstreamAuth(type=auth.get("type", "none")).stored_secret_field
+        if wanted is not None and wanted in stored and not {wanted, SECRET_AUTH_KEYS[wanted]} & set(auth):
+            kept = (wanted, "kept-" + secrets.token_urlsafe(16))
+            entry["auth"] = {**auth, kept[0]: kept[1]}
+    upstream, values = _parse_server(entry)
+    if kept is not None and values.get(kept[0]) == kept[1]:
+        del values[kept[0]]
+    return upstream, values
+
+
 # Auth types that cannot work without their secret (the authorization-code client may be public).
 _SECRET_REQUIRED = frozenset({"bearer", "header", "oauth_client_credentials", "token_exchange"})
 
@@ -799,6 +867,7 @@ def _pin_list(state: AdminState, wanted: str, server: str | None) -> list[dict[s
 
 def _server_out(pool: UpstreamPool, u: Upstream, stored: Sequence[str] = ()) -> dict[str, Any]:
     health = pool.health(u.name)
+    breaker, failures = pool.breaker(u.name)
     desc = pool.description(u.name)
     catalog = pool.catalog(u.name)
     return {
@@ -820,6 +889,7 @@ def _server_out(pool: UpstreamPool, u: Upstream, stored: Sequence[str] = ()) -> 
             "last_error": health.last_error,
             "checked_at": _iso(health.checked_at),
         },
+        "breaker": {"state": breaker, "consecutive_failures": failures},
         "era": desc.era if desc else None,
         "protocol_version": desc.protocol_version if desc else None,
         "tool_count": len(catalog.tools) if catalog else 0,

@@ -25,6 +25,7 @@ def openapi_document() -> dict[str, Any]:
             "/servers/{name}": {
                 "parameters": name,
                 "get": op("Show a server"),
+                "put": op("Update a server: keys left out, and stored secrets not sent again, are kept"),
                 "delete": op("Remove a server", "204"),
             },
             "/servers/{name}/refresh": {"parameters": name, "post": op("Sync a server's catalog now")},
@@ -138,6 +139,18 @@ def openapi_document() -> dict[str, Any]:
                     "outcome, trace_id, kind, action, limit<=500, cursor) (admin, auditor)"
                 )
             },
+            "/audit/records.jsonl": {
+                "get": op(
+                    "Every record matching the /audit/records filters as JSON lines, newest first, "
+                    "as stored (recorded) (admin, auditor)"
+                )
+            },
+            "/stats": {
+                "get": op(
+                    "The overview's figures over the last ?minutes=1..1440 (default 60): calls per minute, "
+                    "outcomes, error and denial rates, top tools, upstream health, pending approvals"
+                )
+            },
             "/audit/records/{node}/{seq}": {
                 "parameters": [
                     {"name": "node", "in": "path", "required": True, "schema": {"type": "string"}},
@@ -176,6 +189,11 @@ def openapi_document() -> dict[str, Any]:
                     {"name": "value", "in": "path", "required": True, "schema": {"type": "string"}},
                 ],
                 "delete": op("Release a kill switch", "204"),
+            },
+            "/sessions": {"get": op("Live session-era MCP sessions on the replica that answers")},
+            "/sessions/{id}": {
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "delete": op("End a session on this replica: its client's next request gets 404", "204"),
             },
         },
     }

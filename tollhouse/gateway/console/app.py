@@ -124,7 +124,9 @@ def console_routes(console: Console, pages: list[PageModule]) -> list[BaseRoute]
         origin = request.headers.get("origin")
         if origin is not None and origin != console.origin:
             return console.bare_page(
-                "error.html", {"title": "Refused", "message": "This sign-out did not come from the console."}, 403
+                "error.html",
+                {"title": "Refused", "message": "This sign-out did not come from the console."},
+                403,
             )
         form = await request.form(max_files=0, max_fields=10)
         token = form.get("csrf")
