@@ -145,3 +145,20 @@ async def test_sign_in_through_an_external_identity_provider(tmp_path: Path) -> 
                 # The gateway has no authorization server of its own here.
                 assert (await browser.get("/oauth/login")).status_code == 404
             assert idp.requests["token"] == 1
+
+
+async def test_over_https_cookies_are_host_prefixed_and_secure(tmp_path: Path) -> None:
+    # The listener is loopback http, but the gateway is published at an https URL.
+    async with (
+        running_gateway(tmp_path, public_url="https://gw.example") as gateway,
+        httpx2.AsyncClient(base_url=gateway.base_url) as browser,
+    ):
+        started = await browser.get("/ui/login")
+        assert started.status_code == 303
+        assert started.headers["location"].startswith("https://gw.example/oauth/authorize?")
+        assert "redirect_uri=https%3A%2F%2Fgw.example%2Fui%2Fcallback" in started.headers["location"]
+        cookie = started.headers["set-cookie"]
+        assert cookie.startswith("__Host-tollhouse-console-signin=")
+        attributes = {part.strip().lower() for part in cookie.split(";")[1:]}
+        assert {"secure", "httponly", "samesite=lax", "path=/"} <= attributes
+        assert not any(a.startswith("domain=") for a in attributes)

@@ -20,6 +20,8 @@ _VALUE = 110
 
 
 def _fmt(value: float, unit: str) -> str:
+    if value == 1 and unit.endswith("s"):
+        unit = unit[:-1]
     text = f"{value:,.0f}" if float(value).is_integer() else f"{value:,.2f}"
     return f"{text} {unit}".strip()
 

@@ -14,8 +14,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from tollhouse.gateway.console.api import ApiError
-from tollhouse.gateway.console.core import Console, Handler, View
-from tollhouse.gateway.console.pages.tools import review, shown
+from tollhouse.gateway.console.core import Console, View
+from tollhouse.gateway.console.pages.tools import deciding, review, shown
 from tollhouse.policies.scanner import visible
 
 __all__ = ["routes"]
@@ -79,27 +79,17 @@ async def refresh_agent(view: View) -> Response:
     return view.redirect(f"/agents/{_path(name)}", notice=notice)
 
 
-def _deciding(decision: str) -> Handler:
-    async def decide(view: View) -> Response:
-        name = view.request.path_params["name"]
-        sha = view.field("sha256")
-        try:
-            await view.api.post(f"/agents/{name}/card/{decision}", json={"sha256": sha} if sha else {})
-        except ApiError as error:
-            if error.status != 409:
-                raise
-            return view.redirect(f"/agents/{_path(name)}", error=error.detail)
-        done = "approved" if decision == "approve" else "rejected"
-        return view.redirect(f"/agents/{_path(name)}", notice=f"The card of agent {name} is {done}.")
-
-    return decide
-
-
 def routes(console: Console) -> list[BaseRoute]:
     return [
         Route("/agents", console.page(list_agents), methods=["GET"]),
         Route("/agents/{name}", console.page(show_agent), methods=["GET"]),
         Route("/agents/{name}/refresh", console.page(refresh_agent, "admin"), methods=["POST"]),
-        Route("/agents/{name}/card/approve", console.page(_deciding("approve"), "approve"), methods=["POST"]),
-        Route("/agents/{name}/card/reject", console.page(_deciding("reject"), "approve"), methods=["POST"]),
+        *(
+            Route(
+                f"/agents/{{name}}/card/{decision}",
+                console.page(deciding(decision, "agents", "/card", "The card of agent {name} is"), "approve"),
+                methods=["POST"],
+            )
+            for decision in ("approve", "reject")
+        ),
     ]

@@ -17,8 +17,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from tollhouse.gateway.console.api import ApiError
-from tollhouse.gateway.console.core import Console, Handler, View
-from tollhouse.gateway.console.pages.tools import review
+from tollhouse.gateway.console.core import Console, View
+from tollhouse.gateway.console.pages.tools import deciding, review
 from tollhouse.policies.scanner import visible
 
 __all__ = ["breaker", "routes"]
@@ -269,22 +269,6 @@ async def remove_server(view: View) -> Response:
     return view.redirect("/servers", notice=f"Server {name} is removed.")
 
 
-def _deciding(decision: str) -> Handler:
-    async def decide(view: View) -> Response:
-        name = view.request.path_params["name"]
-        body = {"sha256": view.field("sha256")} if view.field("sha256") else {}
-        try:
-            await view.api.post(f"/servers/{name}/instructions/{decision}", json=body)
-        except ApiError as error:
-            if error.status != 409:
-                raise
-            return view.redirect(f"/servers/{_path(name)}", error=error.detail)
-        done = "approved" if decision == "approve" else "rejected"
-        return view.redirect(f"/servers/{_path(name)}", notice=f"The instructions of {name} are {done}.")
-
-    return decide
-
-
 def routes(console: Console) -> list[BaseRoute]:
     return [
         Route("/servers", console.page(list_servers), methods=["GET"]),
@@ -295,14 +279,15 @@ def routes(console: Console) -> list[BaseRoute]:
         Route("/servers/{name}/edit", console.page(update_server, "admin"), methods=["POST"]),
         Route("/servers/{name}/refresh", console.page(refresh_server, "admin"), methods=["POST"]),
         Route("/servers/{name}/remove", console.page(remove_server, "admin"), methods=["POST"]),
-        Route(
-            "/servers/{name}/instructions/approve",
-            console.page(_deciding("approve"), "approve"),
-            methods=["POST"],
-        ),
-        Route(
-            "/servers/{name}/instructions/reject",
-            console.page(_deciding("reject"), "approve"),
-            methods=["POST"],
+        *(
+            Route(
+                f"/servers/{{name}}/instructions/{decision}",
+                console.page(
+                    deciding(decision, "servers", "/instructions", "The instructions of {name} are"),
+                    "approve",
+                ),
+                methods=["POST"],
+            )
+            for decision in ("approve", "reject")
         ),
     ]

@@ -125,19 +125,25 @@ async def show_tool(view: View) -> Response:
     )
 
 
-def _deciding(decision: str) -> Handler:
+def deciding(decision: str, area: str, api_suffix: str, what: str) -> Handler:
+    """A handler that approves or rejects what waits at `/{area}/{name}{api_suffix}` in the admin API.
+
+    The decision carries the hash the approver was shown: if the definition changed since, the
+    admin API answers 409 and the page says so instead of deciding something unseen.
+    """
+
     async def decide(view: View) -> Response:
         name = view.request.path_params["name"]
-        back = f"/tools/{quote(name, safe='')}"
+        back = f"/{area}/{quote(name, safe='')}"
         sha = view.field("sha256")
         try:
-            await view.api.post(f"/tools/{name}/{decision}", json={"sha256": sha} if sha else {})
+            await view.api.post(f"/{area}/{name}{api_suffix}/{decision}", json={"sha256": sha} if sha else {})
         except ApiError as error:
             if error.status != 409:
                 raise
             return view.redirect(back, error=error.detail)
         done = "approved" if decision == "approve" else "rejected"
-        return view.redirect(back, notice=f"Tool {name} is {done}.")
+        return view.redirect(back, notice=f"{what.format(name=name)} {done}.")
 
     return decide
 
@@ -146,6 +152,12 @@ def routes(console: Console) -> list[BaseRoute]:
     return [
         Route("/tools", console.page(list_tools), methods=["GET"]),
         Route("/tools/{name}", console.page(show_tool), methods=["GET"]),
-        Route("/tools/{name}/approve", console.page(_deciding("approve"), "approve"), methods=["POST"]),
-        Route("/tools/{name}/reject", console.page(_deciding("reject"), "approve"), methods=["POST"]),
+        *(
+            Route(
+                f"/tools/{{name}}/{decision}",
+                console.page(deciding(decision, "tools", "", "Tool {name} is"), "approve"),
+                methods=["POST"],
+            )
+            for decision in ("approve", "reject")
+        ),
     ]
