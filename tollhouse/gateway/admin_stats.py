@@ -131,13 +131,14 @@ def upstream_health(pool: UpstreamPool) -> list[dict[str, Any]]:
         health = pool.health(upstream.name)
         catalog = pool.catalog(upstream.name)
         status = health.status if upstream.enabled else "disabled"
+        breaker, failures = pool.breaker(upstream.name)
         items.append(
             {
                 "name": upstream.name,
                 "kind": "agent" if upstream.is_agent else "server",
                 "status": status,
-                "breaker": pool.breaker(upstream.name)[0] if upstream.enabled else None,
-                "consecutive_failures": pool.breaker(upstream.name)[1],
+                "breaker": breaker if upstream.enabled else None,
+                "consecutive_failures": failures,
                 "last_error": health.last_error,
                 "checked_at": iso(health.checked_at),
                 "tools": len(catalog.tools) if catalog is not None else 0,

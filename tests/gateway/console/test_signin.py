@@ -25,7 +25,7 @@ async def test_sign_in_round_trip_lands_on_the_overview(tmp_path: Path) -> None:
             assert "ada" in page.text and "Overview" in page.text
             csp = page.headers["content-security-policy"]
             assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp
-            assert "unsafe-inline" not in csp
+            assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
             assert page.headers["x-frame-options"] == "DENY"
             cookie = next(c for c in browser.cookies.jar if c.name == "tollhouse-console")
             assert not cookie.secure  # plain-http loopback: no Secure, no __Host- prefix

@@ -32,6 +32,11 @@ class ApiError(Exception):
         super().__init__(detail)
         self.status, self.title, self.detail = status, title, detail
 
+    @property
+    def about_the_form(self) -> bool:
+        """True when the submitted values were refused (show the form again with the reason)."""
+        return self.status in (400, 409, 422)
+
 
 @dataclass(frozen=True)
 class Reply:

@@ -18,7 +18,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tollhouse.auth.verifiers import InvalidTokenError
-from tollhouse.gateway.console.core import Console, _client, security_headers, static_root
+from tollhouse.gateway.console.core import Console, client_address, security_headers, static_root
 from tollhouse.gateway.console.session import ConsoleSession, SignInState
 from tollhouse.gateway.console.signin import SignInError
 
@@ -32,7 +32,7 @@ PageModule = Callable[[Console], list[BaseRoute]]
 class SecurityHeaders:
     """Adds the console's security headers to every response (pages, redirects, assets, errors)."""
 
-    def __init__(self, app: ASGIApp, *, cache_static: bool = True) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self._headers = [(k.lower().encode(), v.encode()) for k, v in security_headers().items()]
 
@@ -99,7 +99,7 @@ def console_routes(console: Console, pages: list[PageModule]) -> list[BaseRoute]
         if not code:
             return _failed(console, "The sign-in answer carried no code. Start again.", 400)
         try:
-            tokens = await console.provider.redeem(code, state.verifier, _client(request))
+            tokens = await console.provider.redeem(code, state.verifier, client_address(request))
         except SignInError as error:
             return _failed(console, str(error), 502)
         try:
@@ -136,7 +136,7 @@ def console_routes(console: Console, pages: list[PageModule]) -> list[BaseRoute]
             )
         if session.refresh_token is not None and console.provider is not None:
             try:
-                await console.provider.revoke(session.refresh_token, _client(request))
+                await console.provider.revoke(session.refresh_token, client_address(request))
             except SignInError:
                 logger.warning("console sign-out: the refresh token could not be revoked")
         console.drop_cookie(response, console.cookies.session)
@@ -169,9 +169,7 @@ def _safe_next(console: Console, value: str | None) -> str:
     home = console.ui_path + "/"
     if not value:
         return home
-    if not value.startswith(console.ui_path + "/") or value.startswith("//") or "\\" in value:
-        return home
-    if any(ord(ch) < 0x20 for ch in value):
+    if not value.startswith(home) or "\\" in value or any(ord(ch) < 0x20 for ch in value):
         return home
     return value
 

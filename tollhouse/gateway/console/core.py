@@ -114,7 +114,8 @@ class View:
     ) -> Response:
         """A page (or, for htmx, the fragment the template renders when `partial` is true)."""
         flash = self.console.read_flash(self.request)
-        body = self.console.env.get_template(template).render(
+        response = self.console.bare_page(
+            template,
             {
                 "view": self,
                 "viewer": self.viewer,
@@ -124,11 +125,10 @@ class View:
                 "current": self.request.url.path,
                 "flash": flash,
                 "partial": self.is_htmx and self.request.headers.get("hx-target") is not None,
-                "static": self.console.static_url,
                 **(context or {}),
-            }
+            },
+            status,
         )
-        response = HTMLResponse(body, status_code=status)
         if flash is not None:
             self.console.clear_flash(response)
         return response
@@ -254,7 +254,8 @@ class Console:
         return response
 
     def bare_page(self, template: str, context: Mapping[str, Any], status: int) -> Response:
-        """A page for someone not (or no longer) signed in: no navigation, no forms."""
+        """A page; on its own (`context` naming no viewer), one for someone not signed in: no
+        navigation, no forms. `View.render` fills in the signed-in parts."""
         body = self.env.get_template(template).render(
             {
                 "view": None,
@@ -284,7 +285,7 @@ class Console:
             if session.refresh_token is None or self.provider is None:
                 return None
             try:
-                tokens = await self.provider.refresh(session.refresh_token, _client(request))
+                tokens = await self.provider.refresh(session.refresh_token, client_address(request))
             except SignInError:
                 return None
             session = self.session_from(tokens, session.subject, sid=session.sid, ends_at=session.ends_at)
@@ -310,7 +311,7 @@ class Console:
             view = View(
                 request,
                 viewer,
-                AdminApi(self.admin, token=session.access_token, client=_client(request)),
+                AdminApi(self.admin, token=session.access_token, client=client_address(request)),
                 self,
                 session,
             )
@@ -380,7 +381,8 @@ class Console:
         return f"{parts.scheme}://{parts.netloc}"
 
 
-def _client(request: Request) -> tuple[str, int] | None:
+def client_address(request: Request) -> tuple[str, int] | None:
+    """The browser's address, passed on so the admin API's records name where a change came from."""
     return (request.client.host, request.client.port) if request.client is not None else None
 
 

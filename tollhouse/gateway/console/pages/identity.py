@@ -20,7 +20,6 @@ from tollhouse.registry.models import ROLES
 __all__ = ["routes"]
 
 # Refusals a form answers in place (the field's problem), rather than as an error page.
-_FORM_ERRORS = frozenset({400, 409, 422})
 
 
 # -- the page ----------------------------------------------------------------------------------
@@ -69,7 +68,7 @@ async def create_team(view: View) -> Response:
     try:
         await view.api.post("/teams", {"name": form["name"], "description": form["description"] or None})
     except ApiError as error:
-        if error.status not in _FORM_ERRORS:
+        if not error.about_the_form:
             raise
         return await _identity_page(
             view, forms={"team": form}, errors={"team": error.detail}, status=error.status
@@ -101,7 +100,7 @@ async def create_user(view: View) -> Response:
     try:
         await view.api.post("/users", body)
     except ApiError as error:
-        if error.status not in _FORM_ERRORS:
+        if not error.about_the_form:
             raise
         # The password is never sent back to the browser, not even to re-fill the form.
         return await _identity_page(
@@ -147,7 +146,7 @@ async def update_user(view: View) -> Response:
     try:
         await view.api.patch(f"/users/{name}", body)
     except ApiError as error:
-        if error.status not in _FORM_ERRORS:
+        if not error.about_the_form:
             raise
         user = await view.api.get(f"/users/{name}")
         return await _user_page(view, user, error=error.detail, status=error.status)
@@ -177,7 +176,7 @@ async def create_client(view: View) -> Response:
     try:
         created = await view.api.post("/clients", body)
     except ApiError as error:
-        if error.status not in _FORM_ERRORS:
+        if not error.about_the_form:
             raise
         return await _identity_page(
             view, forms={"client": form}, errors={"client": error.detail}, status=error.status

@@ -28,7 +28,6 @@ SCOPE_DIMENSION = {"team": "team", "client": "client", "user": "subject"}
 MAX_STATUS_NAMES = 50
 RECENT_REFUSALS = 50
 NEAR_SHARE = 0.8
-FORM_ERRORS = (400, 409, 422)
 
 
 # -- the page ------------------------------------------------------------------------------------
@@ -141,7 +140,7 @@ async def _save_limit(view: View, values: dict[str, Any], *, editing: bool) -> R
     try:
         await view.api.put(f"/limits/{values['id']}", _limit_body(values))
     except ApiError as error:
-        if error.status not in FORM_ERRORS:
+        if not error.about_the_form:
             raise
         return _limit_form(view, values, editing=editing, error=error.detail, status=error.status)
     verb = "saved" if editing else "created"
@@ -218,7 +217,7 @@ async def engage_kill(view: View) -> Response:
     try:
         await view.api.post("/kill-switches", body)
     except ApiError as error:
-        if error.status not in FORM_ERRORS:
+        if not error.about_the_form:
             raise
         return view.redirect("/limits#kill-switches", error=error.detail)
     return view.redirect(
@@ -280,7 +279,7 @@ async def _save_budget(
     try:
         await view.api.put(f"/budgets/{values['id']}", body)
     except ApiError as error:
-        if error.status not in FORM_ERRORS:
+        if not error.about_the_form:
             raise
         return _budget_form(view, values, editing=editing, error=error.detail, status=error.status)
     verb = "saved" if editing else "created"
@@ -317,7 +316,7 @@ async def grant_credit(view: View) -> Response:
     try:
         await view.api.post(f"/budgets/{budget['id']}/credits", grant)
     except ApiError as error:
-        if error.status not in FORM_ERRORS:
+        if not error.about_the_form:
             raise
         return _credit_form(view, budget, values, error=error.detail, status=error.status)
     return view.redirect("/limits#budgets", notice=f"Credit {values['id']} granted on {budget['id']}.")
@@ -377,7 +376,7 @@ async def replace_prices(view: View) -> Response:
     try:
         saved = (await view.api.put("/prices", {"items": items}))["items"]
     except ApiError as error:
-        if error.status not in FORM_ERRORS:
+        if not error.about_the_form:
             raise
         return _prices_form(view, text, error=error.detail, status=error.status)
     return view.redirect("/limits#prices", notice=f"Prices replaced ({len(saved)} rules).")

@@ -35,7 +35,6 @@ SECRET_FIELDS = {
     "token_exchange": "client_secret",
     "oauth_authorization_code": "client_secret",
 }
-_FORM_ERRORS = frozenset({400, 409, 422})
 
 
 @dataclass
@@ -218,7 +217,7 @@ async def create_server(view: View) -> Response:
     try:
         created = await view.api.post("/servers", json=body)
     except ApiError as error:
-        if error.status not in _FORM_ERRORS:
+        if not error.about_the_form:
             raise
         return _form_page(view, form, error=error.detail or error.title, status=error.status)
     health = created.get("health", {})
@@ -244,7 +243,7 @@ async def update_server(view: View) -> Response:
     try:
         await view.api.put(f"/servers/{name}", body)
     except ApiError as error:
-        if error.status not in _FORM_ERRORS:
+        if not error.about_the_form:
             raise
         return _form_page(view, form, editing=server, error=error.detail or error.title, status=error.status)
     return view.redirect(f"/servers/{_path(name)}", notice=f"Server {name} is updated.")
