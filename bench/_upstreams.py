@@ -1,6 +1,6 @@
 """Many SDK upstreams in one process: N `MCPServer` apps with M small tools each, one port each.
 
-Usage: python bench/_upstreams.py [--count 20] [--tools 50]
+Usage: python bench/_upstreams.py [--count 20] [--tools 50] [--delay-ms 0]
 
 Each upstream is the SDK's dual-era `MCPServer` (Streamable HTTP at `/mcp`) named `sNN`, with
 tools `t00`..`tMM` (a small input schema: a required string and an optional integer). All of
@@ -19,6 +19,7 @@ import logging
 import signal
 import socket
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import uvicorn
 import uvloop
@@ -28,19 +29,24 @@ from mcp.types import ToolAnnotations
 __all__ = ["build_server", "main"]
 
 
-def _tool(server: str, index: int) -> Callable[..., str]:
+def _tool(server: str, index: int, delay: float) -> Callable[..., Any]:
     def tool(text: str, count: int = 1) -> str:
         return f"{server}/t{index:02d}: " + text * count
 
-    return tool
+    async def slow_tool(text: str, count: int = 1) -> str:
+        await asyncio.sleep(delay)  # stands for the upstream's own work (bench/load.py)
+        return tool(text, count)
+
+    return slow_tool if delay > 0 else tool
 
 
-def build_server(name: str, tools: int) -> MCPServer:
-    """An upstream called `name` with `tools` tools `t00`, `t01`, ... (small schemas)."""
+def build_server(name: str, tools: int, delay: float = 0.0) -> MCPServer:
+    """An upstream called `name` with `tools` tools `t00`, `t01`, ... (small schemas), each answering
+    after `delay` seconds."""
     server: MCPServer = MCPServer(name, version="1.0.0", log_level="WARNING")
     for i in range(tools):
         server.add_tool(
-            _tool(name, i),
+            _tool(name, i, delay),
             name=f"t{i:02d}",
             description=f"Tool {i} of {name}: repeat the text `count` times.",
             annotations=ToolAnnotations(read_only_hint=True),
@@ -65,13 +71,13 @@ def _listen() -> socket.socket:
     return sock
 
 
-async def serve(count: int, tools: int) -> None:
+async def serve(count: int, tools: int, delay: float = 0.0) -> None:
     """Serve `count` upstreams until SIGTERM or SIGINT."""
     sockets = [_listen() for _ in range(count)]
     servers = [
         _Server(
             uvicorn.Config(
-                build_server(f"s{i + 1:02d}", tools).streamable_http_app(host="127.0.0.1"),
+                build_server(f"s{i + 1:02d}", tools, delay).streamable_http_app(host="127.0.0.1"),
                 log_level="warning",
                 lifespan="on",
             )
@@ -104,10 +110,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--count", type=int, default=20, help="upstreams (default 20)")
     parser.add_argument("--tools", type=int, default=50, help="tools per upstream (default 50)")
+    parser.add_argument(
+        "--delay-ms", type=float, default=0.0, help="each call answers after this (default 0)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("mcp").setLevel(logging.WARNING)
-    uvloop.run(serve(args.count, args.tools))
+    uvloop.run(serve(args.count, args.tools, args.delay_ms / 1000))
 
 
 if __name__ == "__main__":

@@ -271,6 +271,8 @@ def gateway_env(
         "TOLLHOUSE_ADMIN_TOKEN": admin_token,
         # The load repeats one identical call: the loop breaker (docs/limits.md) would stop it.
         "TOLLHOUSE_QUOTAS__LOOP_THRESHOLD": "0",
+        # Up to 32 concurrent calls on one key: the per-principal in-flight cap would refuse some.
+        "TOLLHOUSE_LIMITS__MAX_IN_FLIGHT_PER_PRINCIPAL": "0",
     }
     if data_dir is not None:
         out["TOLLHOUSE_DATA_DIR"] = str(data_dir)

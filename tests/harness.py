@@ -116,9 +116,10 @@ async def running_gateway(
     """
     sock = loopback_socket()
     overrides.setdefault("public_url", f"http://127.0.0.1:{sock.getsockname()[1]}")
-    app = create_app(gateway_settings(tmp_path, **overrides), deps)
+    settings = gateway_settings(tmp_path, **overrides)
+    app = create_app(settings, deps)
     async with (
-        serve(app, sock=sock) as base_url,
+        serve(app, sock=sock, limits=settings.limits) as base_url,
         httpx2.AsyncClient(
             base_url=f"{base_url}/admin/api/v1",
             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},

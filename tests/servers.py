@@ -15,6 +15,9 @@ import anyio
 import uvicorn
 from starlette.types import ASGIApp
 
+from tollhouse.gateway.receive_deadline import receive_deadline_protocol
+from tollhouse.gateway.settings import LimitsSettings
+
 
 class _Server(uvicorn.Server):
     """uvicorn.Server that sets an event once startup has finished (or failed)."""
@@ -52,15 +55,29 @@ def loopback_socket(port: int = 0) -> socket.socket:
 
 @asynccontextmanager
 async def serve(
-    app: ASGIApp, *, path: str = "", port: int = 0, sock: socket.socket | None = None
+    app: ASGIApp,
+    *,
+    path: str = "",
+    port: int = 0,
+    sock: socket.socket | None = None,
+    limits: LimitsSettings | None = None,
 ) -> AsyncIterator[str]:
-    """Serve `app` on a loopback port (ephemeral by default, or `sock`); yields its base URL plus `path`."""
+    """Serve `app` on a loopback port (ephemeral by default, or `sock`); yields its base URL plus `path`.
+
+    With `limits` (a gateway's), uvicorn runs the gateway's HTTP protocol with its receive deadline
+    and head size limit, as `tollhouse serve` does; without, plain httptools (test upstreams).
+    """
     sock = sock or loopback_socket(port)
     port = sock.getsockname()[1]
     # A short graceful-shutdown bound: leaving the block is how tests kill an upstream, and
     # long-lived streams (a gateway's watch of this server) must not hold it open.
     config = uvicorn.Config(
-        app, log_level="warning", lifespan="on", loop="none", http="httptools", timeout_graceful_shutdown=1
+        app,
+        log_level="warning",
+        lifespan="on",
+        loop="none",
+        http="httptools" if limits is None else receive_deadline_protocol(limits),
+        timeout_graceful_shutdown=1,
     )
     server = _Server(config)
     # uvicorn installs signal handlers only in run(); serve() inside a task group is safe.

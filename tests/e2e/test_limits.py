@@ -198,7 +198,10 @@ async def test_three_replicas_sharing_redis_admit_exactly_the_quota(
     tmp_path: Path, postgres_url: str, redis_url: str, redis_prefix: str
 ) -> None:
     quota = 30
-    shared: dict[str, Any] = {"redis_url": redis_url, "quotas": QuotaSettings(redis_prefix=redis_prefix)}
+    # Exactness is the point, not Redis latency: on a loaded CI box a command may take longer than
+    # the default 0.5 s, and the rule's fail-open fallback would then admit locally.
+    quotas = QuotaSettings(redis_prefix=redis_prefix, redis_timeout_seconds=5)
+    shared: dict[str, Any] = {"redis_url": redis_url, "quotas": quotas}
     with scratch_postgres(postgres_url) as database:
         shared["database_url"] = database
         async with (

@@ -18,11 +18,12 @@ from alembic.runtime.migration import MigrationContext
 from tollhouse.registry.migrate import alembic_config, create_engine_for, database_url_for, upgrade
 from tollhouse.registry.tables import metadata
 
-HEAD = "0013"
+HEAD = "0015"
 TABLES = {
     "alembic_version",
     "upstreams",
     "a2a_tasks",
+    "change_notices",
     "upstream_meta",
     "catalog_entries",
     "clients",

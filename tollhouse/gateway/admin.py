@@ -882,6 +882,8 @@ def _server_out(pool: UpstreamPool, u: Upstream, stored: Sequence[str] = ()) -> 
         "enabled": u.enabled,
         "approval": u.approval,
         "failure_mode": u.failure_mode,
+        "max_in_flight": u.max_in_flight,
+        "idempotent": list(u.idempotent),
         "connect_timeout_seconds": u.connect_timeout_seconds,
         "call_timeout_seconds": u.call_timeout_seconds,
         "health": {

@@ -21,7 +21,10 @@ def openapi_document() -> dict[str, Any]:
         "info": {"title": "tollhouse admin API", "version": __version__},
         "components": {"securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}}},
         "paths": {
-            "/servers": {"get": op("List upstream MCP servers"), "post": op("Register a server", "201")},
+            "/servers": {
+                "get": op("List upstream MCP servers"),
+                "post": op("Register a server (optional: max_in_flight, idempotent tool globs)", "201"),
+            },
             "/servers/{name}": {
                 "parameters": name,
                 "get": op("Show a server"),

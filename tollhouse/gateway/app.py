@@ -7,12 +7,16 @@ reaper in one task group, and closes everything on the way out.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
+import re
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 import anyio
@@ -36,22 +40,33 @@ from tollhouse.gateway.admin import AdminState, admin_app, apply_loaded
 from tollhouse.gateway.admission import AdmissionService, AdmitStage
 from tollhouse.gateway.auditing import build_auditor
 from tollhouse.gateway.authorization import AuthorizeStage, PolicyService
+from tollhouse.gateway.changes import (
+    AnnounceChanges,
+    ChangeFeed,
+    Doorbell,
+    PostgresDoorbell,
+    RedisDoorbell,
+    instance_id,
+)
 from tollhouse.gateway.console import build_console
 from tollhouse.gateway.console.signin import CONSOLE_SCOPE, console_client
 from tollhouse.gateway.cors import DiscoveryCors
 from tollhouse.gateway.credential_wiring import bearer_identify, build_credential_services
+from tollhouse.gateway.errors import UpstreamUnavailable
 from tollhouse.gateway.front_door import build_front_door, poll_revocations, protected_resource_routes
 from tollhouse.gateway.guard_stages import GuardStage, ValidateStage
 from tollhouse.gateway.guards import OriginGuard
 from tollhouse.gateway.handlers import McpHandlers
+from tollhouse.gateway.inflight import InFlight
+from tollhouse.gateway.lifecycle import Lifecycle
 from tollhouse.gateway.mcp_endpoint import McpEndpoint
 from tollhouse.gateway.metering import BudgetStage, UsageStage
 from tollhouse.gateway.metrics import register_gateway_metrics
 from tollhouse.gateway.parking import Parking
 from tollhouse.gateway.pipeline import build_pipeline
 from tollhouse.gateway.pool import ConnectorFactory, UpstreamPool
-from tollhouse.gateway.sealing import Sealer, load_or_create_key
-from tollhouse.gateway.sessions import DownstreamSession, SessionManager
+from tollhouse.gateway.sealing import Sealer
+from tollhouse.gateway.sessions import SESSION_PURPOSE, DownstreamSession, SessionManager
 from tollhouse.gateway.settings import Settings
 from tollhouse.gateway.snapshot import Snapshot
 from tollhouse.gateway.sse_upstream import SseUpstream
@@ -62,6 +77,7 @@ from tollhouse.gateway.upstream_credentials import UpstreamCredentials
 from tollhouse.gateway.usage_service import build_usage
 from tollhouse.gateway.views import AggregateView, ServerView, ToolsetView, View
 from tollhouse.registry.a2a_task_store import SqlTaskOwners
+from tollhouse.registry.change_log import ChangeNotice, SqlChangeLog
 from tollhouse.registry.config import LoadedConfig
 from tollhouse.registry.identity_store import SqlIdentityStore
 from tollhouse.registry.limits import SqlLimitStore
@@ -76,6 +92,7 @@ from tollhouse.tracing import Tracing, current_ids
 __all__ = ["ADMIN_TOKEN_SETTING", "Deps", "create_app"]
 
 logger = logging.getLogger("tollhouse")
+_REFRESH = re.compile(r"/(servers|agents)/([a-z0-9][a-z0-9-]{0,31})/refresh")
 ADMIN_TOKEN_SETTING = "admin_token_sha256"  # noqa: S105 - a settings key, not a secret
 
 
@@ -87,6 +104,8 @@ class Deps:
     connector_factory: ConnectorFactory | None = None
     verifier: TokenVerifier | None = None
     span_exporter: SpanExporter | None = None
+    # Shared with the server that runs the app (serve.py): SIGTERM starts the drain.
+    lifecycle: Lifecycle | None = None
 
 
 def _default_connector_factory(
@@ -116,7 +135,18 @@ def _default_connector_factory(
         provider = None if credentials is None else credentials.provider(upstream)
         if upstream.transport == "sse":
             return SseUpstream(upstream, max_response_bytes=limit, credentials=provider, tracing=tracing)
-        return HttpUpstream(upstream, max_response_bytes=limit, credentials=provider, tracing=tracing)
+        # As many connections as calls may be in flight to it: the cap refuses, a pool would queue.
+        cap = (
+            upstream.max_in_flight if upstream.max_in_flight is not None else settings.upstreams.max_in_flight
+        )
+        return HttpUpstream(
+            upstream,
+            max_response_bytes=limit,
+            credentials=provider,
+            tracing=tracing,
+            # plus a few: a listen stream holds one for as long as it is open
+            max_connections=cap + 8 if cap > 0 else 1000,
+        )
 
     return factory
 
@@ -126,8 +156,15 @@ def create_app(
 ) -> ASGIApp:
     """Build the tollhouse ASGI app; `apply_config` is applied at start, as `tollhouse apply` would."""
     deps = deps or Deps()
+    lifecycle = deps.lifecycle or Lifecycle()
     database_url = database_url_for(settings.database_url, settings.data_dir)
     engine = create_engine_for(database_url)
+    changes = ChangeFeed(
+        SqlChangeLog(engine),
+        instance_id(settings.node_name),
+        doorbell=_doorbell(settings, engine),
+        poll_seconds=settings.cluster.change_poll_seconds,
+    )
     store = deps.store or SqlRegistryStore(engine)
     identity = SqlIdentityStore(engine)
     door = build_front_door(settings)
@@ -163,12 +200,20 @@ def create_app(
         sessions.resource_updated(server, uri)
 
     pool.on_resource_updated(on_resource_updated)
+
+    async def on_session_end(digest: str) -> None:
+        await changes.announce("session.ended", digest)
+
+    # Keys from the shared ring: any replica opens what another sealed (sessions, request state).
     sessions = SessionManager(
         idle_seconds=settings.limits.session_idle_seconds,
         max_sessions=settings.limits.max_sessions,
         on_close=on_session_close,
+        sealer=Sealer(list(door.ring.derive_all("mcp-session").values()), purpose=SESSION_PURPOSE),
+        max_age_seconds=settings.limits.session_max_age_seconds,
+        on_end=on_session_end,
     )
-    sealer = Sealer(load_or_create_key(settings.data_dir, "request-state"))
+    sealer = Sealer(list(door.ring.derive_all("request-state").values()))
     parking = Parking()
     policies = PolicyService(SqlPolicyStore(engine), upstream=pool.upstream)
     admission = AdmissionService(
@@ -191,6 +236,7 @@ def create_app(
             BudgetStage(usage.metering),
         ],
         outer=[UsageStage(usage.metering)],
+        inflight=InFlight(settings.upstreams, settings.limits, pool.upstream),
         tracing=tracing,
     )
     handlers = McpHandlers(
@@ -258,12 +304,50 @@ def create_app(
     pool.subscribe(on_snapshot)
     closers: list[Callable[[], Awaitable[None]]] = []
 
+    async def follow_registry(notices: Sequence[ChangeNotice]) -> None:
+        await pool.follow()
+        # `servers refresh` on another replica: re-read the upstream here too (not only its row).
+        for name in sorted({m[2] for n in notices if (m := _REFRESH.fullmatch(n.subject))}):
+            if pool.upstream(name) is not None:
+                with contextlib.suppress(UpstreamUnavailable):
+                    await pool.refresh(name)
+
+    async def follow_policies(notices: object) -> None:
+        await policies.refresh_if_changed()
+
+    async def follow_limits(notices: object) -> None:
+        await admission.refresh_if_changed()
+
+    async def follow_usage(notices: object) -> None:
+        await usage.load()
+
+    async def follow_identity(notices: object) -> None:
+        # New clients' API keys at once; revocations also arrive by their own poll (≤ 5 s).
+        keys.replace(await store.list_clients())
+
+    async def follow_ended_sessions(notices: Sequence[ChangeNotice]) -> None:
+        for notice in notices:
+            held = sessions.ended(notice.subject, at=notice.at.timestamp())
+            if held is not None:
+                await sessions.close(held.id, end=False)
+
+    changes.on("registry", follow_registry)
+    changes.on("policies", follow_policies)
+    changes.on("limits", follow_limits)
+    changes.on("usage", follow_usage)
+    changes.on("identity", follow_identity)
+    changes.on("session.ended", follow_ended_sessions)
+    lifecycle.on_drain(sessions.end_streams)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if deps.store is None:
             await anyio.to_thread.run_sync(upgrade, database_url)
         admin_state.admin_token_hash = await _admin_token_hash(settings, store)
         keys.replace(await store.list_clients())
+        lifecycle.bind(asyncio.get_running_loop())
+        # Changes after this mark are followed even if they land while the rest starts up.
+        mark = await changes.mark()
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(auditor.trail.run)
@@ -279,8 +363,13 @@ def create_app(
                 await tg.start(usage.run, settings.auth.revocation_poll_seconds)
                 # An unreachable provider is logged and retried in the background, never fatal.
                 await start_all(door.external, task_group=tg)
+                max_age = timedelta(seconds=settings.limits.session_max_age_seconds)
+                await follow_ended_sessions(await changes.recent("session.ended", max_age))
+                await tg.start(changes.run, mark)
                 if apply_config is not None:
                     await _apply_at_start(admin_state, apply_config)
+                    for topic in ("registry", "policies", "limits", "usage", "identity"):
+                        await changes.announce(topic)
                 # What start-up built lives as long as the process: keep it out of the garbage
                 # collector's full passes (about 100 ms each here, which would stall live calls).
                 gc.collect()
@@ -306,6 +395,8 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> JSONResponse:
+        if lifecycle.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
         snapshot = pool.snapshot
         return JSONResponse(
             {"status": "ready", "snapshot_version": snapshot.version, "live": sorted(snapshot.live)}
@@ -367,7 +458,8 @@ def create_app(
         if settings.auth.builtin_server
         else []
     )
-    admin = admin_app(admin_state)
+    # Every change made through the admin API (CLI, console, REST) is announced to the replicas.
+    admin = AnnounceChanges(admin_app(admin_state), changes.announce)
     console = build_console(
         settings,
         verifier=door.verifier,
@@ -377,6 +469,7 @@ def create_app(
         token_app=Router(routes=oauth_routes) if oauth_routes else None,
     )
     closers.append(console.close)
+    closers.append(changes.aclose)
 
     app = Starlette(
         routes=[
@@ -401,6 +494,16 @@ def create_app(
         lifespan=lifespan,
     )
     return DiscoveryCors(app)
+
+
+def _doorbell(settings: Settings, engine: object) -> Doorbell | None:
+    """Redis pub/sub when Redis is configured, else PostgreSQL LISTEN/NOTIFY, else none (polling)."""
+    if settings.redis_url is not None:
+        return RedisDoorbell(settings.redis_url.get_secret_value(), settings.quotas.redis_prefix)
+    url = getattr(engine, "url", None)
+    if url is not None and url.get_backend_name() == "postgresql":
+        return PostgresDoorbell(url.set(drivername="postgresql").render_as_string(hide_password=False))
+    return None
 
 
 def _a2a_endpoint(path: str) -> str:

@@ -543,7 +543,12 @@ def _run_local(module: str, function: str, **kwargs: Any) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     return _run_local(
-        "tollhouse.gateway.serve", "serve_main", config=args.config, host=args.host, port=args.port
+        "tollhouse.gateway.serve",
+        "serve_main",
+        config=args.config,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
     )
 
 
@@ -585,6 +590,16 @@ def _port(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"expected a port number (0-65535), got {text!r}")
+    return value
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of processes, got {text!r}") from None
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"expected 1 to 64 processes, got {text!r}")
     return value
 
 
@@ -654,6 +669,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", metavar="FILE", help="apply this configuration file at start")
     serve.add_argument("--host", help="address to listen on")
     serve.add_argument("--port", type=_port, help="port to listen on")
+    serve.add_argument(
+        "--workers", type=_workers, default=1, metavar="N", help="serve with N processes on one port"
+    )
     leaf(commands, "demo", _demo, "run the gateway with the example servers", local=True)
     db = branch("db", "database maintenance")
     leaf(db, "upgrade", _db_upgrade, "migrate the database to the current schema", local=True)

@@ -25,6 +25,7 @@ __all__ = [
     "ConcurrencyLimited",
     "GatewayError",
     "GuardrailBlocked",
+    "InFlightExceeded",
     "InsufficientScope",
     "InvalidArguments",
     "KillSwitchEngaged",
@@ -134,14 +135,20 @@ class InvalidArguments(GatewayError):
 
 
 class UpstreamUnavailable(GatewayError):
-    """The upstream could not be reached or is marked down."""
+    """The upstream could not be reached or is marked down.
+
+    `sent` is False only when the request provably never left: the connection could not be
+    established (refused, connect timeout, TLS handshake), or the upstream is marked down. Only
+    then may a non-idempotent call be retried (retries.py, SECURITY_GOALS R3).
+    """
 
     code = UPSTREAM_UNAVAILABLE
 
-    def __init__(self, server: str, reason: str | None = None) -> None:
+    def __init__(self, server: str, reason: str | None = None, *, sent: bool = True) -> None:
         super().__init__(f"Upstream unavailable: {server}", {"server": server})
         # For health and the admin (why it is down); the wire keeps the plain message.
         self.reason = reason
+        self.sent = sent
 
 
 class UpstreamTimeout(GatewayError):
@@ -316,6 +323,28 @@ class ConcurrencyLimited(_Refused):
     def __init__(self, message: str, *, violated: list[str], reason: str = "concurrency_exceeded") -> None:
         data = {"retry_after_seconds": 1, "violated_policies": violated, "reason": reason}
         super().__init__(message, data, retry_after=1)
+
+
+class InFlightExceeded(ConcurrencyLimited):
+    """This replica already has its cap of calls in flight to the upstream or for the principal.
+
+    `reason` upstream_busy (503: the upstream is saturated, not the caller at fault) or
+    principal_busy (429). The caps are per replica (inflight.py); fails fast, never queues.
+    """
+
+    def __init__(self, reason: str, *, limit: int, server: str) -> None:
+        if reason == "upstream_busy":
+            message, setting = f"Upstream busy: {server}", "upstreams.max_in_flight"
+        else:
+            message, setting = (
+                "Too many calls in flight for this principal",
+                "limits.max_in_flight_per_principal",
+            )
+        super().__init__(message, violated=[setting], reason=reason)
+        assert self.data is not None
+        self.data.update(server=server, limit=limit)
+        if reason == "upstream_busy":
+            self.status = 503
 
 
 class LoopBlocked(_Refused):

@@ -419,6 +419,8 @@ class McpHandlers:
         name = params.get("name")
         if not isinstance(name, str):
             raise InvalidArguments("prompts/get needs a string 'name'")
+        if "arguments" in params and not _string_map(params["arguments"]):
+            raise InvalidArguments("prompts/get 'arguments' must be an object of strings")
         prompt = rc.view.prompt(self._pool.snapshot, name)
         if prompt is None:
             raise UnknownPrompt(name)
@@ -441,6 +443,7 @@ class McpHandlers:
         ref = params.get("ref")
         if not isinstance(ref, dict):
             raise InvalidArguments("completion/complete needs a 'ref'")
+        _check_completion_argument(params)
         upstream_ref = dict(ref)
         if ref.get("type") == "ref/prompt":
             prompt = rc.view.prompt(self._pool.snapshot, str(ref.get("name")))
@@ -524,6 +527,29 @@ def _created_task(result: JSONObject) -> tuple[str, Any] | None:
 
 def _object_or_none(value: Any) -> JSONObject | None:
     return value if isinstance(value, dict) else None
+
+
+def _string_map(value: Any) -> bool:
+    """An object of strings: prompt arguments and completion context (MCP schema)."""
+    return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+
+
+def _check_completion_argument(params: JSONObject) -> None:
+    """completion/complete's `argument` and `context` as the MCP schema has them, checked before routing.
+
+    Raises:
+        InvalidArguments: `argument` is not {name: str, value: str}, or `context` is malformed.
+    """
+    argument = params.get("argument")
+    if not (
+        isinstance(argument, dict)
+        and isinstance(argument.get("name"), str)
+        and isinstance(argument.get("value"), str)
+    ):
+        raise InvalidArguments("completion/complete needs an 'argument' with string 'name' and 'value'")
+    context = params.get("context", {})
+    if not isinstance(context, dict) or ("arguments" in context and not _string_map(context["arguments"])):
+        raise InvalidArguments("completion/complete 'context.arguments' must be an object of strings")
 
 
 def _list_result(key: str, items: list[JSONObject], cursor: str | None, rc: RequestContext) -> JSONObject:

@@ -43,6 +43,7 @@ __all__ = [
     "UpstreamUnauthorized",
     "encode_header_value",
     "encode_request",
+    "unreachable",
 ]
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,16 @@ def encode_request(
         if not own:
             del params["_meta"]
     return orjson.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+
+
+def unreachable(name: str, exc: aiohttp.ClientError) -> UpstreamUnavailable:
+    """The error for a failed HTTP exchange: `sent=False` when no connection was ever made.
+
+    Only a connect failure (refused, connect timeout, DNS, TLS handshake) proves that no byte
+    of the request left; a reset or disconnect on an open (maybe pooled) connection does not.
+    """
+    never_connected = isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
+    return UpstreamUnavailable(name, sent=not never_connected)
 
 
 class SessionExpired(Exception):
@@ -193,11 +204,11 @@ class HttpRpc:
             UpstreamUnavailable: the upstream cannot be reached.
         """
         if self._http.closed:
-            raise UpstreamUnavailable(self.name)
+            raise UpstreamUnavailable(self.name, sent=False)
         try:
             return await self._http.post(self._url, data=body, headers=headers, allow_redirects=False)
         except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(self.name) from exc
+            raise unreachable(self.name, exc) from exc
 
     async def get_stream(self, headers: Mapping[str, str]) -> aiohttp.ClientResponse | None:
         """Open a GET event stream (the legacy standalone stream, §1.6); None if not offered (405).

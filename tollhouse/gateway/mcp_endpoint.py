@@ -73,6 +73,7 @@ _LISTEN_KINDS = {
     "resourcesListChanged": "notifications/resources/list_changed",
 }
 _JSON = (b"content-type", b"application/json")
+_MAX_NESTING = 128
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream"),
     (b"cache-control", b"no-cache, no-transform"),
@@ -162,6 +163,10 @@ class McpEndpoint:
             raise _Reject(400, PARSE_ERROR, "Parse error") from None
         if isinstance(message, list):
             raise _Reject(400, INVALID_REQUEST, "Batch requests are not supported")
+        if _deeper_than(message, _MAX_NESTING):
+            # Audit digests, guardrails and tracing walk messages recursively; argument validation
+            # refuses anything past 64 levels anyway. Found by tests/fuzz (a 500 from RecursionError).
+            raise _Reject(400, INVALID_REQUEST, "Invalid Request: nested too deeply")
         if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
             raise _Reject(400, INVALID_REQUEST, "Invalid Request: not a JSON-RPC 2.0 message")
         request_id = message.get("id")
@@ -190,9 +195,8 @@ class McpEndpoint:
             await self._initialize(scope, send, params, request_id)
         elif header_version == MODERN_VERSION or meta_version is not None:
             await self._modern(scope, receive, send, headers, message, params)
-        elif session_id is not None:
-            await self._in_session(scope, send, headers, session_id, message, params)
         elif header_version is not None and header_version not in SESSION_VERSIONS:
+            # Checked before the session too: an unsupported version is a 400 (2025-06-18 transports).
             raise _Reject(
                 400,
                 UNSUPPORTED_PROTOCOL_VERSION,
@@ -200,6 +204,8 @@ class McpEndpoint:
                 {"supported": [MODERN_VERSION, *SESSION_VERSIONS], "requested": header_version},
                 request_id,
             )
+        elif session_id is not None:
+            await self._in_session(scope, send, headers, session_id, message, params)
         else:
             raise _Reject(400, INVALID_REQUEST, "Bad Request: Missing session ID", request_id=request_id)
 
@@ -209,7 +215,7 @@ class McpEndpoint:
         """The client's answer to one of our server->client requests (a relay): wake the asker."""
         session_id = headers.get("mcp-session-id")
         if session_id is not None:
-            session = self._sessions.get(session_id, principal_of(scope), scope[VIEW_KEY].key)
+            session = self._sessions.get(session_id, principal_of(scope), scope[VIEW_KEY])
             pending = session.pending.pop(message.get("id"), None) if session is not None else None
             if pending is not None:
                 pending.message = message
@@ -418,14 +424,17 @@ class McpEndpoint:
         params: JSONObject,
     ) -> None:
         principal = principal_of(scope)
-        session = self._sessions.get(session_id, principal, scope[VIEW_KEY].key)
+        session = self._sessions.get(session_id, principal, scope[VIEW_KEY])
         request_id = message.get("id")
         if session is None:
             raise _Reject(404, INVALID_REQUEST, "Session not found", request_id=request_id)
         rpc_method: str = message["method"]
         if "id" not in message:
             if rpc_method == "notifications/cancelled":
-                scope_to_cancel = session.inflight.get(params.get("requestId"))
+                cancelled_id = params.get("requestId")
+                # Only a string or an integer can name a request (an array would not even hash).
+                valid_id = isinstance(cancelled_id, (str, int)) and not isinstance(cancelled_id, bool)
+                scope_to_cancel = session.inflight.get(cancelled_id) if valid_id else None
                 if scope_to_cancel is not None:
                     scope_to_cancel.cancel()
             await _accepted(send, session.id)
@@ -517,7 +526,7 @@ class McpEndpoint:
         session_id = headers.get("mcp-session-id")
         if session_id is None:
             raise _Reject(400, INVALID_REQUEST, "Bad Request: Missing session ID")
-        session = self._sessions.get(session_id, principal_of(scope), scope[VIEW_KEY].key)
+        session = self._sessions.get(session_id, principal_of(scope), scope[VIEW_KEY])
         if session is None:
             raise _Reject(404, INVALID_REQUEST, "Session not found")
         if session.stream_attached or session.outbox_receive is None:
@@ -531,7 +540,7 @@ class McpEndpoint:
         session_id = headers.get("mcp-session-id")
         if session_id is None:
             raise _Reject(400, INVALID_REQUEST, "Bad Request: Missing session ID")
-        if self._sessions.get(session_id, principal_of(scope), scope[VIEW_KEY].key) is None:
+        if self._sessions.get(session_id, principal_of(scope), scope[VIEW_KEY]) is None:
             raise _Reject(404, INVALID_REQUEST, "Session not found")
         await self._sessions.close(session_id)
         await _send_json(send, 200, b"{}")
@@ -818,6 +827,21 @@ async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> N
 
 def _level(value: Any) -> str | None:
     return value if value in _LOG_LEVELS else None
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether containers in `value` nest more than `limit` levels (iterative: no recursion of its own)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        if depth >= limit:
+            return True
+        stack.extend((child, depth + 1) for child in item)
+    return False
 
 
 def _accepts_both(accept: str) -> bool:

@@ -36,6 +36,7 @@ from tollhouse.auth.principal import Principal
 from tollhouse.gateway.errors import (
     INVALID_PARAMS,
     BudgetExhausted,
+    ConcurrencyLimited,
     GatewayError,
     GuardrailBlocked,
     InsufficientScope,
@@ -100,6 +101,8 @@ class UsageMeter:
     currency: str | None = None
     error_code: int | None = None
     flags: list[str] = field(default_factory=list)
+    # Requests sent to the upstream for this one call (UpstreamStage; > 1 after a safe retry).
+    attempts: int | None = None
     skip: bool = False  # an input_required round: the logical call is not over
 
 
@@ -107,8 +110,8 @@ def classify(exc: BaseException) -> str:
     """The outcome of a call that raised `exc` (after its tool was resolved)."""
     if isinstance(exc, anyio.get_cancelled_exc_class()):
         return "cancelled"
-    if isinstance(exc, BudgetExhausted | MeteringUnavailable):
-        return "rate_limited"
+    if isinstance(exc, BudgetExhausted | MeteringUnavailable | ConcurrencyLimited):
+        return "rate_limited"  # an upstream_busy refusal is a 503, still a limit
     if isinstance(exc, GatewayError) and exc.status == 429:
         return "rate_limited"  # rate, concurrency and loop limits
     if isinstance(exc, UnknownTool | InsufficientScope | PendingApproval | GuardrailBlocked):
@@ -463,6 +466,8 @@ class Metering:
             data["error_code"] = meter.error_code
         if meter.flags:
             data["flags"] = list(meter.flags)
+        if meter.attempts is not None:
+            data["attempts"] = meter.attempts
         if extra:
             data.update({k: v for k, v in extra.items() if v is not None})
         event = CloudEvent(

@@ -91,10 +91,11 @@ class Pinning:
             self._rebuild_view()
         return pin
 
-    async def forget(self, server: str) -> None:
-        """Drop a removed server's pins."""
+    async def forget(self, server: str, *, stored: bool = True) -> None:
+        """Drop a removed server's pins (`stored=False`: from memory only; another replica removed it)."""
         self._pins.pop(server, None)
-        await self._store.forget(server)
+        if stored:
+            await self._store.forget(server)
         self._rebuild_view()
 
     def pins(self, server: str) -> dict[PinKey, Pin]:

@@ -20,6 +20,7 @@ from tollhouse.gateway.errors import (
     UpstreamProtocolError,
     UpstreamUnavailable,
 )
+from tollhouse.gateway.inflight import InFlight, InFlightStage
 from tollhouse.gateway.parking import INPUT_KEY, Parking, Step
 from tollhouse.gateway.pinning import PinStage
 from tollhouse.gateway.pool import UpstreamPool
@@ -31,6 +32,7 @@ from tollhouse.gateway.relay import (
     require_capability,
     seal_request_state,
 )
+from tollhouse.gateway.retries import Retries
 from tollhouse.gateway.sealing import Sealer
 from tollhouse.gateway.snapshot import ExposedItem
 from tollhouse.gateway.upstream import NotificationCallback, ProgressCallback
@@ -139,12 +141,19 @@ class ScopeStage:
 
 
 class UpstreamStage:
-    """The terminal stage: call the tool on its upstream, relaying input requests (relay.py)."""
+    """The terminal stage: call the tool on its upstream, relaying input requests (relay.py).
 
-    def __init__(self, pool: UpstreamPool, sealer: Sealer, parking: Parking) -> None:
+    With `retries`, a failed exchange that is safe to repeat (retries.py) is sent again. The
+    breaker hears one outcome per exchange: its final failure, or the success of a retry.
+    """
+
+    def __init__(
+        self, pool: UpstreamPool, sealer: Sealer, parking: Parking, retries: Retries | None = None
+    ) -> None:
         self._pool = pool
         self._sealer = sealer
         self._parking = parking
+        self._retries = retries
 
     async def __call__(self, ctx: CallContext, call_next: Next) -> JSONObject:
         tool = ctx.tool
@@ -232,24 +241,44 @@ class UpstreamStage:
         }
 
     async def _call(self, ctx: CallContext, tool: ExposedItem, params: JSONObject) -> JSONObject:
-        connector = self._pool.connector(tool.server)
+        retries = self._retries
+        attempt, budgeted = 0, False
         try:
-            result = await connector.request(
-                "tools/call",
-                params,
-                session_key=ctx.session_key,
-                on_progress=ctx.on_progress,
-                on_request=ctx.ask,
-                client_capabilities=ctx.client_capabilities,
-                on_notification=ctx.notify,
-                log_level=ctx.log_level,
-                principal_key=ctx.principal.key,
-            )
-        except (UpstreamUnavailable, UpstreamProtocolError) as exc:
-            await self._pool.report_failure(tool.server, exc)
-            raise
-        self._pool.report_success(tool.server)
-        return result
+            while True:
+                connector = self._pool.connector(tool.server)  # down (or went down): nothing is sent
+                attempt += 1
+                try:
+                    result = await connector.request(
+                        "tools/call",
+                        params,
+                        session_key=ctx.session_key,
+                        on_progress=ctx.on_progress,
+                        on_request=ctx.ask,
+                        client_capabilities=ctx.client_capabilities,
+                        on_notification=ctx.notify,
+                        log_level=ctx.log_level,
+                        principal_key=ctx.principal.key,
+                    )
+                except (UpstreamUnavailable, UpstreamProtocolError) as exc:
+                    if (
+                        retries is not None
+                        and retries.allowed(exc, self._pool.upstream(tool.server), tool, attempt)
+                        and (budgeted or retries.take(tool.server))
+                    ):
+                        budgeted = True
+                        await retries.pause(tool.server, tool.name, attempt, exc)
+                        continue
+                    await self._pool.report_failure(tool.server, exc)
+                    raise
+                self._pool.report_success(tool.server)
+                return result
+        finally:
+            if budgeted:
+                assert retries is not None
+                retries.give_back(tool.server)
+            if ctx.meter is not None and attempt:
+                # 1 + the retries of every exchange of this call (input rounds are not retries).
+                ctx.meter.attempts = (ctx.meter.attempts or 1) + attempt - 1
 
 
 class Pipeline:
@@ -316,11 +345,13 @@ def build_pipeline(
     checks: Sequence[Stage] = (),
     outer: Sequence[Stage] = (),
     tracing: Tracing | None = None,
+    inflight: InFlight | None = None,
 ) -> Pipeline:
     """The chain for tools/call: resolve, authorize, pin, scope, `checks` (validate, guard), upstream.
 
     Authorization comes before the pin check so that a tool the caller may not call answers
-    like an unknown tool whatever its pin state (DESIGN.md, Contract details).
+    like an unknown tool whatever its pin state (DESIGN.md, Contract details). With `inflight`,
+    the in-flight caps come last before the upstream, and safe retries (its settings) are on.
     """
 
     # `outer` (metering) runs right after resolve, so it sees every outcome of a resolved call.
@@ -333,7 +364,12 @@ def build_pipeline(
     stages: list[Stage] = [ResolveStage(pool), *outer]
     if authorize is not None:
         stages.append(traced(authorize))
-    stages += [PinStage(), ScopeStage(pool), *map(traced, checks), UpstreamStage(pool, sealer, parking)]
+    stages += [PinStage(), ScopeStage(pool), *map(traced, checks)]
+    if inflight is None:
+        stages.append(UpstreamStage(pool, sealer, parking))
+    else:
+        retries = Retries(inflight.settings, inflight.count)
+        stages += [InFlightStage(inflight), UpstreamStage(pool, sealer, parking, retries)]
     return Pipeline(stages)
 
 

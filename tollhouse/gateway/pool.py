@@ -241,16 +241,49 @@ class UpstreamPool:
         await self._rebuild()
         return self._result(upstream.name) if ok else None
 
-    async def remove(self, name: str) -> None:
-        """Forget an upstream: close its connector and drop it from the snapshot."""
+    async def remove(self, name: str, *, stored: bool = True) -> None:
+        """Forget an upstream: close its connector and drop it from the snapshot.
+
+        `stored=False`: another replica removed it; only this replica's state goes.
+        """
         await self._close_connector(name)
         self._upstreams.pop(name, None)
         self._fail_closed.discard(name)
         self._catalogs.pop(name, None)
         self._health.pop(name, None)
         self._descriptions.pop(name, None)
-        await self._pinning.forget(name)
+        await self._pinning.forget(name, stored=stored)
         await self._rebuild()
+
+    async def follow(self) -> None:
+        """Catch up with registry changes another replica made: upstreams, pins, toolsets.
+
+        The database is the truth: upstreams gone from it are dropped here, new or changed
+        ones are (re)connected and synced, and pins and toolsets are re-read. Ends with one
+        snapshot swap that shows all of it.
+        """
+        stored = {u.name: u for u in await self._store.list_upstreams()}
+        # Decisions (approve/reject) and first-use pins made elsewhere, before any sync here.
+        await self._pinning.load()
+        for name in [n for n in self._upstreams if n not in stored]:
+            await self.remove(name, stored=False)
+        changed = [
+            upstream
+            for name, upstream in stored.items()
+            # updated_at included: a changed credential (stored apart) still marks the upstream changed
+            if name not in self._upstreams or self._upstreams[name] != upstream
+        ]
+        async with anyio.create_task_group() as tg:
+            for upstream in changed:
+                tg.start_soon(self._follow_one, upstream)
+        self._toolsets = {t.name: t for t in await self._store.list_toolsets()}
+        await self._rebuild()
+
+    async def _follow_one(self, upstream: Upstream) -> None:
+        await self._close_connector(upstream.name)
+        self._register(upstream)
+        if upstream.enabled:
+            await self._connect_and_sync(upstream.name)
 
     async def refresh(self, name: str) -> SyncResult:
         """Sync one upstream now; returns after the new catalog is live.

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import secrets
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-__all__ = ["Sealer", "load_or_create_key"]
+__all__ = ["Sealer"]
 
 _PREFIX = "th1."
 _AAD = b"tollhouse/request-state/v1"
@@ -28,15 +27,18 @@ _AAD = b"tollhouse/request-state/v1"
 class Sealer:
     """Seals JSON values into opaque strings and opens them again."""
 
-    def __init__(self, key: bytes) -> None:
-        if len(key) != 32:
-            raise ValueError("the sealing key must be 32 bytes")
-        self._aead = AESGCM(key)
+    def __init__(self, key: bytes | Sequence[bytes], *, purpose: bytes = _AAD) -> None:
+        keys = [key] if isinstance(key, bytes) else list(key)
+        if not keys or any(len(k) != 32 for k in keys):
+            raise ValueError("the sealing keys must be 32 bytes each")
+        # The first key seals; every key opens (values sealed before a key rotation stay readable).
+        self._aeads = [AESGCM(k) for k in keys]
+        self._aad = purpose
 
     def seal(self, value: Any) -> str:
         """An opaque, authenticated, encrypted token for `value`."""
         nonce = secrets.token_bytes(12)
-        sealed = self._aead.encrypt(nonce, orjson.dumps(value), _AAD)
+        sealed = self._aeads[0].encrypt(nonce, orjson.dumps(value), self._aad)
         return _PREFIX + base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
 
     def open(self, token: str) -> Any | None:
@@ -46,24 +48,13 @@ class Sealer:
         raw = token[len(_PREFIX) :]
         try:
             blob = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
-            return orjson.loads(self._aead.decrypt(blob[:12], blob[12:], _AAD))
-        except (binascii.Error, ValueError, InvalidTag, orjson.JSONDecodeError):
+        except (binascii.Error, ValueError):
             return None
-
-
-def load_or_create_key(data_dir: str, name: str) -> bytes:
-    """A 32-byte key kept in `<data_dir>/keys/<name>.key` (created 0600 on first use)."""
-    directory = Path(data_dir) / "keys"
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = directory / f"{name}.key"
-    try:
-        key = path.read_bytes()
-        if len(key) == 32:
-            return key
-    except FileNotFoundError:
-        pass
-    key = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(key)
-    return key
+        for aead in self._aeads:
+            try:
+                return orjson.loads(aead.decrypt(blob[:12], blob[12:], self._aad))
+            except InvalidTag:
+                continue
+            except (ValueError, orjson.JSONDecodeError):
+                return None
+        return None

@@ -5,22 +5,34 @@ The only place (with demo.py) that reads the environment into Settings.
 
 from __future__ import annotations
 
+import math
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import FrameType
 
 import uvicorn
 from pydantic import ValidationError
 
 from tollhouse.gateway.admin import SUPPORTED_TRANSPORTS
-from tollhouse.gateway.app import create_app
+from tollhouse.gateway.app import Deps, create_app
+from tollhouse.gateway.lifecycle import Lifecycle
+from tollhouse.gateway.receive_deadline import receive_deadline_protocol
 from tollhouse.gateway.settings import AuthSettings, Settings
 from tollhouse.logs import configure_logging
 from tollhouse.registry.config import ConfigError, LoadedConfig, load_config_file
 from tollhouse.registry.migrate import database_url_for, upgrade
 
-__all__ = ["GatewayServer", "db_upgrade_main", "load_settings", "serve_main", "uvicorn_config"]
+__all__ = [
+    "GatewayServer",
+    "db_upgrade_main",
+    "load_settings",
+    "run_gateway",
+    "serve_main",
+    "uvicorn_config",
+]
 
 
 def load_settings(
@@ -49,12 +61,16 @@ def load_settings(
 
 
 def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
-    """The uvicorn settings tollhouse runs with: httptools and uvloop, no access log."""
+    """The uvicorn settings tollhouse runs with: httptools and uvloop, no access log.
+
+    The HTTP protocol is httptools' plus the connection-level receive deadline and head size limit
+    (receive_deadline.py): uvicorn has none of its own.
+    """
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=settings.host,
         port=settings.port,
-        http="httptools",
+        http=receive_deadline_protocol(settings.limits),
         loop="uvloop",
         lifespan="on",
         access_log=False,
@@ -63,15 +79,28 @@ def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
         log_level=settings.log_level,
         server_header=False,
         timeout_keep_alive=30,
+        # SIGTERM: uvicorn stops accepting and waits this long for requests in flight.
+        timeout_graceful_shutdown=max(1, math.ceil(settings.cluster.drain_seconds)),
     )
 
 
 class GatewayServer(uvicorn.Server):
     """uvicorn.Server that stops gracefully on SIGINT/SIGTERM and then exits 0.
 
-    uvicorn re-raises a captured signal after shutdown, so the process would report being
-    killed (status -15) even after a clean drain; a service manager should see success.
+    The signal starts the app's drain at once (`/readyz` fails, long-lived streams end) while
+    uvicorn closes the listener and lets requests in flight finish. uvicorn re-raises a captured
+    signal after shutdown, so the process would report being killed (status -15) even after a
+    clean drain; a service manager should see success.
     """
+
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle | None = None) -> None:
+        super().__init__(config)
+        self.lifecycle = lifecycle
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.lifecycle is not None:
+            self.lifecycle.start_draining()
+        super().handle_exit(sig, frame)
 
     @contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -83,7 +112,9 @@ class GatewayServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def serve_main(config: str | None = None, host: str | None = None, port: int | None = None) -> int:
+def serve_main(
+    config: str | None = None, host: str | None = None, port: int | None = None, workers: int = 1
+) -> int:
     """Run the gateway until interrupted; with a config file, apply it first."""
     loaded = None
     if config is not None:
@@ -123,9 +154,21 @@ def serve_main(config: str | None = None, host: str | None = None, port: int | N
         )
         return 1
     configure_logging(settings.log_level, settings.telemetry.log_format)
-    app = create_app(settings, apply_config=loaded)
-    GatewayServer(uvicorn_config(app, settings)).run()
+    if workers > 1:
+        from tollhouse.gateway.workers import run_workers
+
+        return run_workers(settings, config, workers)
+    run_gateway(settings, loaded)
     return 0
+
+
+def run_gateway(
+    settings: Settings, loaded: LoadedConfig | None = None, sockets: list[socket.socket] | None = None
+) -> None:
+    """Serve one gateway process until SIGTERM/SIGINT (on `sockets` when a supervisor bound them)."""
+    lifecycle = Lifecycle()
+    app = create_app(settings, Deps(lifecycle=lifecycle), apply_config=loaded)
+    GatewayServer(uvicorn_config(app, settings), lifecycle).run(sockets=sockets)
 
 
 def db_upgrade_main() -> int:

@@ -17,6 +17,7 @@ from tollhouse.auth.settings import AuthSettings
 __all__ = [
     "AuditSettings",
     "AuthSettings",
+    "ClusterSettings",
     "ConsoleSettings",
     "LimitsSettings",
     "QuotaSettings",
@@ -36,12 +37,25 @@ class LimitsSettings(BaseModel):
     model_config = {"frozen": True}
 
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    # Also the longest gap between two reads of a body at the connection (receive_deadline.py).
     receive_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Connection-level receive deadline (receive_deadline.py): the request line and headers must
+    # arrive within header_timeout_seconds of the request's first byte, the whole body within
+    # body_timeout_seconds of the headers' end, so a client trickling bytes cannot hold a connection.
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    body_timeout_seconds: float = Field(default=60.0, gt=0)
+    max_header_bytes: int = Field(default=16 * 1024, gt=0)
     # One page holds a typical federation's whole catalog: fewer round trips, and clients that
     # ignore nextCursor still see every tool (bench/fanout.py: 1000 tools in one 2.4 ms request).
     page_size: int = Field(default=1000, gt=0, le=10_000)
     session_idle_seconds: float = Field(default=1800.0, gt=0)
+    # A session id is refused everywhere this long after its `initialize` (the client starts a
+    # new session, as MCP clients do on 404): it bounds what a leaked id is worth.
+    session_max_age_seconds: float = Field(default=86_400.0, gt=0)
     max_sessions: int = Field(default=10_000, gt=0)
+    # Calls one principal may have in flight on this replica; more fail at once (principal_busy,
+    # inflight.py). 0 turns the cap off. The admin's concurrency rules are the cross-replica ones.
+    max_in_flight_per_principal: int = Field(default=20, ge=0)
 
 
 class QuotaSettings(BaseModel):
@@ -123,6 +137,13 @@ class UpstreamDefaults(BaseModel):
     retry_max_seconds: float = Field(default=30.0, gt=0)
     max_response_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     breaker_threshold: int = Field(default=3, gt=0)
+    # Calls in flight to one upstream on this replica (a server's `max_in_flight` overrides it);
+    # more fail at once (upstream_busy, inflight.py). 0 turns the cap off.
+    max_in_flight: int = Field(default=100, ge=0)
+    # Safe retries (retries.py): how many more attempts a call may get, after a jittered pause
+    # of up to `retry_backoff_seconds` (doubling per attempt).
+    max_retries: int = Field(default=1, ge=0, le=5)
+    retry_backoff_seconds: float = Field(default=0.05, ge=0, le=10)
     # URLs learned from an upstream's OAuth metadata pass the SSRF guard (auth/ssrf.py). Dev
     # mode lets them be plain-http loopback (a test authorization server); `private` opens
     # RFC 1918 ranges for an internal authorization server.
@@ -161,6 +182,18 @@ class ConsoleSettings(BaseModel):
     scopes: str = Field(default="openid", min_length=1, max_length=500)
     # The `resource` the console asks the provider for (default: public_url, tollhouse's audience).
     resource: str | None = None
+
+
+class ClusterSettings(BaseModel):
+    """Several replicas: change notices between them, and how a replica stops (docs/operations.md)."""
+
+    model_config = {"frozen": True}
+
+    # How often a replica reads the change log when no doorbell (Redis, PostgreSQL) woke it.
+    change_poll_seconds: float = Field(default=0.5, gt=0, le=60)
+    # SIGTERM: readiness fails at once, new connections are refused, and calls in flight get
+    # this long to finish before they are cancelled.
+    drain_seconds: float = Field(default=30.0, ge=0)
 
 
 class AuditSettings(BaseModel):
@@ -238,6 +271,7 @@ class Settings(BaseSettings):
     audit: AuditSettings = AuditSettings()
     a2a: A2ASettings = A2ASettings()
     console: ConsoleSettings = ConsoleSettings()
+    cluster: ClusterSettings = ClusterSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
 
     @model_validator(mode="after")

@@ -26,7 +26,7 @@ from yarl import URL
 from tollhouse import __version__
 from tollhouse.gateway.credentials import CredentialProvider, StaticCredentials
 from tollhouse.gateway.errors import GatewayError, UpstreamProtocolError, UpstreamUnavailable
-from tollhouse.gateway.http_rpc import EVENT_STREAM, JSON
+from tollhouse.gateway.http_rpc import EVENT_STREAM, JSON, unreachable
 from tollhouse.gateway.jsonrpc_stream import JsonRpcStream, initialize, list_all
 from tollhouse.gateway.sse import SseError, SseEvent, SseParser
 from tollhouse.gateway.upstream import (
@@ -355,7 +355,7 @@ class SseUpstream:
                 status = r.status
                 await r.content.read(_POST_BODY_BYTES)
         except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(self.name) from exc
+            raise unreachable(self.name, exc) from exc
         if 200 <= status < 300:
             return
         # 404: the session is gone upstream; 5xx: the upstream is failing.

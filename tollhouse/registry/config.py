@@ -122,6 +122,8 @@ _SERVER_KEYS = (
     "connect_timeout_seconds",
     "call_timeout_seconds",
     "scopes",
+    "max_in_flight",
+    "idempotent",
 )
 AGENT_KEYS = (
     "name",
@@ -583,6 +585,8 @@ def server_secrets_from_dict(data: Any, *, path: str = "") -> tuple[Upstream, di
         connect_timeout_seconds=connect,
         call_timeout_seconds=call,
         scopes=_scopes(entry.get("scopes"), _join(path, "scopes")),
+        max_in_flight=_max_in_flight(entry.get("max_in_flight"), _join(path, "max_in_flight")),
+        idempotent=_idempotent(entry, path),
     )
     return upstream, secrets
 
@@ -703,6 +707,26 @@ def _scopes(value: Any, path: str) -> dict[str, tuple[str, ...]]:
                 raise ConfigError(where, f"{scope!r} is not a valid OAuth scope")
         out[pattern] = tuple(sorted(set(scopes)))
     return out
+
+
+def _max_in_flight(value: Any, path: str) -> int | None:
+    """A server's own in-flight cap: a whole number, 0 for none; absent: the gateway's default."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(path, f"expected a whole number, got {_kind(value)}")
+    if not 0 <= value <= 1_000_000:
+        raise ConfigError(path, f"must be from 0 to 1000000, got {value}")
+    return value
+
+
+def _idempotent(entry: Mapping[str, Any], path: str) -> tuple[str, ...]:
+    """Original tool names or globs an admin marked idempotent (safe to retry after any failure)."""
+    patterns = _str_list(entry, "idempotent", path) or []
+    for i, pattern in enumerate(patterns):
+        if not pattern or len(pattern) > 128:
+            raise ConfigError(f"{_join(path, 'idempotent')}[{i}]", "a tool name or glob of 1-128 characters")
+    return tuple(dict.fromkeys(patterns))
 
 
 def _bool(entry: Mapping[str, Any], key: str, path: str, default: bool = False) -> bool:
@@ -1184,6 +1208,10 @@ def server_to_dict(upstream: Upstream, secret_fields: Collection[str] = ()) -> d
         out["trusted"] = True
     if upstream.scopes:
         out["scopes"] = {pattern: list(scopes) for pattern, scopes in upstream.scopes.items()}
+    if upstream.max_in_flight is not None:
+        out["max_in_flight"] = upstream.max_in_flight
+    if upstream.idempotent:
+        out["idempotent"] = list(upstream.idempotent)
     if not upstream.enabled:
         out["enabled"] = False
     _auth_and_timeouts_to_dict(upstream, secret_fields, out)

@@ -129,6 +129,10 @@ class Upstream:
     call_timeout_seconds: float = 60.0
     # Step-up: original tool name (or glob) -> the OAuth scopes a token needs to call it.
     scopes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Calls in flight to it on one replica; None: the gateway's `upstreams.max_in_flight`.
+    max_in_flight: int | None = None
+    # Original tool names (or globs) an admin marked idempotent: retried after any transport failure.
+    idempotent: tuple[str, ...] = ()
     a2a: AgentOptions | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
@@ -144,6 +148,10 @@ class Upstream:
             return ()
         needed = {s for pattern, scopes in self.scopes.items() if fnmatchcase(tool, pattern) for s in scopes}
         return tuple(sorted(needed))
+
+    def marked_idempotent(self, tool: str) -> bool:
+        """True when an admin marked the original tool name `tool` idempotent (a glob matches it)."""
+        return any(fnmatchcase(tool, pattern) for pattern in self.idempotent)
 
 
 @dataclass(frozen=True)

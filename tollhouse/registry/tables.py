@@ -33,6 +33,7 @@ from tollhouse.registry.pins import Pin
 __all__ = [
     "A2A_TASKS",
     "CATALOG_ENTRIES",
+    "CHANGE_NOTICES",
     "CLIENTS",
     "KILL_SWITCHES",
     "LIMITS",
@@ -46,6 +47,7 @@ __all__ = [
     "USER_UPSTREAM_TOKENS",
     "A2ATaskRow",
     "CatalogEntryRow",
+    "ChangeNoticeRow",
     "ClientRow",
     "KillSwitchRow",
     "LimitRow",
@@ -117,6 +119,8 @@ class UpstreamRow(SQLModel, table=True):
     connect_timeout_seconds: float
     call_timeout_seconds: float
     scopes: dict[str, list[str]] = Field(default_factory=dict, sa_type=sa.JSON)
+    max_in_flight: int | None = None
+    idempotent: list[str] = Field(default_factory=list, sa_type=sa.JSON)
     a2a: JSONObject | None = Field(default=None, sa_type=sa.JSON)
     health_status: str = Field(default="unknown")
     last_error: str | None = Field(default=None, sa_type=sa.Text)
@@ -154,6 +158,8 @@ class UpstreamRow(SQLModel, table=True):
             connect_timeout_seconds=self.connect_timeout_seconds,
             call_timeout_seconds=self.call_timeout_seconds,
             scopes={pattern: tuple(scopes) for pattern, scopes in (self.scopes or {}).items()},
+            max_in_flight=self.max_in_flight,
+            idempotent=tuple(self.idempotent or ()),
             a2a=AgentOptions(**self.a2a) if self.a2a is not None else None,
             created_at=self.created_at,
             updated_at=self.updated_at,
@@ -183,6 +189,8 @@ def _config(upstream: Upstream) -> dict[str, Any]:
         "connect_timeout_seconds": upstream.connect_timeout_seconds,
         "call_timeout_seconds": upstream.call_timeout_seconds,
         "scopes": {pattern: list(scopes) for pattern, scopes in upstream.scopes.items()},
+        "max_in_flight": upstream.max_in_flight,
+        "idempotent": list(upstream.idempotent),
         "a2a": asdict(upstream.a2a) if upstream.a2a is not None else None,
     }
 
@@ -666,6 +674,22 @@ class AuditRecordRow(SQLModel, table=True):
     trace_id: str | None = None
 
 
+class ChangeNoticeRow(SQLModel, table=True):
+    """One change a replica made that the others must pick up (gateway/changes.py).
+
+    The log is the source of truth; a Redis or PostgreSQL doorbell only makes replicas read it
+    at once instead of at their next poll. Rows older than a day are pruned.
+    """
+
+    __tablename__ = "change_notices"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    node: str
+    topic: str
+    subject: str = Field(default="", sa_type=sa.Text)
+    at: datetime = Field(sa_type=UTCDateTime, index=True)
+
+
 class AuditCheckpointRow(SQLModel, table=True):
     """A signed checkpoint of one node's chain (its JSON, as `audit export` writes it)."""
 
@@ -698,4 +722,5 @@ USAGE_EVENTS = metadata.tables["usage_events"]
 USAGE_OUTBOX = metadata.tables["usage_outbox"]
 AUDIT_RECORDS = metadata.tables["audit_records"]
 A2A_TASKS = metadata.tables["a2a_tasks"]
+CHANGE_NOTICES = metadata.tables["change_notices"]
 AUDIT_CHECKPOINTS = metadata.tables["audit_checkpoints"]
