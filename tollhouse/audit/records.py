@@ -47,7 +47,9 @@ def args_digest(arguments: Any) -> str | None:
     """SHA-256 (hex) of the arguments' RFC 8785 canonical JSON; None when they cannot be canonicalised."""
     try:
         return hashlib.sha256(rfc8785.dumps(arguments)).hexdigest()
-    except (rfc8785.CanonicalizationError, TypeError, ValueError):
+    except (rfc8785.CanonicalizationError, TypeError, ValueError, RecursionError):
+        # RecursionError: nested deeper than Python recurses (the MCP endpoint refuses those
+        # earlier; this keeps every other caller, A2A included, from a 500).
         return None
 
 

@@ -91,6 +91,7 @@ from tollhouse.gateway.errors import (
     PendingApproval,
     UpstreamUnavailable,
 )
+from tollhouse.gateway.inflight import InFlight
 from tollhouse.gateway.metering import Metering, classify
 from tollhouse.gateway.pipeline import CallContext
 from tollhouse.gateway.pool import UpstreamPool
@@ -474,7 +475,9 @@ class A2AProxy:
         public_url: str,
         max_body_bytes: int,
         push_policy: UrlPolicy,
+        inflight: InFlight | None = None,
     ) -> None:
+        self._inflight = inflight
         self._pool = pool
         self._policies = policies
         self._admit = AdmitStage(admission)
@@ -677,7 +680,13 @@ class A2AProxy:
 
             async def forward(ctx: CallContext) -> JSONObject:
                 nonlocal status
-                status = await self._forward(scope, receive, send, exchange, body, ctx.response_headers)
+                # The same in-flight caps as tools/call: the agent's slot and the caller's.
+                with (
+                    self._inflight.slot(agent, ctx.principal.key)
+                    if self._inflight
+                    else contextlib.nullcontext()
+                ):
+                    status = await self._forward(scope, receive, send, exchange, body, ctx.response_headers)
                 return {}
 
             await self._admit(ctx, forward)

@@ -224,6 +224,7 @@ def create_app(
     )
     telemetry = Telemetry(node=settings.node_name, version=__version__, otlp=settings.telemetry)
     usage = build_usage(settings, engine, store, telemetry)
+    inflight = InFlight(settings.upstreams, settings.limits, pool.upstream)
     pipeline = build_pipeline(
         pool,
         sealer,
@@ -236,7 +237,7 @@ def create_app(
             BudgetStage(usage.metering),
         ],
         outer=[UsageStage(usage.metering)],
-        inflight=InFlight(settings.upstreams, settings.limits, pool.upstream),
+        inflight=inflight,
         tracing=tracing,
     )
     handlers = McpHandlers(
@@ -274,6 +275,7 @@ def create_app(
             allow_loopback_http=settings.a2a.push_allow_loopback_http,
             allow_private=settings.a2a.push_allow_private,
         ),
+        inflight=inflight,
     )
     admin_state = AdminState(
         store=store,
