@@ -88,6 +88,45 @@ def initialize_request(version: str = "2025-11-25", request_id: int = 1) -> dict
     }
 
 
+MODERN = "2026-07-28"
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": MODERN,
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "0"},
+}
+
+
+async def modern_request(
+    http: httpx2.AsyncClient,
+    url: str,
+    key: str,
+    method: str,
+    params: dict[str, Any],
+    *,
+    name: str | None = None,
+    request_id: int = 1,
+) -> httpx2.Response:
+    """One stateless 2026-07-28 request over raw HTTP: `_meta` in the params, the header checks."""
+    body = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": {**params, "_meta": MODERN_META}}
+    headers = {
+        "Authorization": f"Bearer {key}",
+        "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": MODERN,
+        "Mcp-Method": method,
+        **({"Mcp-Name": name} if name is not None else {}),
+    }
+    return await http.post(url, json=body, headers=headers)
+
+
+async def modern_tool_call(
+    http: httpx2.AsyncClient, url: str, key: str, name: str, arguments: dict[str, Any], *, request_id: int = 1
+) -> httpx2.Response:
+    """One stateless 2026-07-28 `tools/call` over raw HTTP (for tests that check the wire itself)."""
+    params = {"name": name, "arguments": arguments}
+    return await modern_request(http, url, key, "tools/call", params, name=name, request_id=request_id)
+
+
 def gateway_settings(tmp_path: Path, **overrides: Any) -> Settings:
     """Settings for a test gateway: SQLite under tmp_path, a known admin token, fast retries."""
     values: dict[str, Any] = {

@@ -24,38 +24,13 @@ import pytest
 from mcp.server.mcpserver import MCPServer
 
 from tests.cluster import Cluster, ClusterReplica, cluster
-from tests.harness import initialize_request
+from tests.harness import initialize_request, modern_tool_call
 from tests.servers import serve
 from tests.upstreams import echo_upstream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
-MODERN = "2026-07-28"
-META = {
-    "io.modelcontextprotocol/protocolVersion": MODERN,
-    "io.modelcontextprotocol/clientCapabilities": {},
-    "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "0"},
-}
-
-
-def modern_call(tool: str, arguments: dict[str, Any], request_id: int = 1) -> dict[str, Any]:
-    return {
-        "jsonrpc": "2.0",
-        "id": request_id,
-        "method": "tools/call",
-        "params": {"name": tool, "arguments": arguments, "_meta": META},
-    }
-
-
-def modern_headers(key: str, tool: str) -> dict[str, str]:
-    return {
-        **HEADERS,
-        "Authorization": f"Bearer {key}",
-        "MCP-Protocol-Version": MODERN,
-        "Mcp-Method": "tools/call",
-        "Mcp-Name": tool,
-    }
 
 
 def rpc(response: httpx2.Response) -> dict[str, Any]:
@@ -70,9 +45,7 @@ def rpc(response: httpx2.Response) -> dict[str, Any]:
 async def call_ok(
     http: httpx2.AsyncClient, replica: ClusterReplica, key: str, tool: str, args: dict[str, Any]
 ) -> bool:
-    response = await http.post(
-        replica.mcp_url, json=modern_call(tool, args), headers=modern_headers(key, tool)
-    )
+    response = await modern_tool_call(http, replica.mcp_url, key, tool, args)
     return response.status_code == 200 and "result" in rpc(response)
 
 
@@ -222,10 +195,9 @@ async def test_sigterm_drains_500_calls_in_flight_without_losing_one_or_its_reco
 
         async def one(i: int) -> None:
             try:
-                response = await http.post(
-                    draining.mcp_url,
-                    json=modern_call("slow__wait", {"seconds": 2, "tag": i}, i),  # distinct: no loop breaker
-                    headers=modern_headers(key, "slow__wait"),
+                arguments = {"seconds": 2, "tag": i}  # distinct: the loop breaker stays out of it
+                response = await modern_tool_call(
+                    http, draining.mcp_url, key, "slow__wait", arguments, request_id=i
                 )
                 answer = rpc(response) if response.status_code == 200 else {}
                 outcomes.append(

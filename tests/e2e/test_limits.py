@@ -23,7 +23,7 @@ import httpx2
 import pytest
 
 from tests.databases import scratch_postgres
-from tests.harness import Gateway, initialize_request, running_gateway
+from tests.harness import Gateway, initialize_request, modern_tool_call, running_gateway
 from tests.redis_server import free_port, private_redis
 from tests.servers import serve
 from tests.upstreams import Probe, echo_upstream
@@ -44,27 +44,7 @@ async def call(
     http: httpx2.AsyncClient, gw: Gateway, key: str, name: str, arguments: dict[str, Any]
 ) -> httpx2.Response:
     """One stateless 2026-07-28 tools/call."""
-    body = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "tools/call",
-        "params": {
-            "name": name,
-            "arguments": arguments,
-            "_meta": {
-                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                "io.modelcontextprotocol/clientCapabilities": {},
-            },
-        },
-    }
-    headers = {
-        "Authorization": f"Bearer {key}",
-        "Accept": "application/json, text/event-stream",
-        "MCP-Protocol-Version": "2026-07-28",
-        "Mcp-Method": "tools/call",
-        "Mcp-Name": name,
-    }
-    return await http.post(gw.mcp_url, json=body, headers=headers)
+    return await modern_tool_call(http, gw.mcp_url, key, name, arguments)
 
 
 async def until(check: Callable[[], Awaitable[bool]], seconds: float) -> None:

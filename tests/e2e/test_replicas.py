@@ -20,7 +20,7 @@ import pytest
 from pydantic import SecretStr
 
 from tests.databases import scratch_postgres
-from tests.harness import Gateway, initialize_request, running_gateway
+from tests.harness import Gateway, initialize_request, modern_request, modern_tool_call, running_gateway
 from tests.servers import serve
 from tests.upstreams import echo_upstream
 from tollhouse.auth.keyring import KeyRing, format_secret_key
@@ -29,7 +29,6 @@ from tollhouse.gateway.settings import QuotaSettings
 pytestmark = pytest.mark.anyio
 
 HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
-MODERN = "2026-07-28"
 
 
 def shared_keys() -> SecretStr:
@@ -65,11 +64,7 @@ async def two_replicas(
 
 
 async def tool_names(http: httpx2.AsyncClient, gw: Gateway, key: str) -> set[str]:
-    response = await http.post(
-        gw.mcp_url,
-        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": _meta()}},
-        headers=_modern_headers(key, "tools/list"),
-    )
+    response = await modern_request(http, gw.mcp_url, key, "tools/list", {})
     if response.status_code == 401:  # the new client's key has not reached this replica yet
         return set()
     assert response.status_code == 200, response.text
@@ -77,37 +72,7 @@ async def tool_names(http: httpx2.AsyncClient, gw: Gateway, key: str) -> set[str
 
 
 async def call(http: httpx2.AsyncClient, gw: Gateway, key: str, tool: str, arguments: dict[str, Any]) -> Any:
-    response = await http.post(
-        gw.mcp_url,
-        json={
-            "jsonrpc": "2.0",
-            "id": 2,
-            "method": "tools/call",
-            "params": {"name": tool, "arguments": arguments, "_meta": _meta()},
-        },
-        headers=_modern_headers(key, "tools/call", tool),
-    )
-    return response.json()
-
-
-def _meta() -> dict[str, Any]:
-    return {
-        "io.modelcontextprotocol/protocolVersion": MODERN,
-        "io.modelcontextprotocol/clientCapabilities": {},
-        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "0"},
-    }
-
-
-def _modern_headers(key: str, method: str, name: str | None = None) -> dict[str, str]:
-    headers = {
-        **HEADERS,
-        "Authorization": f"Bearer {key}",
-        "MCP-Protocol-Version": MODERN,
-        "Mcp-Method": method,
-    }
-    if name is not None:
-        headers["Mcp-Name"] = name
-    return headers
+    return (await modern_tool_call(http, gw.mcp_url, key, tool, arguments, request_id=2)).json()
 
 
 @pytest.mark.parametrize("backend", ["postgres+redis", "postgres", "sqlite"])

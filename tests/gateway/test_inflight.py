@@ -23,7 +23,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
 
-from tests.harness import Gateway, running_gateway
+from tests.harness import Gateway, modern_tool_call, running_gateway
 from tests.servers import serve
 from tollhouse.gateway.errors import CONCURRENCY_LIMITED
 from tollhouse.gateway.settings import LimitsSettings, UpstreamDefaults
@@ -84,27 +84,7 @@ async def call(
     http: httpx2.AsyncClient, gw: Gateway, key: str, name: str, **arguments: Any
 ) -> httpx2.Response:
     """One stateless 2026-07-28 tools/call."""
-    body = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "tools/call",
-        "params": {
-            "name": name,
-            "arguments": arguments,
-            "_meta": {
-                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                "io.modelcontextprotocol/clientCapabilities": {},
-            },
-        },
-    }
-    headers = {
-        "Authorization": f"Bearer {key}",
-        "Accept": "application/json, text/event-stream",
-        "MCP-Protocol-Version": "2026-07-28",
-        "Mcp-Method": "tools/call",
-        "Mcp-Name": name,
-    }
-    return await http.post(gw.mcp_url, json=body, headers=headers)
+    return await modern_tool_call(http, gw.mcp_url, key, name, arguments)
 
 
 async def until(check: Callable[[], bool | Awaitable[bool]], seconds: float = 10) -> None:
