@@ -123,3 +123,16 @@ def test_an_ended_session_is_refused_by_a_replica_that_hears_of_it() -> None:
     third = manager(ring)
     third.ended(session_digest(made.id))
     assert third.get(made.id, alice, view) is None
+
+
+def test_a_session_may_not_outlive_the_memory_of_its_end_nor_a_drain_be_instant() -> None:
+    from pydantic import ValidationError
+
+    from tollhouse.gateway.settings import ClusterSettings, LimitsSettings
+
+    # Ended sessions are remembered through change notices kept a day: a longer age could revive one.
+    with pytest.raises(ValidationError):
+        LimitsSettings(session_max_age_seconds=86_401)
+    with pytest.raises(ValidationError):
+        ClusterSettings(drain_seconds=0)
+    assert LimitsSettings(session_max_age_seconds=86_400).session_max_age_seconds == 86_400

@@ -1,10 +1,10 @@
 """Admin API for live session-era MCP sessions: list them, end one.
 
-Sessions live in the memory of the replica that created them, so the list is that replica's
-(the one answering the request) and ending a session works only there: behind a load balancer,
-ask each replica. Ending a session is what an idle expiry does: its requests are cancelled, its
-GET stream closes, its upstream sessions end, and the client's next request gets 404, which MCP
-clients take as "start a new session".
+Sessions are held in the memory of the replica serving them, so the list is that replica's (the
+one answering the request): behind a load balancer, ask each replica. Ending a listed session is
+announced to every replica (gateway/changes.py), which refuse its id from then on: its requests are
+cancelled, its GET stream closes, its upstream sessions end, and the client's next request gets
+404, which MCP clients take as "start a new session".
 """
 
 from __future__ import annotations

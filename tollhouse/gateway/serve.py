@@ -80,7 +80,7 @@ def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
         server_header=False,
         timeout_keep_alive=30,
         # SIGTERM: uvicorn stops accepting and waits this long for requests in flight.
-        timeout_graceful_shutdown=max(1, math.ceil(settings.cluster.drain_seconds)),
+        timeout_graceful_shutdown=math.ceil(settings.cluster.drain_seconds),
     )
 
 

@@ -51,7 +51,8 @@ class LimitsSettings(BaseModel):
     session_idle_seconds: float = Field(default=1800.0, gt=0)
     # A session id is refused everywhere this long after its `initialize` (the client starts a
     # new session, as MCP clients do on 404): it bounds what a leaked id is worth.
-    session_max_age_seconds: float = Field(default=86_400.0, gt=0)
+    # At most a day: ended sessions are remembered through change notices kept for a day.
+    session_max_age_seconds: float = Field(default=86_400.0, gt=0, le=86_400)
     max_sessions: int = Field(default=10_000, gt=0)
     # Calls one principal may have in flight on this replica; more fail at once (principal_busy,
     # inflight.py). 0 turns the cap off. The admin's concurrency rules are the cross-replica ones.
@@ -193,7 +194,7 @@ class ClusterSettings(BaseModel):
     change_poll_seconds: float = Field(default=0.5, gt=0, le=60)
     # SIGTERM: readiness fails at once, new connections are refused, and calls in flight get
     # this long to finish before they are cancelled.
-    drain_seconds: float = Field(default=30.0, ge=0)
+    drain_seconds: float = Field(default=30.0, ge=1)
 
 
 class AuditSettings(BaseModel):

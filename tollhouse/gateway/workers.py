@@ -31,6 +31,7 @@ __all__ = ["run_workers"]
 logger = logging.getLogger("tollhouse")
 _READY_TIMEOUT = 120.0
 _RESTART_MAX_DELAY = 30.0
+_STABLE_SECONDS = 60.0
 
 
 def run_workers(settings: Settings, config: str | None, count: int) -> int:
@@ -65,10 +66,13 @@ def run_workers(settings: Settings, config: str | None, count: int) -> int:
         workers.extend(start(i) for i in range(1, count))
         print(f"tollhouse: serving with {count} workers on {settings.host}:{port}", file=sys.stderr)
         delays = [1.0] * count
+        started = [time.monotonic()] * count
         while not stop.wait(0.5):
             for index, process in enumerate(workers):
                 if process.is_alive() or stop.is_set():
                     continue
+                if time.monotonic() - started[index] > _STABLE_SECONDS:
+                    delays[index] = 1.0  # it ran fine for a while: a new crash starts the back-off afresh
                 logger.error(
                     "worker %d exited with status %s; restarting in %.0f s",
                     index,
@@ -79,6 +83,7 @@ def run_workers(settings: Settings, config: str | None, count: int) -> int:
                     break
                 delays[index] = min(delays[index] * 2, _RESTART_MAX_DELAY)
                 workers[index] = start(index)
+                started[index] = time.monotonic()
         return 0
     finally:
         _stop_all(workers, settings.cluster.drain_seconds + 10)
