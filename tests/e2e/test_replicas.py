@@ -71,6 +71,23 @@ async def tool_names(http: httpx2.AsyncClient, gw: Gateway, key: str) -> set[str
     return {tool["name"] for tool in response.json()["result"]["tools"]}
 
 
+async def until_listed(
+    http: httpx2.AsyncClient, gw: Gateway, key: str, tool: str, *, listed: bool = True
+) -> None:
+    """Wait (at most 10 s) until `gw` lists `tool`, or no longer does."""
+    with anyio.fail_after(10):
+        while (tool in await tool_names(http, gw, key)) != listed:
+            pass
+
+
+async def up_on_both(http: httpx2.AsyncClient, a: Gateway, b: Gateway, upstream: str) -> str:
+    """A client and server `up` created through a, once b serves them; returns the client's key."""
+    key = await a.create_client("bot")
+    await a.add_server("up", upstream)
+    await until_listed(http, b, key, "up__echo")
+    return key
+
+
 async def call(http: httpx2.AsyncClient, gw: Gateway, key: str, tool: str, arguments: dict[str, Any]) -> Any:
     return (await modern_tool_call(http, gw.mcp_url, key, tool, arguments, request_id=2)).json()
 
@@ -85,19 +102,13 @@ async def test_a_server_registered_on_one_replica_is_callable_on_the_other(
         two_replicas(tmp_path, backend, request) as (a, b),
         httpx2.AsyncClient(trust_env=False, timeout=30) as http,
     ):
-        key = await a.create_client("bot")
-        await a.add_server("up", upstream)
-        with anyio.fail_after(10):
-            while "up__echo" not in await tool_names(http, b, key):
-                pass
+        key = await up_on_both(http, a, b, upstream)
         answer = await call(http, b, key, "up__echo", {"text": "via b"})
         assert answer["result"]["content"][0]["text"] == "via b"
 
         # Removing it on b takes it away on a.
         assert (await b.admin.delete("/servers/up")).status_code == 204
-        with anyio.fail_after(10):
-            while "up__echo" in await tool_names(http, a, key):
-                pass
+        await until_listed(http, a, key, "up__echo", listed=False)
         gone = await call(http, a, key, "up__echo", {"text": "x"})
         assert "error" in gone
 
@@ -111,11 +122,7 @@ async def test_policy_and_limit_changes_reach_the_other_replica(
         two_replicas(tmp_path, "postgres+redis", request) as (a, b),
         httpx2.AsyncClient(trust_env=False, timeout=30) as http,
     ):
-        key = await a.create_client("bot")
-        await a.add_server("up", upstream)
-        with anyio.fail_after(10):
-            while "up__echo" not in await tool_names(http, b, key):
-                pass
+        key = await up_on_both(http, a, b, upstream)
         forbid = 'forbid(principal, action == Action::"call_tool", resource == Tool::"up__echo");'
         assert (await a.admin.put("/policies/no-echo", json={"cedar": forbid})).status_code in (200, 201)
         with anyio.fail_after(10):
@@ -211,11 +218,7 @@ async def test_reloads_through_one_replica_drop_no_call_on_the_other(
         two_replicas(tmp_path, "postgres+redis", request) as (a, b),
         httpx2.AsyncClient(trust_env=False, timeout=30) as http,
     ):
-        key = await a.create_client("bot")
-        await a.add_server("up", upstream)
-        with anyio.fail_after(10):
-            while "up__echo" not in await tool_names(http, b, key):
-                pass
+        key = await up_on_both(http, a, b, upstream)
         answers: list[bool] = []
         done = anyio.Event()
 

@@ -39,6 +39,22 @@ class Held:
     gate: anyio.Event = field(default_factory=anyio.Event)
     waiting: int = 0
     cancelled: int = 0
+    # Set (and replaced) whenever a count above changes, so tests wait on it instead of polling.
+    changed: anyio.Event = field(default_factory=anyio.Event)
+
+    def note(self) -> None:
+        """A count changed: wake whoever waits."""
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    async def until(self, check: Callable[[], bool], seconds: float = 10) -> None:
+        """Wait until `check()` holds (re-checked at every change), for at most `seconds`."""
+        with anyio.fail_after(seconds):
+            while True:
+                changed = self.changed
+                if check():
+                    return
+                await changed.wait()
 
     def release(self) -> None:
         """Let every waiting call finish; later calls wait on a new gate."""
@@ -59,6 +75,7 @@ def holding_upstream() -> tuple[MCPServer, Held]:
         """
         gate = held.gate
         held.waiting += 1
+        held.note()
         try:
             await gate.wait()
         except anyio.get_cancelled_exc_class():
@@ -66,6 +83,7 @@ def holding_upstream() -> tuple[MCPServer, Held]:
             raise
         finally:
             held.waiting -= 1
+            held.note()
         if outcome == "tool_error":
             raise ToolError("asked to")
         if outcome == "rpc_error":
@@ -87,14 +105,11 @@ async def call(
     return await modern_tool_call(http, gw.mcp_url, key, name, arguments)
 
 
-async def until(check: Callable[[], bool | Awaitable[bool]], seconds: float = 10) -> None:
-    """Poll `check` until it holds, for at most `seconds`."""
+async def until(check: Callable[[], Awaitable[bool]], seconds: float = 10) -> None:
+    """Ask the gateway `check` until it holds, for at most `seconds` (each ask is a round trip)."""
     with anyio.fail_after(seconds):
-        while True:
-            outcome = check()
-            if outcome if isinstance(outcome, bool) else await outcome:
-                return
-            await anyio.sleep(0.01)
+        while not await check():
+            pass
 
 
 def error_of(response: httpx2.Response) -> dict[str, Any] | None:
@@ -119,11 +134,12 @@ class Rig:
         async def one() -> None:
             self.calls += 1
             answers.append(await call(self.http, self.gw, key, "up__hold", outcome=outcome, tag=self.calls))
+            self.held.note()
 
         before = self.held.waiting
         for _ in range(n):
             tg.start_soon(one)
-        await until(lambda: self.held.waiting - before + len(answers) >= n)
+        await self.held.until(lambda: self.held.waiting - before + len(answers) >= n)
         return answers
 
     async def room_is(self, key: str, n: int, reason: str) -> bool:
@@ -195,7 +211,7 @@ async def test_upstream_cap_refuses_the_next_call_at_once_and_every_path_gives_t
             async with anyio.create_task_group() as tg:
                 await r.hold(key, tg, 2)
                 scope.cancel()
-        await until(lambda: r.held.cancelled == 2)
+        await r.held.until(lambda: r.held.cancelled == 2)
         await until(lambda: r.room_is(key, 2, "upstream_busy"))
 
 
@@ -226,7 +242,9 @@ async def test_principal_cap_refuses_only_that_principal_and_the_refusal_is_mete
                     rows = connection.execute(sa.text("select outcome, event from usage_events")).all()
                 return [orjson.loads(row.event)["data"] for row in rows if row.outcome == "rate_limited"]
 
-            await until(lambda: len(refusals()) >= 3)
+            # The usage report commits every event this replica accepted before it answers.
+            assert (await r.gw.admin.get("/usage/report", params={"by": "outcome"})).status_code == 200
+            assert len(refusals()) >= 3
             assert {d["error_code"] for d in refusals()} == {CONCURRENCY_LIMITED}
             assert all("attempts" not in d for d in refusals())  # refused before the upstream
         finally:

@@ -63,7 +63,10 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         )
         for i in range(STREAM_CHUNKS):
             await send({"type": "http.response.body", "body": f"data: {i}\n\n".encode(), "more_body": True})
-            await anyio.sleep(STREAM_EVERY_S)
+            # The stream's pace; a client that goes away ends it at once.
+            with anyio.move_on_after(STREAM_EVERY_S):
+                if (await receive())["type"] == "http.disconnect":
+                    return
         await send({"type": "http.response.body", "body": b""})
         return
     payload = f"got {len(body)}".encode()
@@ -79,24 +82,40 @@ async def server(limits: LimitsSettings = LIMITS) -> AsyncIterator[tuple[str, in
         yield host, int(port)
 
 
-async def read_until_closed(stream: anyio.abc.ByteStream) -> bytes:
-    """Everything the server sends until it closes the connection."""
+async def read_until_closed(stream: anyio.abc.ByteStream, hung_up: anyio.Event | None = None) -> bytes:
+    """Everything the server sends until it closes the connection (then `hung_up` is set)."""
     data = b""
     while True:
         try:
             data += await stream.receive()
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            if hung_up is not None:
+                hung_up.set()
             return data
 
 
-async def trickle(stream: anyio.abc.ByteStream, data: bytes, every: float) -> None:
+async def trickle(stream: anyio.abc.ByteStream, data: bytes, every: float, hung_up: anyio.Event) -> None:
     """Send `data` one byte at a time, `every` seconds apart, until done or the server hangs up."""
     for i in range(len(data)):
         try:
             await stream.send(data[i : i + 1])
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             return
-        await anyio.sleep(every)
+        # A slow client's pace; the server hanging up ends it at once.
+        with anyio.move_on_after(every):
+            await hung_up.wait()
+        if hung_up.is_set():
+            return
+
+
+async def stays_open(stream: anyio.abc.ByteStream, seconds: float) -> None:
+    """The server keeps an idle connection open, and silent, for `seconds`."""
+    with anyio.move_on_after(seconds):
+        try:
+            unexpected = await stream.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+            raise AssertionError("the server closed the connection during the idle gap") from exc
+        raise AssertionError(f"the server sent {unexpected!r} on an idle connection")
 
 
 async def slow_client(
@@ -109,8 +128,9 @@ async def slow_client(
             started = time.monotonic()
             if first:
                 await stream.send(first)
-            tg.start_soon(trickle, stream, rest, every)
-            answer = await read_until_closed(stream)
+            hung_up = anyio.Event()
+            tg.start_soon(trickle, stream, rest, every, hung_up)
+            answer = await read_until_closed(stream, hung_up)
             elapsed = time.monotonic() - started
             tg.cancel_scope.cancel()
     return answer, elapsed
@@ -234,15 +254,16 @@ async def test_keep_alive_the_head_deadline_starts_at_the_next_requests_first_by
             await stream.send(head())
             first = await stream.receive()
             assert first.startswith(b"HTTP/1.1 200 ") and first.endswith(b"got 0"), first
-            await anyio.sleep(HEAD_S * 2)  # the scenario's idle gap: longer than the head deadline
+            await stays_open(stream, HEAD_S * 2)  # an idle gap longer than the head deadline
             await stream.send(head())
             second = await stream.receive()
             assert second.startswith(b"HTTP/1.1 200 ") and second.endswith(b"got 0"), second
-            await anyio.sleep(HEAD_S * 2)
+            await stays_open(stream, HEAD_S * 2)
             async with anyio.create_task_group() as tg:
                 started = time.monotonic()
-                tg.start_soon(trickle, stream, head(), 0.1)
-                third = await read_until_closed(stream)
+                hung_up = anyio.Event()
+                tg.start_soon(trickle, stream, head(), 0.1, hung_up)
+                third = await read_until_closed(stream, hung_up)
                 elapsed = time.monotonic() - started
                 tg.cancel_scope.cancel()
     assert third.startswith(b"HTTP/1.1 408 "), third
