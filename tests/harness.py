@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +86,28 @@ def initialize_request(version: str = "2025-11-25", request_id: int = 1) -> dict
             "clientInfo": {"name": "raw", "version": "0"},
         },
     }
+
+
+class Changes:
+    """A condition for tests: whoever changes shared state calls `note()`; `until(check)` waits,
+    re-checking at every change, instead of polling on a timer."""
+
+    def __init__(self) -> None:
+        self._changed = anyio.Event()
+
+    def note(self) -> None:
+        """Something changed: wake every waiter."""
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def until(self, check: Callable[[], bool], seconds: float = 10) -> None:
+        """Wait until `check()` holds, for at most `seconds`."""
+        with anyio.fail_after(seconds):
+            while True:
+                changed = self._changed
+                if check():
+                    return
+                await changed.wait()
 
 
 MODERN = "2026-07-28"

@@ -8,7 +8,9 @@ an upstream that can stop listening (connections refused) and start again on the
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,8 @@ import pytest
 import sqlalchemy as sa
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tests.gateway.test_inflight import call, error_of, until
-from tests.harness import running_gateway
+from tests.gateway.test_inflight import call, error_of
+from tests.harness import Changes, Gateway, running_gateway
 from tests.servers import serve
 from tests.upstreams import echo_upstream
 from tollhouse.gateway.errors import UPSTREAM_UNAVAILABLE
@@ -44,6 +46,8 @@ class Faults:
     barrier: int = 0  # hold 503 answers until this many requests wait (all fail at once)
     waiting: int = 0
     opened: anyio.Event = field(default_factory=anyio.Event)
+    answered: list[str] = field(default_factory=list)  # methods whose answer the app has sent
+    changes: Changes = field(default_factory=Changes)  # noted at every request seen and answered
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -61,6 +65,8 @@ class Faults:
         tool = request["params"]["name"] if method == "tools/call" else None
         if tool is not None:
             self.calls[tool] = self.calls.get(tool, 0) + 1
+        self.changes.note()
+        if tool is not None:
             if self.drop.get(tool):
                 self.drop[tool] -= 1
                 # The request was read; the connection dies before the answer is complete.
@@ -86,6 +92,8 @@ class Faults:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
+        self.answered.append(str(method))
+        self.changes.note()
 
 
 class Relay:
@@ -148,6 +156,35 @@ def usage_events(tmp_path: Path) -> list[dict[str, Any]]:
         engine.dispose()
 
 
+async def committed_usage(gw: Gateway) -> None:
+    """Every usage event the gateway accepted so far is committed (its report flushes them first)."""
+    assert (await gw.admin.get("/usage/report", params={"by": "tool"})).status_code == 200
+
+
+class NotingHandler(logging.Handler):
+    """Keeps every log record and notes `changes` at each, so a test can wait for one."""
+
+    def __init__(self, changes: Changes) -> None:
+        super().__init__()
+        self.changes = changes
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        self.changes.note()
+
+
+@contextlib.asynccontextmanager
+async def noting(logger: str, changes: Changes) -> AsyncIterator[NotingHandler]:
+    """While the block runs, every record of `logger` is kept and notes `changes`."""
+    handler = NotingHandler(changes)
+    logging.getLogger(logger).addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logging.getLogger(logger).removeHandler(handler)
+
+
 def port_of(url: str) -> int:
     return int(url.rsplit(":", 1)[1].split("/")[0])
 
@@ -162,6 +199,7 @@ async def test_a_call_whose_connection_was_refused_is_retried_and_succeeds(
     # test's call meets the closed port; a long backoff gives the test time to reopen it.
     upstreams = UpstreamDefaults(retry_min_seconds=30, retry_max_seconds=60, retry_backoff_seconds=4)
     async with (
+        noting("tollhouse.retries", faults.changes) as retries_log,
         serve(faults, path="/mcp") as url,
         anyio.create_task_group() as tg,
         running_gateway(tmp_path, upstreams=upstreams) as gw,
@@ -172,25 +210,30 @@ async def test_a_call_whose_connection_was_refused_is_retried_and_succeeds(
         await gw.add_server("up", f"http://127.0.0.1:{relay.port}/mcp")
         key = await gw.create_client("alice")
         # The watch found no subscription stream and synced all lists once more: the loop now sleeps.
-        await until(
-            lambda: "subscriptions/listen" in faults.methods and faults.methods.count("prompts/list") == 2
+        await faults.changes.until(
+            lambda: "subscriptions/listen" in faults.methods and faults.answered.count("prompts/list") == 2
         )
+        # One round trip through the gateway: it has read that answer, and its sync is over.
+        assert (await gw.admin.get("/servers/up")).json()["health"]["status"] == "healthy"
 
         await relay.stop()
         answers: list[httpx2.Response] = []
 
         async def one() -> None:
             answers.append(await call(http, gw, key, "up__echo", text="hi"))
+            faults.changes.note()
 
         tg.start_soon(one)
-        await until(lambda: any("retrying echo" in r.getMessage() for r in caplog.records))
-        assert "nothing sent" in caplog.records[-1].getMessage()
+        await faults.changes.until(
+            lambda: any("retrying echo" in r.getMessage() for r in retries_log.records)
+        )
+        assert "nothing sent" in retries_log.records[-1].getMessage()
         await relay.start()  # the same port, before the retry's pause is over
-        await until(lambda: bool(answers))
+        await faults.changes.until(lambda: bool(answers))
         (answer,) = answers
         assert answer.json()["result"]["content"][0]["text"] == "hi"
         assert faults.calls == {"echo": 1}  # only the retry reached it
-        await until(lambda: any(e.get("attempts") == 2 for e in usage_events(tmp_path)))
+        await committed_usage(gw)
         (event,) = [e for e in usage_events(tmp_path) if e["tool"] == "echo"]
         assert (event["outcome"], event["attempts"]) == ("ok", 2)
         servers = (await gw.admin.get("/servers/up")).json()
@@ -227,7 +270,8 @@ async def test_a_dropped_call_is_retried_only_when_the_tool_is_marked_idempotent
         def attempts() -> list[tuple[str, int | None]]:
             return [(e["outcome"], e.get("attempts")) for e in usage_events(tmp_path) if e["tool"] == "echo"]
 
-        await until(lambda: len(attempts()) == 2)
+        await committed_usage(gw)
+        assert len(attempts()) == 2
         assert sorted(attempts(), key=str) == sorted([("upstream_error", 1), ("ok", 2)], key=str)
 
 

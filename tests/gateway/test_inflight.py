@@ -23,7 +23,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
 
-from tests.harness import Gateway, modern_tool_call, running_gateway
+from tests.harness import Changes, Gateway, modern_tool_call, running_gateway
 from tests.servers import serve
 from tollhouse.gateway.errors import CONCURRENCY_LIMITED
 from tollhouse.gateway.settings import LimitsSettings, UpstreamDefaults
@@ -39,22 +39,8 @@ class Held:
     gate: anyio.Event = field(default_factory=anyio.Event)
     waiting: int = 0
     cancelled: int = 0
-    # Set (and replaced) whenever a count above changes, so tests wait on it instead of polling.
-    changed: anyio.Event = field(default_factory=anyio.Event)
-
-    def note(self) -> None:
-        """A count changed: wake whoever waits."""
-        self.changed.set()
-        self.changed = anyio.Event()
-
-    async def until(self, check: Callable[[], bool], seconds: float = 10) -> None:
-        """Wait until `check()` holds (re-checked at every change), for at most `seconds`."""
-        with anyio.fail_after(seconds):
-            while True:
-                changed = self.changed
-                if check():
-                    return
-                await changed.wait()
+    # Noted whenever a count above changes, so tests wait on it instead of polling.
+    changes: Changes = field(default_factory=Changes)
 
     def release(self) -> None:
         """Let every waiting call finish; later calls wait on a new gate."""
@@ -75,7 +61,7 @@ def holding_upstream() -> tuple[MCPServer, Held]:
         """
         gate = held.gate
         held.waiting += 1
-        held.note()
+        held.changes.note()
         try:
             await gate.wait()
         except anyio.get_cancelled_exc_class():
@@ -83,7 +69,7 @@ def holding_upstream() -> tuple[MCPServer, Held]:
             raise
         finally:
             held.waiting -= 1
-            held.note()
+            held.changes.note()
         if outcome == "tool_error":
             raise ToolError("asked to")
         if outcome == "rpc_error":
@@ -134,12 +120,12 @@ class Rig:
         async def one() -> None:
             self.calls += 1
             answers.append(await call(self.http, self.gw, key, "up__hold", outcome=outcome, tag=self.calls))
-            self.held.note()
+            self.held.changes.note()
 
         before = self.held.waiting
         for _ in range(n):
             tg.start_soon(one)
-        await self.held.until(lambda: self.held.waiting - before + len(answers) >= n)
+        await self.held.changes.until(lambda: self.held.waiting - before + len(answers) >= n)
         return answers
 
     async def room_is(self, key: str, n: int, reason: str) -> bool:
@@ -211,7 +197,7 @@ async def test_upstream_cap_refuses_the_next_call_at_once_and_every_path_gives_t
             async with anyio.create_task_group() as tg:
                 await r.hold(key, tg, 2)
                 scope.cancel()
-        await r.held.until(lambda: r.held.cancelled == 2)
+        await r.held.changes.until(lambda: r.held.cancelled == 2)
         await until(lambda: r.room_is(key, 2, "upstream_busy"))
 
 
