@@ -246,6 +246,26 @@ def test_dump_round_trips_to_equal_values() -> None:
     assert list(data["toolsets"][0]["aliases"]) == ["plus", "list_files"]
 
 
+def test_catalog_and_cache_keys_load_and_round_trip() -> None:
+    text = """
+servers:
+  - name: weather
+    url: "https://weather.example/mcp"
+    trusted: true
+    description: Forecasts and observations.
+    tags: [weather, forecast, weather]
+    cache_ttl_seconds: 30
+    cache_scope: public
+    registry: {name: io.github.example/weather, version: "1.2.0"}
+"""
+    (server,) = load_config(text).servers
+    assert server.description == "Forecasts and observations."
+    assert server.tags == ("weather", "forecast")  # duplicates dropped, order kept
+    assert (server.cache_ttl_seconds, server.cache_scope) == (30.0, "public")
+    assert server.registry == {"name": "io.github.example/weather", "version": "1.2.0"}
+    assert load_config(dump_config(None, [server], ())).servers == (server,)
+
+
 def test_dump_omits_defaults_and_writes_secrets_as_references() -> None:
     servers = [
         Upstream(name="calc", url="http://127.0.0.1:9001/mcp"),
@@ -466,6 +486,21 @@ def test_unknown_top_level_section_is_ignored_with_a_warning_naming_it() -> None
             "toolsets[0].aliases.two",
             "'c__d' already has the alias 'one'",
         ),
+        ("servers: [{name: a, url: 'http://x/', tags: [ok, '']}]", "servers[0].tags[1]", "1-64 letters"),
+        ("servers: [{name: a, url: 'http://x/', tags: 'x'}]", "servers[0].tags", "expected a list"),
+        ("servers: [{name: a, url: 'http://x/', description: 3}]", "servers[0].description", "a string"),
+        ("servers: [{name: a, url: 'http://x/', registry: [1]}]", "servers[0].registry", "a mapping"),
+        (
+            "servers: [{name: a, url: 'http://x/', cache_ttl_seconds: -1}]",
+            "servers[0].cache_ttl_seconds",
+            "0 to",
+        ),
+        (
+            "servers: [{name: a, url: 'http://x/', cache_ttl_seconds: yes}]",
+            "servers[0].cache_ttl_seconds",
+            "seconds",
+        ),
+        ("servers: [{name: a, url: 'http://x/', cache_scope: all}]", "servers[0].cache_scope", "'private'"),
         (
             "toolsets: [{name: s, tools: ['*']}, {name: s, tools: ['*']}]",
             "toolsets[1].name",

@@ -53,6 +53,8 @@ agents:
     auth: {{type: bearer, token_env: SIGNED_TOKEN}}
     connect_timeout_seconds: 2
     call_timeout_seconds: 7.5
+    description: Signs its card.
+    tags: [research, signed]
   - name: inline
     card:
       name: Researcher
@@ -90,6 +92,8 @@ def test_every_key_of_an_agent_entry_is_read() -> None:
         connect_timeout_seconds=2.0,
         call_timeout_seconds=7.5,
         a2a=AgentOptions(require_signature=True, jwks=JWKS, tools="none"),
+        description="Signs its card.",
+        tags=("research", "signed"),
     )
     assert inline.url is None
     assert inline.a2a == AgentOptions(card=CARD)
@@ -107,6 +111,8 @@ def test_every_key_of_an_agent_entry_is_read() -> None:
         "tools",
         "connect_timeout_seconds",
         "call_timeout_seconds",
+        "description",
+        "tags",
     }
 
 

@@ -18,12 +18,13 @@ from alembic.runtime.migration import MigrationContext
 from tollhouse.registry.migrate import alembic_config, create_engine_for, database_url_for, upgrade
 from tollhouse.registry.tables import metadata
 
-HEAD = "0015"
+HEAD = "0016"
 TABLES = {
     "alembic_version",
     "upstreams",
     "a2a_tasks",
     "change_notices",
+    "access_requests",
     "upstream_meta",
     "catalog_entries",
     "clients",

@@ -884,6 +884,11 @@ def _server_out(pool: UpstreamPool, u: Upstream, stored: Sequence[str] = ()) -> 
         "failure_mode": u.failure_mode,
         "max_in_flight": u.max_in_flight,
         "idempotent": list(u.idempotent),
+        "description": u.description,
+        "tags": list(u.tags),
+        "registry": u.registry,
+        "cache_ttl_seconds": u.cache_ttl_seconds,
+        "cache_scope": u.cache_scope,
         "connect_timeout_seconds": u.connect_timeout_seconds,
         "call_timeout_seconds": u.call_timeout_seconds,
         "health": {

@@ -258,6 +258,8 @@ def agent_out(state: AdminState, u: Upstream, stored: Sequence[str] = ()) -> dic
         "tools": options.tools,
         "require_signature": options.require_signature,
         "jwks": options.jwks,
+        "description": u.description,
+        "tags": list(u.tags),
         # Settings and references; a stored secret shows only as {"set": true}, never its value.
         "auth": {k: v for k, v in vars(u.auth).items() if v is not None} | {f: {"set": True} for f in stored},
         "connect_timeout_seconds": u.connect_timeout_seconds,

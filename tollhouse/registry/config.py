@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 import yaml
 from pydantic import ValidationError
 
@@ -46,6 +47,7 @@ from tollhouse.registry.models import (
     UPSTREAM_NAME_RE,
     AgentOptions,
     AuthType,
+    CacheScope,
     ClientRecord,
     PolicyEntry,
     Team,
@@ -124,6 +126,11 @@ _SERVER_KEYS = (
     "scopes",
     "max_in_flight",
     "idempotent",
+    "description",
+    "tags",
+    "registry",
+    "cache_ttl_seconds",
+    "cache_scope",
 )
 AGENT_KEYS = (
     "name",
@@ -137,6 +144,8 @@ AGENT_KEYS = (
     "tools",
     "connect_timeout_seconds",
     "call_timeout_seconds",
+    "description",
+    "tags",
 )
 # JWK members that only a private or symmetric key has: a card-verification JWKS holds public keys.
 _PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
@@ -587,6 +596,11 @@ def server_secrets_from_dict(data: Any, *, path: str = "") -> tuple[Upstream, di
         scopes=_scopes(entry.get("scopes"), _join(path, "scopes")),
         max_in_flight=_max_in_flight(entry.get("max_in_flight"), _join(path, "max_in_flight")),
         idempotent=_idempotent(entry, path),
+        description=_description(entry, path),
+        tags=_tags(entry, path),
+        registry=_registry(entry.get("registry"), _join(path, "registry")),
+        cache_ttl_seconds=_cache_ttl(entry.get("cache_ttl_seconds"), _join(path, "cache_ttl_seconds")),
+        cache_scope=_cache_scope(entry.get("cache_scope"), _join(path, "cache_scope")),
     )
     return upstream, secrets
 
@@ -657,6 +671,8 @@ def agent_secrets_from_dict(data: Any, *, path: str = "") -> tuple[Upstream, dic
             jwks=jwks,
             tools="none" if tools == "none" else "skills",
         ),
+        description=_description(entry, path),
+        tags=_tags(entry, path),
     )
     return upstream, secrets
 
@@ -727,6 +743,60 @@ def _idempotent(entry: Mapping[str, Any], path: str) -> tuple[str, ...]:
         if not pattern or len(pattern) > 128:
             raise ConfigError(f"{_join(path, 'idempotent')}[{i}]", "a tool name or glob of 1-128 characters")
     return tuple(dict.fromkeys(patterns))
+
+
+_MAX_DESCRIPTION = 2000
+_MAX_TAGS = 32
+_TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._:/+-]{0,63}$")
+
+
+def _description(entry: Mapping[str, Any], path: str) -> str | None:
+    """A human description for the catalog (search and the registry listing)."""
+    value = _str(entry, "description", path)
+    if value is not None and len(value) > _MAX_DESCRIPTION:
+        raise ConfigError(_join(path, "description"), f"at most {_MAX_DESCRIPTION} characters")
+    return value or None
+
+
+def _tags(entry: Mapping[str, Any], path: str) -> tuple[str, ...]:
+    """Free-form catalog tags: short words, no duplicates, order kept."""
+    tags = _str_list(entry, "tags", path) or []
+    if len(tags) > _MAX_TAGS:
+        raise ConfigError(_join(path, "tags"), f"at most {_MAX_TAGS} tags")
+    for i, tag in enumerate(tags):
+        if not _TAG_RE.match(tag):
+            raise ConfigError(f"{_join(path, 'tags')}[{i}]", "1-64 letters, digits, spaces or ._:/+-")
+    return tuple(dict.fromkeys(tags))
+
+
+def _registry(value: Any, path: str) -> dict[str, Any] | None:
+    """The official MCP Registry `server.json` a server was imported from: kept as given, bounded."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ConfigError(path, f"expected a mapping, got {_kind(value)}")
+    if len(orjson.dumps(dict(value))) > 64 * 1024:
+        raise ConfigError(path, "at most 64 KiB")
+    return dict(value)
+
+
+def _cache_ttl(value: Any, path: str) -> float | None:
+    """The result-cache TTL in seconds: 0 turns caching off for the server, absent: advertised or default."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(path, f"expected a number of seconds, got {_kind(value)}")
+    if not 0 <= value <= 86400:
+        raise ConfigError(path, f"must be from 0 to 86400, got {value}")
+    return float(value)
+
+
+def _cache_scope(value: Any, path: str) -> CacheScope | None:
+    if value is None:
+        return None
+    if value not in ("private", "public"):
+        raise ConfigError(path, "must be 'private' (per caller) or 'public' (shared within a team)")
+    return "public" if value == "public" else "private"
 
 
 def _bool(entry: Mapping[str, Any], key: str, path: str, default: bool = False) -> bool:
@@ -1212,6 +1282,13 @@ def server_to_dict(upstream: Upstream, secret_fields: Collection[str] = ()) -> d
         out["max_in_flight"] = upstream.max_in_flight
     if upstream.idempotent:
         out["idempotent"] = list(upstream.idempotent)
+    if upstream.cache_ttl_seconds is not None:
+        out["cache_ttl_seconds"] = upstream.cache_ttl_seconds
+    if upstream.cache_scope is not None:
+        out["cache_scope"] = upstream.cache_scope
+    _catalog_to_dict(upstream, out)
+    if upstream.registry is not None:
+        out["registry"] = upstream.registry
     if not upstream.enabled:
         out["enabled"] = False
     _auth_and_timeouts_to_dict(upstream, secret_fields, out)
@@ -1255,8 +1332,16 @@ def agent_to_dict(upstream: Upstream, secret_fields: Collection[str] = ()) -> di
         out["jwks"] = options.jwks
     if options.tools != "skills":
         out["tools"] = options.tools
+    _catalog_to_dict(upstream, out)
     _auth_and_timeouts_to_dict(upstream, secret_fields, out)
     return out
+
+
+def _catalog_to_dict(upstream: Upstream, out: dict[str, Any]) -> None:
+    if upstream.description is not None:
+        out["description"] = upstream.description
+    if upstream.tags:
+        out["tags"] = list(upstream.tags)
 
 
 def toolset_to_dict(toolset: Toolset) -> dict[str, Any]:

@@ -27,6 +27,7 @@ Transport = Literal["http", "sse", "stdio", "a2a"]
 AgentTools = Literal["skills", "none"]
 Approval = Literal["first-use", "manual"]
 FailureMode = Literal["open", "closed"]
+CacheScope = Literal["private", "public"]
 HealthState = Literal["unknown", "healthy", "degraded", "down"]
 CatalogKind = Literal["tool", "resource", "resource_template", "prompt"]
 CATALOG_KINDS: tuple[CatalogKind, ...] = ("tool", "resource", "resource_template", "prompt")
@@ -134,6 +135,15 @@ class Upstream:
     # Original tool names (or globs) an admin marked idempotent: retried after any transport failure.
     idempotent: tuple[str, ...] = ()
     a2a: AgentOptions | None = None
+    # Catalog: what search and the registry listing show of it.
+    description: str | None = None
+    tags: tuple[str, ...] = ()
+    # The official MCP Registry `server.json` it was imported from (registry/server_json.py).
+    registry: JSONObject | None = None
+    # Result cache for its read-only tools (trusted servers only); None: what the upstream advertises,
+    # else the gateway default (gateway/result_cache.py).
+    cache_ttl_seconds: float | None = None
+    cache_scope: CacheScope | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -328,3 +338,34 @@ class PolicyEntry:
     updated_by: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+
+
+AccessKind = Literal["tool", "agent"]
+AccessStatus = Literal["pending", "granted", "declined", "withdrawn"]
+
+
+@dataclass(frozen=True)
+class AccessRequest:
+    """A principal's request for a tool (`server__tool`) or an A2A agent it may not use, and its decision.
+
+    A grant is a policy (`policy_id`), scoped to the requester or its team and valid until
+    `expires_at` (None: until removed).
+    """
+
+    id: str
+    created_at: datetime
+    principal_key: str
+    subject: str
+    target: str
+    kind: AccessKind
+    status: AccessStatus = "pending"
+    client_id: str | None = None
+    team: str | None = None
+    user: str | None = None
+    reason: str | None = None
+    duration_seconds: int | None = None
+    decided_at: datetime | None = None
+    decided_by: str | None = None
+    note: str | None = None
+    policy_id: str | None = None
+    expires_at: datetime | None = None

@@ -9,7 +9,7 @@ Keep `migrations/versions/` in step with these classes (a test compares them).
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +18,7 @@ from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
 
 from tollhouse.registry.models import (
+    AccessRequest,
     AgentOptions,
     CatalogEntry,
     ClientRecord,
@@ -122,6 +123,12 @@ class UpstreamRow(SQLModel, table=True):
     max_in_flight: int | None = None
     idempotent: list[str] = Field(default_factory=list, sa_type=sa.JSON)
     a2a: JSONObject | None = Field(default=None, sa_type=sa.JSON)
+    description: str | None = Field(default=None, sa_type=sa.Text)
+    tags: list[str] = Field(default_factory=list, sa_type=sa.JSON)
+    # Upstream.registry (the attribute name `registry` is SQLAlchemy's own).
+    server_json: JSONObject | None = Field(default=None, sa_type=sa.JSON)
+    cache_ttl_seconds: float | None = None
+    cache_scope: str | None = None
     health_status: str = Field(default="unknown")
     last_error: str | None = Field(default=None, sa_type=sa.Text)
     checked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
@@ -161,6 +168,11 @@ class UpstreamRow(SQLModel, table=True):
             max_in_flight=self.max_in_flight,
             idempotent=tuple(self.idempotent or ()),
             a2a=AgentOptions(**self.a2a) if self.a2a is not None else None,
+            description=self.description,
+            tags=tuple(self.tags or ()),
+            registry=self.server_json,
+            cache_ttl_seconds=self.cache_ttl_seconds,
+            cache_scope=self.cache_scope,  # type: ignore[arg-type]  # written from a CacheScope
             created_at=self.created_at,
             updated_at=self.updated_at,
         )
@@ -192,6 +204,11 @@ def _config(upstream: Upstream) -> dict[str, Any]:
         "max_in_flight": upstream.max_in_flight,
         "idempotent": list(upstream.idempotent),
         "a2a": asdict(upstream.a2a) if upstream.a2a is not None else None,
+        "description": upstream.description,
+        "tags": list(upstream.tags),
+        "server_json": upstream.registry,
+        "cache_ttl_seconds": upstream.cache_ttl_seconds,
+        "cache_scope": upstream.cache_scope,
     }
 
 
@@ -515,6 +532,42 @@ class PolicyRow(SQLModel, table=True):
     updated_at: datetime = Field(sa_type=UTCDateTime)
 
 
+class AccessRequestRow(SQLModel, table=True):
+    """An access request (gateway/access_requests.py): who asked for what, why, and what was decided."""
+
+    __tablename__ = "access_requests"
+    __table_args__ = (sa.Index("ix_access_requests_status_created", "status", "created_at"),)
+
+    id: str = Field(primary_key=True)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    principal_key: str = Field(index=True)
+    subject: str
+    client_id: str | None = None
+    team: str | None = None
+    user: str | None = None
+    target: str = Field(sa_type=sa.Text)
+    kind: str
+    reason: str | None = Field(default=None, sa_type=sa.Text)
+    duration_seconds: int | None = None
+    status: str
+    decided_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    decided_by: str | None = None
+    note: str | None = Field(default=None, sa_type=sa.Text)
+    policy_id: str | None = None
+    expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+    @classmethod
+    def of(cls, request: AccessRequest) -> AccessRequestRow:
+        """A row holding `request`."""
+        return cls(
+            **{f.name: getattr(request, f.name) for f in fields(AccessRequest)},
+        )
+
+    def to_request(self) -> AccessRequest:
+        """The frozen record."""
+        return AccessRequest(**{f.name: getattr(self, f.name) for f in fields(AccessRequest)})
+
+
 class ToolPinRow(SQLModel, table=True):
     """One pin (registry/pins.py): a tool's or a server's instructions' definition and its approval."""
 
@@ -620,6 +673,8 @@ class UsageEventRow(SQLModel, table=True):
     currency: str | None = None
     snapshot_version: int = Field(sa_type=sa.BigInteger)
     event: str = Field(sa_type=sa.Text)
+    # Answered from the result cache (gateway/result_cache.py): the upstream did no work.
+    cached: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
 
 
 class UsageOutboxRow(SQLModel, table=True):
