@@ -622,6 +622,7 @@ def _toolset_out(t: Toolset, snapshot: Snapshot) -> dict[str, Any]:
         "description": t.description,
         "tools": list(t.tools),
         "aliases": dict(t.aliases),
+        "disclosure": t.disclosure,
         "members": [shown for shown, _ in toolset_members(t, snapshot)],
         "created_at": _iso(t.created_at),
         "updated_at": _iso(t.updated_at),

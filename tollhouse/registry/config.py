@@ -192,7 +192,7 @@ _TIMEOUT_KEYS = {"connect_seconds": "connect_timeout_seconds", "call_seconds": "
 _CLIENT_KEYS = ("name", "team", "scopes")
 _TEAM_KEYS = ("name", "description")
 _POLICY_KEYS = ("id", "description", "cedar", "allow", "deny", "guardrails")
-_TOOLSET_KEYS = ("name", "description", "tools", "aliases")
+_TOOLSET_KEYS = ("name", "description", "tools", "aliases", "disclosure")
 # prices/budgets: only their keys are checked here; tollhouse.policies (pricing, budgets) validates them.
 _PRICE_KEYS = (
     "match",
@@ -1108,7 +1108,18 @@ def toolset_from_dict(data: Any, *, path: str = "") -> Toolset:
     aliases = _aliases(entry.get("aliases"), _join(path, "aliases"))
     if not tools and not aliases:
         raise ConfigError(path, "a toolset needs at least one entry in 'tools' or 'aliases'")
-    return Toolset(name=name, tools=tuple(tools), aliases=aliases, description=description)
+    disclosure = _str(entry, "disclosure", path)
+    if disclosure not in (None, "full", "search"):
+        raise ConfigError(
+            _join(path, "disclosure"), "must be 'full' (every tool listed) or 'search' (the catalog meta-tools)"
+        )
+    return Toolset(
+        name=name,
+        tools=tuple(tools),
+        aliases=aliases,
+        description=description,
+        disclosure="search" if disclosure == "search" else "full",
+    )
 
 
 def _aliases(value: Any, path: str) -> dict[str, str]:
@@ -1353,6 +1364,8 @@ def toolset_to_dict(toolset: Toolset) -> dict[str, Any]:
         out["tools"] = list(toolset.tools)
     if toolset.aliases:
         out["aliases"] = dict(toolset.aliases)
+    if toolset.disclosure != "full":
+        out["disclosure"] = toolset.disclosure
     return out
 
 

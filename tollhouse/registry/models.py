@@ -28,6 +28,7 @@ AgentTools = Literal["skills", "none"]
 Approval = Literal["first-use", "manual"]
 FailureMode = Literal["open", "closed"]
 CacheScope = Literal["private", "public"]
+Disclosure = Literal["full", "search"]
 HealthState = Literal["unknown", "healthy", "degraded", "down"]
 CatalogKind = Literal["tool", "resource", "resource_template", "prompt"]
 CATALOG_KINDS: tuple[CatalogKind, ...] = ("tool", "resource", "resource_template", "prompt")
@@ -231,6 +232,8 @@ class Toolset:
     tools: tuple[str, ...] = ()
     aliases: Mapping[str, str] = field(default_factory=dict)
     description: str | None = None
+    # "search": its endpoint lists the catalog meta-tools instead of every member (gateway/disclosure.py).
+    disclosure: Disclosure = "full"
     created_at: datetime | None = None
     updated_at: datetime | None = None
 

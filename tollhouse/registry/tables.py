@@ -428,6 +428,7 @@ class ToolsetRow(SQLModel, table=True):
     tools: list[str] = Field(default_factory=list, sa_type=sa.JSON)
     aliases: dict[str, str] = Field(default_factory=dict, sa_type=sa.JSON)
     description: str | None = Field(default=None, sa_type=sa.Text)
+    disclosure: str = Field(default="full", sa_column_kwargs={"server_default": "full"})
     created_at: datetime = Field(sa_type=UTCDateTime)
     updated_at: datetime = Field(sa_type=UTCDateTime)
 
@@ -439,6 +440,7 @@ class ToolsetRow(SQLModel, table=True):
             tools=list(toolset.tools),
             aliases=dict(toolset.aliases),
             description=toolset.description,
+            disclosure=toolset.disclosure,
             created_at=utc(created_at),
             updated_at=utc(updated_at),
         )
@@ -448,6 +450,7 @@ class ToolsetRow(SQLModel, table=True):
         self.tools = list(toolset.tools)
         self.aliases = dict(toolset.aliases)
         self.description = toolset.description
+        self.disclosure = toolset.disclosure
         self.updated_at = utc(updated_at)
 
     def to_toolset(self) -> Toolset:
@@ -457,6 +460,7 @@ class ToolsetRow(SQLModel, table=True):
             tools=tuple(self.tools),
             aliases=dict(self.aliases),
             description=self.description,
+            disclosure="search" if self.disclosure == "search" else "full",
             created_at=self.created_at,
             updated_at=self.updated_at,
         )

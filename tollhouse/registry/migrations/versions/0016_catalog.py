@@ -1,5 +1,5 @@
 """Catalog and discovery: upstream descriptions, tags, imported server.json and cache settings;
-cached usage events; access requests.
+toolsets' disclosure mode; cached usage events; access requests.
 
 Revision ID: 0016
 Revises: 0015
@@ -32,6 +32,8 @@ def upgrade() -> None:
         batch.add_column(sa.Column("server_json", sa.JSON(), nullable=True))
         batch.add_column(sa.Column("cache_ttl_seconds", sa.Float(), nullable=True))
         batch.add_column(sa.Column("cache_scope", sa.String(), nullable=True))
+    with op.batch_alter_table("toolsets") as batch:
+        batch.add_column(sa.Column("disclosure", sa.String(), nullable=False, server_default="full"))
     with op.batch_alter_table("usage_events") as batch:
         batch.add_column(sa.Column("cached", sa.Boolean(), nullable=False, server_default=sa.false()))
     op.create_table(
@@ -65,6 +67,8 @@ def downgrade() -> None:
     op.drop_table("access_requests")
     with op.batch_alter_table("usage_events") as batch:
         batch.drop_column("cached")
+    with op.batch_alter_table("toolsets") as batch:
+        batch.drop_column("disclosure")
     with op.batch_alter_table("upstreams") as batch:
         for column in ("cache_scope", "cache_ttl_seconds", "server_json", "tags", "description"):
             batch.drop_column(column)
