@@ -111,6 +111,26 @@ def test_toolsets_servers_scopes_and_source_addresses() -> None:
     assert not engine.decide(dev, "call_tool", tool("c__z"), FACTS).allowed
 
 
+def test_until_makes_a_grant_end_at_that_instant() -> None:
+    engine = engine_of(
+        """
+        - id: temporary
+          allow: {client: c1, tools: [db__query], until: "2026-12-01T10:00:00+01:00"}
+        - id: epoch
+          allow: {client: c2, tools: [db__query], until: 1796115600}
+        - id: yaml-time
+          allow: {client: c3, tools: [db__query], until: 2026-12-01T09:00:00Z}
+        """
+    )
+    end = 1796115600  # 2026-12-01T09:00:00Z
+    for client in ("c1", "c2", "c3"):
+        who = PrincipalView(client, kind="client", client_id=client)
+        before, at = RequestFacts(time=end - 1), RequestFacts(time=end)
+        assert engine.decide(who, "call_tool", tool("db__query"), before).allowed, client
+        assert not engine.decide(who, "call_tool", tool("db__query"), at).allowed, client
+    assert "context.time < 1796115600" in compile_sugar("t", {"allow": {"until": "2026-12-01T09:00:00Z"}})
+
+
 def test_argument_conditions() -> None:
     engine = engine_of(
         """
@@ -202,6 +222,10 @@ def test_cedar_entries_and_descriptions_pass_through() -> None:
         ({"id": "x", "deny": {}, "guardrails": {"results": {"pii": "block"}}}, "belong on allow rules"),
         ({"id": "x", "cedar": "permit(principal, action, resource);", "allow": {}}, "either 'cedar'"),
         ({"id": "x", "allow": {"agents": ["a"], "tools": ["b__c"]}}, "agents cannot be combined"),
+        ({"id": "x", "allow": {"until": "tomorrow"}}, "x.allow.until: 'tomorrow' is not an RFC 3339"),
+        ({"id": "x", "allow": {"until": "2026-12-01T10:00:00"}}, "give the timestamp's offset"),
+        ({"id": "x", "allow": {"until": -5}}, "x.allow.until: expected an RFC 3339 timestamp"),
+        ({"id": "x", "allow": {"until": True}}, "x.allow.until: expected"),
     ],
 )
 def test_bad_sugar_is_refused_naming_the_key(entry: dict[str, Any], message: str) -> None:

@@ -6,6 +6,7 @@
         tools: ["files__read_*"]            # globs on the exposed name (`*` only)
         actions: [call_tool]                # default: call_tool (call_agent for agents)
         when_arguments: {path: {like: "/public/*"}}
+        until: "2026-12-31T18:00:00Z"         # a time-limited grant: context.time < that instant
       guardrails: {arguments: {pii: redact}, results: {secrets: block}}
     - id: no-deletes
       deny: {tools: ["*__delete_*"]}
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from tollhouse.policies.compile import GUARDRAIL_ACTIONS
@@ -28,7 +30,7 @@ from tollhouse.policies.model import ACTIONS, PolicyRecord
 from tollhouse.policies.schema import cedar_string
 from tollhouse.registry.models import SEPARATOR
 
-__all__ = ["SugarError", "compile_entry", "compile_sugar", "glob_pattern"]
+__all__ = ["SugarError", "compile_entry", "compile_sugar", "glob_pattern", "until_epoch"]
 
 _ENTRY_KEYS = ("id", "description", "cedar", "allow", "deny", "guardrails")
 _RULE_KEYS = (
@@ -44,6 +46,7 @@ _RULE_KEYS = (
     "when_arguments",
     "scopes",
     "source_ips",
+    "until",
 )
 _PRINCIPALS = {
     "team": ("in", "Team"),
@@ -211,7 +214,31 @@ def _context_conditions(rule: Mapping[str, Any], where: str) -> list[str]:
         conditions.append(_any(ranges))
     if "when_arguments" in rule:
         conditions += _argument_conditions(rule["when_arguments"], f"{where}.when_arguments")
+    if "until" in rule:
+        conditions.append(f"context.time < {until_epoch(rule['until'], f'{where}.until')}")
     return conditions
+
+
+def until_epoch(value: Any, where: str = "until") -> int:
+    """A rule's `until` (RFC 3339 with an offset, or epoch seconds) as epoch seconds.
+
+    Raises:
+        SugarError: not a timestamp with an offset, or not a positive whole number.
+    """
+    if isinstance(value, datetime):  # YAML reads an unquoted timestamp as one
+        moment = value
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise SugarError(f"{where}: {value!r} is not an RFC 3339 timestamp") from None
+    elif isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    else:
+        raise SugarError(f"{where}: expected an RFC 3339 timestamp or epoch seconds")
+    if moment.tzinfo is None:
+        raise SugarError(f"{where}: give the timestamp's offset (Z or +HH:MM)")
+    return int(moment.timestamp())
 
 
 def _guardrail_annotations(spec: Any, where: str) -> list[str]:
