@@ -121,3 +121,7 @@ class AuditNotes:
     usage_event: str | None = None
     task_id: str | None = None
     args: Any = None  # the arguments as the upstream saw them (after guardrail redaction)
+    # A call made through a meta-tool (gateway/disclosure.py): its name, the tool and the arguments it named.
+    via: str | None = None
+    inner_name: str | None = None
+    inner_arguments: Any = None

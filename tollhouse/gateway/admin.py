@@ -30,6 +30,8 @@ from tollhouse.auth.verifiers import (
     hash_secret,
     new_api_key,
 )
+from tollhouse.gateway.access_requests import AccessRequests
+from tollhouse.gateway.admin_access import access_routes
 from tollhouse.gateway.admin_agents import agent_routes, check_agent
 from tollhouse.gateway.admin_audit import audit_routes
 from tollhouse.gateway.admin_http import Problem as _Problem
@@ -103,6 +105,8 @@ class AdminState:
     auditor: Any = None
     # This replica's live session-era MCP sessions (None: not wired, the /sessions routes answer 503).
     sessions: SessionManager | None = None
+    # Access requests (gateway/access_requests.py); None: not wired, the routes answer 503.
+    access: AccessRequests | None = None
 
 
 def admin_app(state: AdminState) -> Starlette:
@@ -398,6 +402,7 @@ def admin_app(state: AdminState) -> Starlette:
         *agent_routes(state, guarded),
         *identity_routes(state, guarded, Passwords()),
         *policy_routes(state, guarded),
+        *access_routes(state, guarded),
         *usage_routes(state, guarded),
         *audit_routes(state, guarded),
         *stats_routes(state, guarded),

@@ -16,6 +16,7 @@ def openapi_document() -> dict[str, Any]:
         return {"summary": summary, "security": [{"admin": []}], "responses": {status: {"description": "OK"}}}
 
     name = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
+    ident = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
     return {
         "openapi": "3.1.0",
         "info": {"title": "tollhouse admin API", "version": __version__},
@@ -197,6 +198,29 @@ def openapi_document() -> dict[str, Any]:
             "/sessions/{id}": {
                 "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "delete": op("End a session on this replica: its client's next request gets 404", "204"),
+            },
+            "/policies": {"get": op("List policies and the policy version")},
+            "/policies/{id}": {
+                "parameters": ident,
+                "get": op("Show a policy"),
+                "put": op("Create or replace a policy (Cedar or sugar); the whole set must compile"),
+                "delete": op("Remove a policy", "204"),
+            },
+            "/policies/validate": {"post": op("Check proposed policies against the schema")},
+            "/policies/test": {"post": op("Run policy test cases against the live or proposed set")},
+            "/policies/explain": {"post": op("Which policies decide a hypothetical request, and why")},
+            "/decisions": {"get": op("Recent authorization decisions on this replica")},
+            "/access-requests": {
+                "get": op("List access requests (?status=pending,granted,declined,withdrawn)")
+            },
+            "/access-requests/{id}": {"parameters": ident, "get": op("Show an access request")},
+            "/access-requests/{id}/grant": {
+                "parameters": ident,
+                "post": op("Grant a request: a policy for the requester or its team (approver role)"),
+            },
+            "/access-requests/{id}/decline": {
+                "parameters": ident,
+                "post": op("Decline a request (approver role)"),
             },
         },
     }

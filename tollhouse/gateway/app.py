@@ -13,6 +13,7 @@ import gc
 import logging
 import re
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -36,10 +37,12 @@ from tollhouse.auth.ssrf import UrlPolicy
 from tollhouse.auth.verifiers import TokenVerifier, hash_secret
 from tollhouse.gateway.a2a_connector import A2AConnector, TaskRecorder
 from tollhouse.gateway.a2a_proxy import A2AProxy
+from tollhouse.gateway.access_requests import AccessRequests
 from tollhouse.gateway.admin import AdminState, admin_app, apply_loaded
 from tollhouse.gateway.admission import AdmissionService, AdmitStage
 from tollhouse.gateway.auditing import build_auditor
 from tollhouse.gateway.authorization import AuthorizeStage, PolicyService
+from tollhouse.gateway.catalog_search import CatalogSearch
 from tollhouse.gateway.changes import (
     AnnounceChanges,
     ChangeFeed,
@@ -52,11 +55,12 @@ from tollhouse.gateway.console import build_console
 from tollhouse.gateway.console.signin import CONSOLE_SCOPE, console_client
 from tollhouse.gateway.cors import DiscoveryCors
 from tollhouse.gateway.credential_wiring import bearer_identify, build_credential_services
+from tollhouse.gateway.disclosure import DisclosureView, MetaTools, query_disclosure
 from tollhouse.gateway.errors import UpstreamUnavailable
 from tollhouse.gateway.front_door import build_front_door, poll_revocations, protected_resource_routes
 from tollhouse.gateway.guard_stages import GuardStage, ValidateStage
 from tollhouse.gateway.guards import OriginGuard
-from tollhouse.gateway.handlers import McpHandlers
+from tollhouse.gateway.handlers import McpHandlers, RequestContext
 from tollhouse.gateway.inflight import InFlight
 from tollhouse.gateway.lifecycle import Lifecycle
 from tollhouse.gateway.mcp_endpoint import McpEndpoint
@@ -68,7 +72,7 @@ from tollhouse.gateway.pool import ConnectorFactory, UpstreamPool
 from tollhouse.gateway.sealing import Sealer
 from tollhouse.gateway.sessions import SESSION_PURPOSE, DownstreamSession, SessionManager
 from tollhouse.gateway.settings import Settings
-from tollhouse.gateway.snapshot import Snapshot
+from tollhouse.gateway.snapshot import ExposedItem, Snapshot
 from tollhouse.gateway.sse_upstream import SseUpstream
 from tollhouse.gateway.stdio import StdioUpstream
 from tollhouse.gateway.streamable_http import HttpUpstream
@@ -77,6 +81,7 @@ from tollhouse.gateway.upstream_credentials import UpstreamCredentials
 from tollhouse.gateway.usage_service import build_usage
 from tollhouse.gateway.views import AggregateView, ServerView, ToolsetView, View
 from tollhouse.registry.a2a_task_store import SqlTaskOwners
+from tollhouse.registry.access_store import SqlAccessRequestStore
 from tollhouse.registry.change_log import ChangeNotice, SqlChangeLog
 from tollhouse.registry.config import LoadedConfig
 from tollhouse.registry.identity_store import SqlIdentityStore
@@ -106,6 +111,8 @@ class Deps:
     span_exporter: SpanExporter | None = None
     # Shared with the server that runs the app (serve.py): SIGTERM starts the drain.
     lifecycle: Lifecycle | None = None
+    # Wall-clock seconds for policy (`context.time`, time-limited grants) and access requests.
+    clock: Callable[[], float] | None = None
 
 
 def _default_connector_factory(
@@ -215,7 +222,8 @@ def create_app(
     )
     sealer = Sealer(list(door.ring.derive_all("request-state").values()))
     parking = Parking()
-    policies = PolicyService(SqlPolicyStore(engine), upstream=pool.upstream)
+    clock = deps.clock or time.time
+    policies = PolicyService(SqlPolicyStore(engine), upstream=pool.upstream, clock=clock)
     admission = AdmissionService(
         settings.quotas,
         redis_url=settings.redis_url.get_secret_value() if settings.redis_url else None,
@@ -240,20 +248,41 @@ def create_app(
         inflight=inflight,
         tracing=tracing,
     )
+    catalog = CatalogSearch(pool)
+
+    def visible(rc: RequestContext, snapshot: Snapshot) -> Callable[[ExposedItem], bool]:
+        facts = policies.facts(rc.principal, source_ip=rc.source_ip, protocol_version=rc.protocol_version)
+        return lambda tool: policies.visible_tool(rc.principal, snapshot, tool, facts)
+
+    access = AccessRequests(SqlAccessRequestStore(engine), policies, pool, clock=clock)
+    meta = MetaTools(catalog, lambda: pool.snapshot, visible, request_access=access.open)
     handlers = McpHandlers(
-        pool, pipeline, page_size=settings.limits.page_size, policies=policies, metering=usage.metering
+        pool,
+        pipeline,
+        page_size=settings.limits.page_size,
+        policies=policies,
+        metering=usage.metering,
+        meta=meta,
     )
     public = urlsplit(settings.public_url)
     aggregate = AggregateView()
 
     def resolve_view(scope: Scope) -> View | None:
         params = scope.get("path_params", {})
+        disclosure = query_disclosure(scope)
+        view: View
         if "server" in params:
-            return ServerView(params["server"]) if pool.upstream(params["server"]) is not None else None
-        if "toolset" in params:
-            name = params["toolset"]
-            return ToolsetView(name) if name in pool.snapshot.toolsets else None
-        return aggregate
+            if pool.upstream(params["server"]) is None:
+                return None
+            view = ServerView(params["server"])
+        elif "toolset" in params:
+            toolset = pool.snapshot.toolsets.get(params["toolset"])
+            if toolset is None:
+                return None
+            view, disclosure = ToolsetView(toolset.name), disclosure or toolset.disclosure
+        else:
+            view = aggregate
+        return DisclosureView(view, meta.access_requests) if disclosure == "search" else view
 
     auditor = build_auditor(
         settings, engine, door, trace_ids=current_ids, snapshot_version=lambda: pool.snapshot.version
@@ -291,6 +320,7 @@ def create_app(
         usage=usage,
         auditor=auditor,
         sessions=sessions,
+        access=access,
     )
     # `keys rotate` swaps the ring: token signing follows (older keys stay in the JWKS).
     admin_state.keyring_listeners.append(door.use_ring)

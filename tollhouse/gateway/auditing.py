@@ -153,13 +153,16 @@ class Auditor:
         what: dict[str, Any] = {"method": method}
         item = notes.item
         if method == "tools/call":
-            arguments = params.get("arguments")
+            arguments = params.get("arguments") if notes.via is None else notes.inner_arguments
+            if notes.via is not None:
+                what["via"] = notes.via
             what["args_sha256"] = args_digest(arguments if arguments is not None else {})
             if item is not None:
                 what["server"], what["tool"] = item.server, item.name
                 what["pin"] = self._pin(item, notes.snapshot)
             else:
-                what["tool"] = params.get("name") if isinstance(params.get("name"), str) else None
+                name = params.get("name") if notes.via is None else notes.inner_name
+                what["tool"] = name if isinstance(name, str) else None
             if self.settings.record_arguments:
                 what["args"] = notes.args if notes.args is not None else arguments
         else:

@@ -53,6 +53,7 @@ ADMIN_TOPICS: dict[str, tuple[str, ...]] = {
     "toolsets": ("registry",),
     "tools": ("registry",),
     "policies": ("policies",),
+    "access-requests": ("policies",),  # a grant writes a policy
     "limits": ("limits",),
     "kill-switches": ("limits",),
     "clients": ("identity",),

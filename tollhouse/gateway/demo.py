@@ -213,6 +213,7 @@ def _banner(
         "tollhouse demo is running. Press Ctrl-C to stop.",
         "",
         f"  MCP endpoint:     {mcp_url}",
+        f"  Search mode:      {mcp_url}?disclosure=search  (4 meta-tools find, describe and call the rest)",
         f"  Admin API:        {base}/admin/api/v1  (admin token: {admin_token})",
         f"  Web console:      {base}/ui/  (sign in as demo, password {password}; role admin)",
         *(f"  upstream {name + ':':<9}{url}" for name, url in urls.items()),

@@ -18,6 +18,7 @@ from tollhouse import __version__
 from tollhouse.audit.records import AuditNotes
 from tollhouse.auth.principal import Principal
 from tollhouse.gateway.authorization import PolicyService
+from tollhouse.gateway.disclosure import MetaTools
 from tollhouse.gateway.errors import (
     GatewayError,
     InvalidArguments,
@@ -92,8 +93,10 @@ class McpHandlers:
         page_size: int,
         policies: PolicyService,
         metering: Metering | None = None,
+        meta: MetaTools | None = None,
     ) -> None:
         self._metering = metering
+        self._meta = meta
         self._tasks = TaskRegistry()
         self._pool = pool
         self._pipeline = pipeline
@@ -261,6 +264,8 @@ class McpHandlers:
         arguments = params.get("arguments", {})
         if not isinstance(name, str) or not isinstance(arguments, dict):
             raise InvalidArguments("tools/call needs a string 'name' and an object 'arguments'")
+        if self._meta is not None and self._meta.handles(rc.view, name):
+            return _own_result(await self._meta.call(name, arguments, params, rc, self.call_tool), rc)
         ctx = CallContext(
             principal=rc.principal,
             name=rc.view.tool_name(self._pool.snapshot, name),

@@ -40,6 +40,7 @@ from tollhouse.gateway.errors import (
     AuditUnavailable,
     GatewayError,
     InsufficientScope,
+    InvalidArguments,
     MethodNotFound,
     UpstreamRpcError,
     http_status,
@@ -121,7 +122,11 @@ class McpEndpoint:
         if scope["type"] != "http":
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        view = self._resolve_view(scope)
+        try:
+            view = self._resolve_view(scope)
+        except InvalidArguments as exc:  # a bad query parameter (`disclosure`)
+            await _plain(send, 400, f"Bad Request: {exc.message}".encode())
+            return
         if view is None:
             await _plain(send, 404, b"Not Found: no such server or toolset")
             return

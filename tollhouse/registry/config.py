@@ -1111,7 +1111,7 @@ def toolset_from_dict(data: Any, *, path: str = "") -> Toolset:
     disclosure = _str(entry, "disclosure", path)
     if disclosure not in (None, "full", "search"):
         raise ConfigError(
-            _join(path, "disclosure"), "must be 'full' (every tool listed) or 'search' (the catalog meta-tools)"
+            _join(path, "disclosure"), "must be 'full' (every tool) or 'search' (the meta-tools)"
         )
     return Toolset(
         name=name,
