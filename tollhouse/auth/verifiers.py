@@ -29,6 +29,7 @@ __all__ = [
     "CompositeVerifier",
     "InvalidTokenError",
     "TokenVerifier",
+    "client_principal",
     "hash_secret",
     "new_api_key",
 ]
@@ -74,14 +75,14 @@ class ApiKeyVerifier:
         index: dict[str, Principal] = {}
         for client in clients:
             if client.active and client.key_hash:
-                index[client.key_hash] = _principal_of(client)
+                index[client.key_hash] = client_principal(client)
         self._by_hash = index
 
     def upsert(self, client: ClientRecord) -> None:
         """Add, update or (when revoked) drop one client."""
         index = {h: p for h, p in self._by_hash.items() if p.client_id != client.client_id}
         if client.active and client.key_hash:
-            index[client.key_hash] = _principal_of(client)
+            index[client.key_hash] = client_principal(client)
         self._by_hash = index  # swap, never mutate in place: readers see one version
 
     async def verify(self, token: str, resource: str) -> Principal:
@@ -154,7 +155,8 @@ def _unverified_claims(token: str) -> dict[str, Any] | None:
     return payload if isinstance(payload, dict) else None
 
 
-def _principal_of(client: ClientRecord) -> Principal:
+def client_principal(client: ClientRecord) -> Principal:
+    """The principal an API client acts as: itself, in its team, with its scopes."""
     return Principal(
         subject=client.client_id,
         client_id=client.client_id,

@@ -34,6 +34,7 @@ from tollhouse.gateway.access_requests import AccessRequests
 from tollhouse.gateway.admin_access import access_routes
 from tollhouse.gateway.admin_agents import agent_routes, check_agent
 from tollhouse.gateway.admin_audit import audit_routes
+from tollhouse.gateway.admin_catalog import CallerSearch, catalog_routes
 from tollhouse.gateway.admin_http import Problem as _Problem
 from tollhouse.gateway.admin_http import iso as _iso
 from tollhouse.gateway.admin_http import json_response as _json
@@ -107,6 +108,8 @@ class AdminState:
     sessions: SessionManager | None = None
     # Access requests (gateway/access_requests.py); None: not wired, the routes answer 503.
     access: AccessRequests | None = None
+    # Catalog search (gateway/admin_catalog.py); None: not wired, /catalog/search answers 503.
+    catalog: CallerSearch | None = None
 
 
 def admin_app(state: AdminState) -> Starlette:
@@ -403,6 +406,7 @@ def admin_app(state: AdminState) -> Starlette:
         *identity_routes(state, guarded, Passwords()),
         *policy_routes(state, guarded),
         *access_routes(state, guarded),
+        *catalog_routes(state, guarded),
         *usage_routes(state, guarded),
         *audit_routes(state, guarded),
         *stats_routes(state, guarded),

@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route, Router
+from starlette.routing import Mount, Route, Router, request_response
 from starlette.types import ASGIApp, Scope
 
 from tollhouse import __version__
@@ -39,6 +39,7 @@ from tollhouse.gateway.a2a_connector import A2AConnector, TaskRecorder
 from tollhouse.gateway.a2a_proxy import A2AProxy
 from tollhouse.gateway.access_requests import AccessRequests
 from tollhouse.gateway.admin import AdminState, admin_app, apply_loaded
+from tollhouse.gateway.admin_catalog import CallerSearch
 from tollhouse.gateway.admission import AdmissionService, AdmitStage
 from tollhouse.gateway.auditing import build_auditor
 from tollhouse.gateway.authorization import AuthorizeStage, PolicyService
@@ -306,6 +307,7 @@ def create_app(
         ),
         inflight=inflight,
     )
+    caller_search = CallerSearch(catalog, policies, a2a_proxy.usable)
     admin_state = AdminState(
         store=store,
         pool=pool,
@@ -321,6 +323,7 @@ def create_app(
         auditor=auditor,
         sessions=sessions,
         access=access,
+        catalog=caller_search,
     )
     # `keys rotate` swaps the ring: token signing follows (older keys stay in the JWKS).
     admin_state.keyring_listeners.append(door.use_ring)
@@ -450,6 +453,16 @@ def create_app(
         ),
         public_origin=f"{public.scheme}://{public.netloc}",
     )
+    catalog_api = OriginGuard(
+        BearerAuthMiddleware(
+            request_response(caller_search.endpoint),
+            verifier=verifier,
+            resources=door.resources,
+            failures=door.failures,
+            required_scopes=("mcp",),
+        ),
+        public_origin=f"{public.scheme}://{public.netloc}",
+    )
     discovery = OriginGuard(
         BearerAuthMiddleware(
             a2a_proxy.discovery,
@@ -511,6 +524,7 @@ def create_app(
             Route("/mcp/{toolset}", mcp),
             Route("/servers/{server}/mcp", mcp),
             Route("/a2a", discovery, methods=["GET"]),
+            Route("/catalog/v1/search", catalog_api, methods=["GET"]),
             Route("/a2a/{agent}", a2a_auth),
             Route("/a2a/{agent}/{rest:path}", a2a_auth),
             Route("/healthz", healthz, methods=["GET"]),

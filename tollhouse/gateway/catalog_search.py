@@ -95,6 +95,11 @@ class CatalogSearch:
         self._stemmer = Stemmer.Stemmer("english")
         self._index: _Index | None = None
 
+    @property
+    def snapshot(self) -> Snapshot:
+        """The snapshot searches run over now (for callers' policy checks)."""
+        return self._pool.snapshot
+
     def search(
         self,
         query: str,

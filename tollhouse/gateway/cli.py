@@ -25,6 +25,7 @@ from typing import Any
 
 from tollhouse import __version__
 from tollhouse.gateway import (
+    cli_access,
     cli_agents,
     cli_audit,
     cli_identity,
@@ -777,6 +778,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # agents
     cli_agents.add_agent_commands(branch, leaf)
+    cli_access.add_access_commands(branch, leaf)
 
     # tools
     tools = branch("tools", "inspect the tools the gateway exposes, and approve their definitions")
@@ -784,6 +786,7 @@ def build_parser() -> argparse.ArgumentParser:
     tools_list.add_argument("--server", metavar="NAME", help="only this server's tools")
     tools_show = leaf(tools, "show", _tools_show, "show one tool's definition", with_json=True)
     tools_show.add_argument("name", metavar="NAME", help="exposed name, e.g. calc__add")
+    cli_access.add_search_command(tools, leaf)
     pending = leaf(
         tools,
         "pending",
