@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import httpx2
 import pytest
 from mcp import MCPError
@@ -15,12 +16,13 @@ from mcp.types import CallToolResult, TextContent
 from pydantic import SecretStr
 
 from examples.servers import notes, studio
-from tests.harness import Gateway, running_gateway
+from tests.harness import ADMIN_TOKEN, Gateway, running_gateway
 from tests.servers import serve
 from tollhouse.auth.keyring import KeyRing, format_secret_key
 from tollhouse.auth.tokens import TokenIssuer
 from tollhouse.gateway.access_requests import MAX_PENDING
 from tollhouse.gateway.app import Deps
+from tollhouse.gateway.cli import main
 from tollhouse.gateway.disclosure import CALL_TOOL, FIND_TOOLS, REQUEST_ACCESS
 from tollhouse.gateway.errors import INVALID_PARAMS
 
@@ -128,7 +130,9 @@ async def test_an_agents_request_becomes_a_working_recorded_expiring_grant(tmp_p
         assert any("access-requests" in str(r["what"]) and "grant" in str(r["what"]) for r in records)
 
 
-async def test_decline_team_grants_and_bad_input(tmp_path: Path) -> None:
+async def test_decline_team_grants_bad_input_and_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     async with (
         serve(studio.build_app(), path="/mcp") as studio_url,
         serve(notes.build_app(), path="/mcp") as notes_url,
@@ -164,6 +168,20 @@ async def test_decline_team_grants_and_bad_input(tmp_path: Path) -> None:
         assert (await gw.admin.post("/access-requests/ar_missing/grant", json={})).status_code == 404
         assert (await gw.admin.get("/access-requests/ar_missing")).status_code == 404
         assert (await gw.admin.get("/access-requests", params={"status": "maybe"})).status_code == 400
+
+        # The CLI, as an approver would use it.
+        cli = ["--url", gw.base_url, "--token", ADMIN_TOKEN]
+        code = await anyio.to_thread.run_sync(main, ["access", "list", "--status", "pending", *cli])
+        listed = capsys.readouterr().out
+        assert code == 0 and ghost["request"] in listed and "studio__nothing" in listed
+        code = await anyio.to_thread.run_sync(
+            main, ["access", "decline", ghost["request"], "--note", "no", *cli]
+        )
+        assert code == 0 and "declined access request" in capsys.readouterr().out
+        code = await anyio.to_thread.run_sync(main, ["access", "show", ghost["request"], *cli])
+        assert code == 0 and "declined" in capsys.readouterr().out
+        code = await anyio.to_thread.run_sync(main, ["access", "grant", ghost["request"], *cli])
+        assert code != 0 and "already declined" in capsys.readouterr().err
 
         async with gw.client(asker, "2026-07-28", path=SEARCH) as client:
             for arguments, message in (

@@ -155,6 +155,7 @@ async def test_the_openapi_document_lists_every_admin_route(tmp_path: Path) -> N
             "/policies/test",
             "/policies/explain",
             "/decisions",
+            "/catalog/search",
             "/access-requests",
             "/access-requests/{id}",
             "/access-requests/{id}/grant",

@@ -210,6 +210,9 @@ def openapi_document() -> dict[str, Any]:
             "/policies/test": {"post": op("Run policy test cases against the live or proposed set")},
             "/policies/explain": {"post": op("Which policies decide a hypothetical request, and why")},
             "/decisions": {"get": op("Recent authorization decisions on this replica")},
+            "/catalog/search": {
+                "get": op("Search tools and agents (?q=, limit, kind=tool|agent, client= to see as a client)")
+            },
             "/access-requests": {
                 "get": op("List access requests (?status=pending,granted,declined,withdrawn)")
             },
