@@ -1,6 +1,6 @@
 """What progressive disclosure saves: `tools/list` of the demo catalog, full versus `?disclosure=search`.
 
-Usage: python bench/disclosure.py [--synthetic-servers 8 --synthetic-tools 50] [--out FILE]
+Usage: python bench/disclosure.py [--synthetic-servers 8 --synthetic-tools 50] [--out FILE] [--quick]
 
 It runs `tollhouse demo` (the example servers and agents behind a gateway, as `make demo` does),
 reads its endpoint, admin token and key from the banner, and fetches the whole `tools/list`
@@ -171,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic-servers", type=int, default=0)
     parser.add_argument("--synthetic-tools", type=int, default=50)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--quick", action="store_true", help="a smoke test: 2 synthetic servers of 10 tools")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.synthetic_servers, args.synthetic_tools = 2, 10
     report = run(args)
     text = json.dumps(report, indent=2)
     if args.out is not None:
