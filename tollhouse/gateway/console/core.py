@@ -51,6 +51,7 @@ NAV: tuple[tuple[str, str, str], ...] = (
     ("/usage", "Usage", "read"),
     ("/audit", "Audit trail", "audit"),
     ("/sessions", "Sessions", "read"),
+    ("/access", "Access requests", "read"),
 )
 REFRESH_MARGIN_SECONDS = 30.0
 MAX_FORM_BYTES = 1024 * 1024

@@ -8,6 +8,7 @@ from starlette.routing import BaseRoute
 
 from tollhouse.gateway.console.core import Console
 from tollhouse.gateway.console.pages import (
+    access,
     agents,
     audit,
     identity,
@@ -33,4 +34,5 @@ PAGES: list[Callable[[Console], list[BaseRoute]]] = [
     usage.routes,
     audit.routes,
     sessions.routes,
+    access.routes,
 ]
